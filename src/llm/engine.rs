@@ -1,0 +1,124 @@
+//! Loading a model: our GGUF validation first, then llama.cpp's memory-mapped
+//! loader. The engine is shared by every session (one model in memory, any
+//! number of contexts) and reports its own load time.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::LlamaModel;
+
+use super::chat::Template;
+use super::session::{Session, SessionOptions};
+use super::{backend, LlmError};
+use crate::gguf::{GgufFile, ModelSummary};
+
+/// How to load a model.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Layers to offload to the GPU (CUDA builds); 0 keeps all on the CPU.
+    pub gpu_layers: u32,
+}
+
+/// A loaded model.
+pub struct Engine {
+    pub(crate) model: LlamaModel,
+    pub(crate) template: Template,
+    name: String,
+    path: PathBuf,
+    summary: ModelSummary,
+    load_ms: f64,
+}
+
+impl Engine {
+    /// Validate and load `path`. `name` is what the user calls it.
+    pub fn load(name: &str, path: &Path, opts: &LoadOptions) -> Result<Engine, LlmError> {
+        let t0 = Instant::now();
+        let gguf = GgufFile::open(path)?;
+        gguf.check_model()?;
+        let summary = gguf.summary();
+        drop(gguf);
+        let backend = backend()?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
+        let _span = tracing::info_span!("load", model = %name).entered();
+        let model =
+            LlamaModel::load_from_file(backend, path, &params).map_err(|e| LlmError::Load {
+                path: path.display().to_string(),
+                msg: e.to_string(),
+            })?;
+        let template = Template::for_model(&model);
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(
+            model = %name,
+            arch = %summary.arch,
+            params = summary.n_params,
+            load_ms = format!("{load_ms:.0}"),
+            chatml_fallback = template.is_fallback,
+            "model loaded"
+        );
+        Ok(Engine {
+            model,
+            template,
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            summary,
+            load_ms,
+        })
+    }
+
+    /// A new conversation with its own context and KV cache.
+    pub fn session(&self, opts: SessionOptions) -> Result<Session<'_>, LlmError> {
+        Session::new(self, opts)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn load_ms(&self) -> f64 {
+        self.load_ms
+    }
+
+    pub fn summary(&self) -> &ModelSummary {
+        &self.summary
+    }
+
+    /// The context length the model was trained with.
+    pub fn n_ctx_train(&self) -> u32 {
+        self.model.n_ctx_train()
+    }
+
+    /// Bytes of weights, as llama.cpp counts them (llama-bench's `size`).
+    pub fn size_bytes(&self) -> u64 {
+        self.model.size()
+    }
+
+    pub fn n_params(&self) -> u64 {
+        self.model.n_params()
+    }
+
+    /// Tokenize with the model's tokenizer (BOS as the model wants it,
+    /// special tokens parsed).
+    pub fn tokenize(&self, text: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// llama-bench's `model_type` column: `<arch> <size> <ftype>`.
+    pub fn description(&self) -> String {
+        let size = self
+            .model
+            .meta_val_str("general.size_label")
+            .unwrap_or_else(|_| "?B".into());
+        let ftype = self
+            .model
+            .meta_val_str("general.file_type")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map_or("?", crate::gguf::ftype_name);
+        format!("{} {} {}", self.summary.arch, size, ftype)
+    }
+}

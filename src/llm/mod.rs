@@ -1,0 +1,74 @@
+//! The LLM stage: llama.cpp through `llama-cpp-2`, wrapped so the rest of
+//! ferrite deals in prompts, messages and a stream of text pieces.
+//!
+//! `Engine` owns a loaded model (validated by our GGUF reader first, then
+//! memory-mapped by llama.cpp); `Session` owns a context with its KV cache and
+//! the conversation, and reuses the cached prefix between turns so a follow-up
+//! question only pays for its new tokens. Sampling, beam search, the UTF-8 and
+//! stop-string handling of the output stream, perplexity and the benchmark each
+//! live in their own file.
+
+mod beam;
+mod bench;
+mod chat;
+mod engine;
+mod params;
+mod perplexity;
+mod session;
+mod stats;
+mod text;
+
+use std::sync::OnceLock;
+
+use llama_cpp_2::llama_backend::LlamaBackend;
+
+pub use bench::{run_bench, BenchOptions, BenchResult};
+pub use chat::{Message, Role};
+pub use engine::{Engine, LoadOptions};
+pub use params::GenParams;
+pub use perplexity::{perplexity, PerplexityResult};
+pub use session::{Session, SessionOptions};
+pub use stats::{Finish, GenStats, Reply};
+pub use text::{StopMatcher, Utf8Stream};
+
+/// What went wrong in the LLM stage.
+#[derive(Debug, thiserror::Error)]
+pub enum LlmError {
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error("llama.cpp could not initialise its backend: {0}")]
+    Backend(String),
+    #[error("{path}: llama.cpp refused to load the model ({msg}); run with -v to see its log")]
+    Load { path: String, msg: String },
+    #[error("cannot create a context of {ctx_tokens} tokens: {msg}; try a smaller -c")]
+    Context { ctx_tokens: u32, msg: String },
+    #[error("the prompt needs {needed} tokens but the context holds {ctx_tokens}: shorten it or raise -c")]
+    PromptTooLong { needed: usize, ctx_tokens: u32 },
+    #[error("llama.cpp decode failed: {0}")]
+    Decode(String),
+    #[error("chat template: {0}")]
+    Template(String),
+    #[error("invalid parameter: {0}")]
+    Param(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+
+/// llama.cpp's backend is process-wide and initialised exactly once; its and
+/// ggml's logs go to `tracing` (target `llama_cpp_2`), silent unless `-v`.
+pub(crate) fn backend() -> Result<&'static LlamaBackend, LlmError> {
+    BACKEND
+        .get_or_init(|| {
+            llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            LlamaBackend::init().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| LlmError::Backend(e.clone()))
+}
+
+/// Threads to use when none are configured: all online cores, as llama.cpp.
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
+}

