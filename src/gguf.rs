@@ -56,10 +56,10 @@ pub enum GgufError {
     Directory { path: PathBuf },
     #[error("{path}: file is empty")]
     Empty { path: PathBuf },
-    #[error("{path}: not a GGUF file (starts with {found:02x?}, expected \"GGUF\"){hint}")]
+    #[error("{path}: not a GGUF file (starts with \"{found}\", expected \"GGUF\"){hint}")]
     BadMagic {
         path: PathBuf,
-        found: Vec<u8>,
+        found: String,
         hint: &'static str,
     },
     #[error("{path}: unsupported GGUF version {version} (supported: 2 and 3)")]
@@ -494,7 +494,7 @@ impl GgufFile {
             };
             return Err(GgufError::BadMagic {
                 path: path.to_path_buf(),
-                found: head,
+                found: head.escape_ascii().to_string(),
                 hint,
             });
         }
@@ -823,8 +823,12 @@ impl GgufWriter {
         }
     }
 
+    /// Set a key (replacing an earlier value of the same key).
     pub fn kv(&mut self, key: &str, value: Value) -> &mut Self {
-        self.kv.push((key.to_string(), value));
+        match self.kv.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.kv.push((key.to_string(), value)),
+        }
         self
     }
 

@@ -1,1 +1,11 @@
+//! ferrite's integration tests: one binary, real parts. The real SmolLM2
+//! model is pulled into the store on first use (through the manifest, as a
+//! user would) and loaded once per process; fast loader tests use a tiny
+//! llama model that the tests write themselves.
 
+mod common;
+
+mod cli;
+mod engine;
+mod gguf_files;
+mod pull;

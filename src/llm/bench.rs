@@ -163,14 +163,13 @@ fn test_gen(
     } else {
         rng.next(n_vocab)
     };
-    let mut pos = ctx.kv_cache_seq_pos_max(0) + 1;
+    let start = ctx.kv_cache_seq_pos_max(0) + 1;
     let mut batch = LlamaBatch::new(1, 1);
-    for _ in 0..n_gen {
+    for pos in (start..).take(n_gen) {
         batch.clear();
         batch
             .add(tok, pos, &[0], true)
             .map_err(|e| LlmError::Decode(e.to_string()))?;
-        pos += 1;
         decode(ctx, &mut batch)?;
         ctx.synchronize();
         tok = rng.next(n_vocab);

@@ -412,11 +412,14 @@ impl<'s> Output<'s> {
         }
     }
 
-    /// End of a normal answer: release held-back bytes and text.
+    /// End of a normal answer: release held-back text. Bytes of a character
+    /// the answer stopped in the middle of are dropped, not shown as U+FFFD.
     fn flush(&mut self) {
-        let tail = self.utf8.finish();
-        let (mut shown, _) = self.stop.push(&tail);
-        shown.push_str(&self.stop.finish());
+        let dropped = self.utf8.held();
+        if dropped > 0 {
+            tracing::debug!(bytes = dropped, "answer ended inside a character");
+        }
+        let shown = self.stop.finish();
         if !shown.is_empty() {
             self.text.push_str(&shown);
             let _ = (self.sink)(&shown);

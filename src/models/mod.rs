@@ -48,6 +48,8 @@ pub enum ModelsError {
     },
     #[error("every source of `{name}` failed:\n  {errors}")]
     AllSourcesFailed { name: String, errors: String },
+    #[error("{0}: no such file")]
+    NoSuchFile(PathBuf),
     #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
     BadName(String),
     #[error("{path}: {source}")]
@@ -386,10 +388,7 @@ impl Store {
                     return Ok((label, p.to_path_buf()));
                 }
                 if s.contains(['/', '\\']) || s.ends_with(".gguf") {
-                    return Err(ModelsError::Io {
-                        path: p.to_path_buf(),
-                        source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-                    });
+                    return Err(ModelsError::NoSuchFile(p.to_path_buf()));
                 }
                 s.to_string()
             }

