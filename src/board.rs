@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::console::serial::{FlowOpt, ParityOpt};
+
 /// Profiles shipped in `boards/`, by name.
 const BUILTIN: &[(&str, &str)] = &[("host", include_str!("../boards/host.toml"))];
 
@@ -31,6 +33,11 @@ pub struct Board {
     pub gpu_layers: u32,
     pub default_model: Option<String>,
     pub store_dir: Option<PathBuf>,
+    /// The console's serial port for `ferrite serve` without `--port`.
+    pub serial_port: Option<String>,
+    pub baud: u32,
+    pub parity: ParityOpt,
+    pub flow_control: FlowOpt,
 }
 
 impl Default for Board {
@@ -43,6 +50,10 @@ impl Default for Board {
             gpu_layers: 0,
             default_model: None,
             store_dir: None,
+            serial_port: None,
+            baud: 115_200,
+            parity: ParityOpt::None,
+            flow_control: FlowOpt::None,
         }
     }
 }

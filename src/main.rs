@@ -10,7 +10,10 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
+use ferrite::assistant;
 use ferrite::board::Board;
+use ferrite::console::serial::{Serial, SerialSettings};
+use ferrite::console::stdio::Stdio;
 use ferrite::gguf::GgufFile;
 use ferrite::llm::{self, Engine, GenParams, LoadOptions, SessionOptions};
 use ferrite::models::{self, Manifest, Store};
@@ -63,6 +66,38 @@ enum Cmd {
         system: Option<String>,
         #[arg(long)]
         stats: bool,
+    },
+    /// Serve the assistant on a serial port (or stdin/stdout): one line in,
+    /// a streamed answer out. See the README for the protocol.
+    Serve {
+        /// Serial port path (e.g. /dev/ttyUSB0, /dev/serial0); default: the board's.
+        #[arg(long, conflicts_with = "stdio")]
+        port: Option<String>,
+        /// Use stdin/stdout instead of a serial port.
+        #[arg(long)]
+        stdio: bool,
+        /// Baud rate (default: the board's, else 115200).
+        #[arg(long)]
+        baud: Option<u32>,
+        #[arg(long, value_enum)]
+        parity: Option<ferrite::console::serial::ParityOpt>,
+        #[arg(long = "flow-control", value_enum)]
+        flow_control: Option<ferrite::console::serial::FlowOpt>,
+        /// Do not echo typed characters (for terminals that echo locally).
+        #[arg(long)]
+        no_echo: bool,
+        /// One JSON object per line in ({"q":..} / {"cmd":..}) and out.
+        #[arg(long)]
+        json: bool,
+        /// Longest accepted input line, in bytes.
+        #[arg(long, default_value_t = 1024)]
+        max_line: usize,
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        gen: GenArgs,
     },
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity {
@@ -419,6 +454,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 for r in &results {
                     println!("{}", r.markdown_row());
                 }
+            }
+        }
+        Cmd::Serve {
+            port,
+            stdio,
+            baud,
+            parity,
+            flow_control,
+            no_echo,
+            json,
+            max_line,
+            system,
+            model,
+            gen,
+        } => {
+            if max_line < 16 {
+                bail!("--max-line must be at least 16 bytes");
+            }
+            let opts = assistant::ServeOptions {
+                model: model.model.clone().or(ctx.board.default_model.clone()),
+                load: LoadOptions {
+                    gpu_layers: model.gpu_layers.unwrap_or(ctx.board.gpu_layers),
+                },
+                session: ctx.session_opts(&model, gen.beams),
+                params: gen.params(),
+                system,
+                echo: !no_echo && !stdio,
+                json,
+                max_line_bytes: max_line,
+                sys_root: assistant::default_sys_root(),
+            };
+            if stdio {
+                assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut Stdio::new())?;
+            } else {
+                let path = port
+                    .or(ctx.board.serial_port.clone())
+                    .context("no serial port: pass --port PATH (or --stdio), or set serial_port in the board profile")?;
+                let mut serial = Serial::new(SerialSettings {
+                    path,
+                    baud: baud.unwrap_or(ctx.board.baud),
+                    parity: parity.unwrap_or(ctx.board.parity),
+                    flow: flow_control.unwrap_or(ctx.board.flow_control),
+                });
+                assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut serial)?;
             }
         }
         Cmd::Models { cmd } => models_cmd(&ctx, cmd)?,

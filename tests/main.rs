@@ -9,3 +9,4 @@ mod cli;
 mod engine;
 mod gguf_files;
 mod pull;
+mod serial;

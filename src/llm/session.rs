@@ -4,7 +4,9 @@
 //! evaluates only the tokens after the longest prefix already in the KV cache,
 //! so follow-up questions cost their own length, not the conversation's. When
 //! the conversation no longer fits the context, the oldest turns are dropped
-//! (the system prompt stays), so a long-running console never fails on length.
+//! until it fills half the context (the system prompt stays), so a
+//! long-running console never fails on length and re-evaluates the
+//! conversation only once per half window.
 
 use std::num::NonZeroU32;
 use std::ops::ControlFlow;
@@ -155,6 +157,10 @@ impl<'m> Session<'m> {
         let n_ctx = self.n_ctx() as usize;
         let reserve = params.n_predict.unwrap_or(256).min(n_ctx / 2);
         let user_msg = Message::new(Role::User, user);
+        // Once the conversation overflows, drop down to half the context so
+        // the re-evaluation that dropping forces happens once per half
+        // window, not on every turn.
+        let mut limit = n_ctx;
         let tokens = loop {
             let mut msgs = Vec::with_capacity(self.history.len() + 2);
             if let Some(s) = &self.system {
@@ -164,9 +170,10 @@ impl<'m> Session<'m> {
             msgs.push(user_msg.clone());
             let prompt = self.engine.template.render(&self.engine.model, &msgs)?;
             let tokens = self.engine.tokenize(&prompt);
-            if tokens.len() + reserve <= n_ctx || self.history.is_empty() {
+            if tokens.len() + reserve <= limit || self.history.is_empty() {
                 break tokens;
             }
+            limit = n_ctx / 2;
             // Drop the oldest exchange (a user turn and its answer).
             let drop_n = if self.history.len() >= 2 && self.history[1].role == Role::Assistant {
                 2

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub(crate) use manifest::is_safe_name;
 pub use manifest::{Manifest, ModelEntry, ModelKind, Source, BUILTIN};
 
 use crate::gguf::write_atomic;

@@ -1,0 +1,146 @@
+//! The console's own commands (`/help`, `/reset`, `/stats`, `/set`, `/system`,
+//! `/model`, `/quit`). These are the only things a console line can make
+//! ferrite do besides answering: nothing is ever passed to a shell.
+
+use crate::llm::GenParams;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Help,
+    Reset,
+    Stats,
+    /// Show the sampling settings.
+    Show,
+    Set(Setting),
+    /// Set (Some) or clear (None) the system prompt.
+    System(Option<String>),
+    Model(String),
+    /// List the models that can be switched to.
+    Models,
+    Quit,
+}
+
+/// One sampling knob and its new value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Setting {
+    Temp(f32),
+    TopK(i32),
+    TopP(f32),
+    MinP(f32),
+    RepeatPenalty(f32),
+    NPredict(Option<usize>),
+    Seed(u32),
+}
+
+pub const HELP: &str = "\
+commands:
+  /help               this text
+  /reset              forget the conversation
+  /stats              speed, time to first token, context use, memory, temperature
+  /set KEY VALUE      temp, top-k, top-p, min-p, repeat-penalty, n-predict (-1 = no limit), seed
+  /show               the current sampling settings
+  /system TEXT        set the system prompt (/system alone clears it)
+  /models             models that /model can switch to
+  /model NAME         switch to another pulled model (starts a new conversation)
+  /quit               end this session
+anything else is a question; Ctrl-C cancels an answer or clears the line";
+
+impl Command {
+    /// `None` if the line is not a command (does not start with `/`).
+    pub fn parse(line: &str) -> Option<Result<Command, String>> {
+        let line = line.trim();
+        let rest = line.strip_prefix('/')?;
+        let (name, arg) = match rest.split_once(char::is_whitespace) {
+            Some((n, a)) => (n, a.trim()),
+            None => (rest, ""),
+        };
+        let no_arg = |c: Command| {
+            if arg.is_empty() {
+                Ok(c)
+            } else {
+                Err(format!("/{name} takes no argument"))
+            }
+        };
+        Some(match name {
+            "help" | "?" => no_arg(Command::Help),
+            "reset" => no_arg(Command::Reset),
+            "stats" => no_arg(Command::Stats),
+            "show" => no_arg(Command::Show),
+            "quit" | "exit" => no_arg(Command::Quit),
+            "models" => no_arg(Command::Models),
+            "system" => Ok(Command::System((!arg.is_empty()).then(|| arg.to_string()))),
+            "model" if !arg.is_empty() => Ok(Command::Model(arg.to_string())),
+            "model" => Err("usage: /model NAME (see /models)".into()),
+            "set" => Setting::parse(arg).map(Command::Set),
+            _ => Err(format!("unknown command /{name}; /help lists them")),
+        })
+    }
+}
+
+impl Setting {
+    fn parse(arg: &str) -> Result<Setting, String> {
+        let (key, value) = arg
+            .split_once(char::is_whitespace)
+            .map(|(k, v)| (k, v.trim()))
+            .ok_or("usage: /set KEY VALUE")?;
+        let f = |lo: f32, hi: f32| -> Result<f32, String> {
+            match value.parse::<f32>() {
+                Ok(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v),
+                _ => Err(format!("{key} must be a number from {lo} to {hi}")),
+            }
+        };
+        Ok(match key.replace('_', "-").as_str() {
+            "temp" | "temperature" => Setting::Temp(f(0.0, 5.0)?),
+            "top-k" => Setting::TopK(value.parse().ok().filter(|&k| k >= 0).ok_or("top-k must be a whole number ≥ 0")?),
+            "top-p" => Setting::TopP(f(0.0, 1.0)?),
+            "min-p" => Setting::MinP(f(0.0, 1.0)?),
+            "repeat-penalty" => Setting::RepeatPenalty(f(0.01, 10.0)?),
+            "n-predict" | "n" => Setting::NPredict(match value.parse::<i64>() {
+                Ok(n) if n < 0 => None,
+                Ok(n) if n > 0 => Some(n as usize),
+                _ => return Err("n-predict must be a positive whole number or -1".into()),
+            }),
+            "seed" => Setting::Seed(value.parse().map_err(|_| "seed must be a whole number")?),
+            _ => return Err(format!("unknown setting `{key}`; settable: temp, top-k, top-p, min-p, repeat-penalty, n-predict, seed")),
+        })
+    }
+
+    pub fn apply(&self, p: &mut GenParams) {
+        match *self {
+            Setting::Temp(v) => p.temperature = v,
+            Setting::TopK(v) => p.top_k = v,
+            Setting::TopP(v) => p.top_p = v,
+            Setting::MinP(v) => p.min_p = v,
+            Setting::RepeatPenalty(v) => p.repeat_penalty = v,
+            Setting::NPredict(v) => p.n_predict = v,
+            Setting::Seed(v) => p.seed = v,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(Command::parse("hello"), None);
+        assert_eq!(Command::parse("/reset"), Some(Ok(Command::Reset)));
+        assert_eq!(
+            Command::parse(" /set temp 0.7 "),
+            Some(Ok(Command::Set(Setting::Temp(0.7))))
+        );
+        assert_eq!(
+            Command::parse("/set n-predict -1"),
+            Some(Ok(Command::Set(Setting::NPredict(None))))
+        );
+        assert_eq!(
+            Command::parse("/system be brief"),
+            Some(Ok(Command::System(Some("be brief".into()))))
+        );
+        assert_eq!(Command::parse("/system"), Some(Ok(Command::System(None))));
+        assert!(matches!(Command::parse("/set temp hot"), Some(Err(_))));
+        assert!(matches!(Command::parse("/rm -rf /"), Some(Err(_))));
+        assert!(matches!(Command::parse("/reset now"), Some(Err(_))));
+    }
+}

@@ -1,0 +1,579 @@
+//! The assistant loop behind `ferrite serve`: lines arrive from a console
+//! link, commands are executed, questions are answered token by token.
+//!
+//! The loop owns the conversation and the sampling settings; the link comes
+//! from a `Connector` (serial port, pseudo-terminal, stdio) and may vanish and
+//! come back, in which case the loop waits, reopens it and starts a new
+//! session. While an answer streams, the loop keeps reading the link so that
+//! Ctrl-C (or BREAK, which a raw serial line delivers as NUL) cancels within
+//! one token; anything else typed meanwhile is kept, bounded, as type-ahead.
+
+mod commands;
+mod line;
+mod status;
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::time::Duration;
+
+use serde_json::json;
+
+pub use commands::{Command, Setting, HELP};
+pub use line::{Event, LineEditor};
+pub use status::{rss_bytes, soc_temp_c};
+
+use crate::console::{self, Channels, Connector, Input};
+use crate::llm::{Engine, Finish, GenParams, LlmError, LoadOptions, Session, SessionOptions};
+use crate::models::{Manifest, ModelsError, Store};
+use crate::systemd::{self, Heartbeat};
+
+/// What `ferrite serve` was asked to do.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Model name or path; `None` is the board's/manifest's default.
+    pub model: Option<String>,
+    pub load: LoadOptions,
+    pub session: SessionOptions,
+    pub params: GenParams,
+    pub system: Option<String>,
+    /// Echo typed characters (serial terminals do not echo locally).
+    pub echo: bool,
+    /// One JSON object per line in and out, for machines.
+    pub json: bool,
+    /// Longest accepted input line in bytes.
+    pub max_line_bytes: usize,
+    /// Root of the filesystem to read `/sys/class/thermal` from (tests use a
+    /// fake tree).
+    pub sys_root: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssistantError {
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error(transparent)]
+    Models(#[from] ModelsError),
+    #[error("{what}: {source}")]
+    Link {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+/// Bytes typed during an answer that are kept for afterwards.
+const MAX_TYPE_AHEAD: usize = 64 * 1024;
+const CTRL_C: u8 = 0x03;
+/// A BREAK on a raw serial line reads as NUL.
+const BREAK: u8 = 0x00;
+
+/// How one conversation ended.
+enum End {
+    /// The link is gone (unplugged, closed).
+    LinkLost,
+    /// stdin reached its end.
+    InputEnded,
+    /// `/quit`.
+    Quit,
+    /// `/model NAME`.
+    Switch(String, PathBuf),
+}
+
+/// Open the link, waiting for it to appear when the connector reopens.
+fn connect(connector: &mut dyn Connector, hb: &Heartbeat) -> Result<Channels, AssistantError> {
+    let mut warned = false;
+    loop {
+        hb.beat();
+        match connector.open() {
+            Ok(link) => {
+                tracing::info!(port = %connector.describe(), "console open");
+                return Ok(console::start(link));
+            }
+            Err(e) if connector.reopens() => {
+                if !warned {
+                    tracing::warn!(port = %connector.describe(), error = %e, "console not available; waiting for it");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(source) => {
+                return Err(AssistantError::Link {
+                    what: connector.describe(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Run the assistant on `connector` until stdin ends (stdio) or forever
+/// (serial: unplugging the port waits for it to come back).
+pub fn serve(
+    opts: &ServeOptions,
+    store: &Store,
+    manifest: &Manifest,
+    connector: &mut dyn Connector,
+) -> Result<(), AssistantError> {
+    let hb = systemd::watchdog();
+    let (mut name, mut path) = store.resolve(opts.model.as_deref(), manifest, true)?;
+    let mut link: Option<Channels> = None;
+    let mut ready = false;
+    loop {
+        let engine = Engine::load(&name, &path, &opts.load)?;
+        loop {
+            let ch = match link.take() {
+                Some(ch) if !ch.output.is_closed() => ch,
+                _ => connect(connector, &hb)?,
+            };
+            if !ready {
+                systemd::notify("READY=1");
+                ready = true;
+            }
+            let mut conv = Conversation::new(opts, &engine, store, manifest, &ch, &hb)?;
+            match conv.run() {
+                End::LinkLost | End::InputEnded if connector.reopens() => {
+                    tracing::warn!(port = %connector.describe(), "console link lost; waiting for it to come back");
+                }
+                End::LinkLost | End::InputEnded => return Ok(()),
+                End::Quit if connector.reopens() => link = Some(ch),
+                End::Quit => return Ok(()),
+                End::Switch(n, p) => {
+                    tracing::info!(model = %n, "switching model");
+                    name = n;
+                    path = p;
+                    link = Some(ch);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One session on one link.
+struct Conversation<'a, 'm> {
+    opts: &'a ServeOptions,
+    engine: &'m Engine,
+    session: Session<'m>,
+    params: GenParams,
+    store: &'a Store,
+    manifest: &'a Manifest,
+    ch: &'a Channels,
+    hb: &'a Heartbeat,
+    editor: LineEditor,
+    type_ahead: Vec<u8>,
+    /// Input ended while an answer was streaming: finish, then stop.
+    eof: bool,
+}
+
+impl<'a, 'm> Conversation<'a, 'm> {
+    fn new(
+        opts: &'a ServeOptions,
+        engine: &'m Engine,
+        store: &'a Store,
+        manifest: &'a Manifest,
+        ch: &'a Channels,
+        hb: &'a Heartbeat,
+    ) -> Result<Self, AssistantError> {
+        let mut session = engine.session(opts.session.clone())?;
+        session.set_system(opts.system.clone());
+        Ok(Conversation {
+            opts,
+            engine,
+            session,
+            params: opts.params.clone(),
+            store,
+            manifest,
+            ch,
+            hb,
+            editor: LineEditor::new(opts.max_line_bytes, opts.echo && !opts.json),
+            type_ahead: Vec::new(),
+            eof: false,
+        })
+    }
+
+    fn send(&self, s: &str) {
+        self.ch.output.send_str(s);
+    }
+
+    fn send_json(&self, v: serde_json::Value) {
+        self.send(&format!("{v}\n"));
+    }
+
+    fn prompt(&self) {
+        if !self.opts.json {
+            self.send("> ");
+        }
+    }
+
+    fn error(&self, msg: &str) {
+        if self.opts.json {
+            self.send_json(json!({ "error": msg }));
+        } else {
+            self.send(&format!("error: {msg}\n"));
+        }
+    }
+
+    fn banner(&self) {
+        if self.opts.json {
+            self.send_json(json!({
+                "ready": true,
+                "version": crate::VERSION,
+                "model": self.engine.name(),
+                "ctx": self.session.n_ctx(),
+            }));
+        } else {
+            self.send(&format!(
+                "ferrite {} model={} ctx={}\n",
+                crate::VERSION,
+                self.engine.name(),
+                self.session.n_ctx()
+            ));
+        }
+        self.prompt();
+    }
+
+    fn run(&mut self) -> End {
+        self.banner();
+        loop {
+            self.hb.beat();
+            let chunk = if !self.type_ahead.is_empty() {
+                std::mem::take(&mut self.type_ahead)
+            } else if self.eof {
+                return End::InputEnded;
+            } else {
+                match self.ch.input.recv_timeout(Duration::from_millis(500)) {
+                    Ok(Input::Bytes(b)) => b,
+                    Ok(Input::Eof) => {
+                        tracing::info!("console input ended");
+                        return End::InputEnded;
+                    }
+                    Ok(Input::Lost(why)) => {
+                        tracing::warn!(reason = %why, "console link lost");
+                        return End::LinkLost;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if self.ch.output.is_closed() {
+                            return End::LinkLost;
+                        }
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return End::LinkLost,
+                }
+            };
+            for (i, &b) in chunk.iter().enumerate() {
+                let Some(ev) = self.editor.feed(b) else {
+                    continue;
+                };
+                let end = self.on_event(ev);
+                if let Some(end) = end {
+                    return end;
+                }
+                if !self.type_ahead.is_empty() {
+                    // Keep the order: the rest of this chunk goes before what
+                    // was typed during the answer.
+                    let mut rest = chunk[i + 1..].to_vec();
+                    rest.append(&mut self.type_ahead);
+                    rest.truncate(MAX_TYPE_AHEAD);
+                    self.type_ahead = rest;
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) -> Option<End> {
+        let echo = self.opts.echo && !self.opts.json;
+        match ev {
+            Event::Echo(b) => {
+                self.ch.output.send(&b);
+                None
+            }
+            Event::Cleared => {
+                if echo {
+                    self.send("^C\n");
+                }
+                self.prompt();
+                None
+            }
+            Event::Rejected(msg) => {
+                if echo {
+                    self.send("\n");
+                }
+                self.error(msg);
+                self.prompt();
+                None
+            }
+            Event::Line(line) => {
+                if echo {
+                    self.send("\n");
+                }
+                let end = self.on_line(line.trim());
+                if end.is_none() {
+                    self.prompt();
+                }
+                end
+            }
+        }
+    }
+
+    fn on_line(&mut self, line: &str) -> Option<End> {
+        if line.is_empty() {
+            return None;
+        }
+        if self.opts.json {
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(e) => {
+                    self.error(&format!("not a JSON object: {e}"));
+                    return None;
+                }
+            };
+            if let Some(q) = v.get("q").and_then(|q| q.as_str()) {
+                return self.answer(q);
+            }
+            if let Some(c) = v.get("cmd").and_then(|c| c.as_str()) {
+                let c = format!("/{}", c.trim_start_matches('/'));
+                return match Command::parse(&c) {
+                    Some(Ok(cmd)) => self.command(cmd),
+                    Some(Err(e)) => {
+                        self.error(&e);
+                        None
+                    }
+                    None => None,
+                };
+            }
+            self.error("expected {\"q\": \"question\"} or {\"cmd\": \"command\"}");
+            return None;
+        }
+        match Command::parse(line) {
+            Some(Ok(cmd)) => self.command(cmd),
+            Some(Err(e)) => {
+                self.error(&e);
+                None
+            }
+            None => self.answer(line),
+        }
+    }
+
+    fn ok(&self, cmd: &str, text: &str) {
+        if self.opts.json {
+            self.send_json(json!({ "ok": cmd, "info": text }));
+        } else {
+            self.send(&format!("{text}\n"));
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Option<End> {
+        match cmd {
+            Command::Help => self.ok("help", HELP),
+            Command::Reset => {
+                self.session.reset();
+                self.ok("reset", "(conversation forgotten)");
+            }
+            Command::Stats => self.stats(),
+            Command::Show => {
+                let p = &self.params;
+                let text =
+                    format!(
+                    "temp={} top-k={} top-p={} min-p={} repeat-penalty={} n-predict={} seed={}{}",
+                    p.temperature,
+                    p.top_k,
+                    p.top_p,
+                    p.min_p,
+                    p.repeat_penalty,
+                    p.n_predict.map_or(-1, |n| n as i64),
+                    if p.seed == u32::MAX { "random".to_string() } else { p.seed.to_string() },
+                    self.session.system().map_or(String::new(), |s| format!("\nsystem: {s}"))
+                );
+                self.ok("show", &text);
+            }
+            Command::Set(s) => {
+                let mut p = self.params.clone();
+                s.apply(&mut p);
+                match p.validate() {
+                    Ok(()) => {
+                        self.params = p;
+                        self.ok("set", &format!("{s:?}").to_lowercase());
+                    }
+                    Err(e) => self.error(&e.to_string()),
+                }
+            }
+            Command::System(text) => {
+                let set = text.is_some();
+                self.session.set_system(text);
+                self.ok(
+                    "system",
+                    if set {
+                        "(system prompt set)"
+                    } else {
+                        "(system prompt cleared)"
+                    },
+                );
+            }
+            Command::Models => {
+                let names: Vec<String> = self
+                    .store
+                    .list(self.manifest)
+                    .into_iter()
+                    .filter(|l| l.pulled)
+                    .map(|l| {
+                        if l.name == self.engine.name() {
+                            format!("{} (in use)", l.name)
+                        } else {
+                            l.name
+                        }
+                    })
+                    .collect();
+                self.ok("models", &names.join("\n"));
+            }
+            Command::Model(name) => {
+                // Names only: a console user never points ferrite at a path.
+                if !crate::models::is_safe_name(&name) {
+                    self.error("/model takes a model name from /models, not a path");
+                    return None;
+                }
+                match self.store.path(&name) {
+                    Ok(p) => {
+                        self.ok(
+                            "model",
+                            &format!("(loading {name}; a new conversation starts)"),
+                        );
+                        return Some(End::Switch(name, p));
+                    }
+                    Err(e) => self.error(&e.to_string()),
+                }
+            }
+            Command::Quit => {
+                self.ok("quit", "bye");
+                return Some(End::Quit);
+            }
+        }
+        None
+    }
+
+    fn stats(&self) {
+        let rss = rss_bytes();
+        let temp = soc_temp_c(&self.opts.sys_root);
+        let last = self.session.last_stats().cloned();
+        if self.opts.json {
+            self.send_json(json!({
+                "stats": {
+                    "last": last,
+                    "ctx_tokens": self.session.n_ctx(),
+                    "turns": self.session.history().len() / 2,
+                    "rss_bytes": rss,
+                    "soc_temp_c": temp,
+                    "output_dropped_bytes": self.ch.output.dropped(),
+                }
+            }));
+            return;
+        }
+        let mut s = String::new();
+        match &last {
+            Some(st) => s.push_str(&format!(
+                "last answer: {} tok at {:.1} tok/s, ttft {:.0} ms, prompt {} tok ({} cached) at {:.1} tok/s\n",
+                st.gen_tokens,
+                st.tokens_per_s(),
+                st.ttft_ms,
+                st.prompt_tokens,
+                st.cached_tokens,
+                st.prompt_tokens_per_s()
+            )),
+            None => s.push_str("last answer: none yet\n"),
+        }
+        let used = last.as_ref().map_or(0, |st| st.ctx_used);
+        s.push_str(&format!(
+            "context: {used}/{} tokens, {} turns\n",
+            self.session.n_ctx(),
+            self.session.history().len() / 2
+        ));
+        s.push_str(&match rss {
+            Some(b) => format!("memory: rss {:.1} MiB\n", b as f64 / (1024.0 * 1024.0)),
+            None => "memory: not readable\n".into(),
+        });
+        s.push_str(&match temp {
+            Some(t) => format!("soc: {t:.1} °C"),
+            None => "soc: temperature not readable".into(),
+        });
+        self.ok("stats", &s);
+    }
+
+    /// Stream an answer, watching the link for Ctrl-C/BREAK.
+    fn answer(&mut self, q: &str) -> Option<End> {
+        let _span = tracing::info_span!("answer").entered();
+        let json = self.opts.json;
+        let out = &self.ch.output;
+        let input = &self.ch.input;
+        let hb = self.hb;
+        let type_ahead = &mut self.type_ahead;
+        let eof = &mut self.eof;
+        let mut link_lost = false;
+        let mut sink = |piece: &str| {
+            hb.beat();
+            if !piece.is_empty() {
+                if json {
+                    out.send_str(&format!("{}\n", json!({ "token": piece })));
+                } else {
+                    out.send_str(piece);
+                }
+            }
+            while !*eof {
+                match input.try_recv() {
+                    Ok(Input::Bytes(b)) => {
+                        let cancel = b.iter().position(|&c| c == CTRL_C || c == BREAK);
+                        let keep = MAX_TYPE_AHEAD.saturating_sub(type_ahead.len());
+                        if b.len() > keep {
+                            tracing::warn!(
+                                bytes = b.len() - keep,
+                                "type-ahead during an answer over 64 KiB: dropped"
+                            );
+                        }
+                        match cancel {
+                            Some(i) => {
+                                type_ahead.extend(b[..i].iter().chain(&b[i + 1..]).take(keep));
+                                return ControlFlow::Break(());
+                            }
+                            None => type_ahead.extend(b.iter().take(keep)),
+                        }
+                    }
+                    // No more input, but this answer is still wanted.
+                    Ok(Input::Eof) => *eof = true,
+                    Ok(Input::Lost(_)) | Err(TryRecvError::Disconnected) => {
+                        link_lost = true;
+                        return ControlFlow::Break(());
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+            if out.is_closed() {
+                link_lost = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        };
+        let result = self.session.ask(q, &self.params, &mut sink);
+        if link_lost {
+            return Some(End::LinkLost);
+        }
+        match result {
+            Ok(reply) => {
+                if json {
+                    self.send_json(
+                        json!({ "done": true, "finish": reply.finish, "stats": reply.stats }),
+                    );
+                } else if reply.finish == Finish::Cancelled {
+                    self.send(" [cancelled]\n");
+                } else {
+                    self.send("\n");
+                }
+            }
+            Err(e) => self.error(&e.to_string()),
+        }
+        None
+    }
+}
+
+/// The thermal root used outside tests.
+pub fn default_sys_root() -> PathBuf {
+    Path::new("/").to_path_buf()
+}

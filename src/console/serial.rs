@@ -1,0 +1,113 @@
+//! A serial port as a console link, opened with the `serialport` crate: a
+//! UART on the GPIO header, a USB gadget port, a USB-serial adapter, or a
+//! pseudo-terminal (which is how the tests drive it).
+//!
+//! Raw mode, 8 data bits, 1 stop bit; baud, parity and flow control from the
+//! board profile or flags. In raw mode a BREAK condition reads as a NUL byte,
+//! which the loop treats like Ctrl-C during an answer.
+
+use std::io::{ErrorKind, Write};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serialport::{DataBits, FlowControl, Parity, SerialPort, StopBits};
+
+use super::{Connector, Link};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ParityOpt {
+    None,
+    Odd,
+    Even,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowOpt {
+    /// No flow control.
+    None,
+    /// XON/XOFF in band.
+    Software,
+    /// RTS/CTS lines.
+    Hardware,
+}
+
+#[derive(Debug, Clone)]
+pub struct SerialSettings {
+    pub path: String,
+    pub baud: u32,
+    pub parity: ParityOpt,
+    pub flow: FlowOpt,
+}
+
+pub struct Serial {
+    settings: SerialSettings,
+}
+
+impl Serial {
+    pub fn new(settings: SerialSettings) -> Self {
+        Serial { settings }
+    }
+}
+
+/// How long a read or write waits before the thread looks around again.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Writes that wait out flow control instead of failing on a timeout; the
+/// writer thread is the only one that ever waits on a stalled terminal.
+struct PortWriter(Box<dyn SerialPort>);
+
+impl Write for PortWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.write(buf) {
+                Err(e) if e.kind() == ErrorKind::TimedOut => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == ErrorKind::TimedOut => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl Connector for Serial {
+    fn open(&mut self) -> std::io::Result<Link> {
+        let s = &self.settings;
+        let port = serialport::new(&s.path, s.baud)
+            .data_bits(DataBits::Eight)
+            .stop_bits(StopBits::One)
+            .parity(match s.parity {
+                ParityOpt::None => Parity::None,
+                ParityOpt::Odd => Parity::Odd,
+                ParityOpt::Even => Parity::Even,
+            })
+            .flow_control(match s.flow {
+                FlowOpt::None => FlowControl::None,
+                FlowOpt::Software => FlowControl::Software,
+                FlowOpt::Hardware => FlowControl::Hardware,
+            })
+            .timeout(POLL)
+            .open()
+            .map_err(std::io::Error::from)?;
+        let reader = port.try_clone().map_err(std::io::Error::from)?;
+        Ok(Link {
+            reader: Box::new(reader),
+            writer: Box::new(PortWriter(port)),
+            crlf: true,
+        })
+    }
+
+    fn describe(&self) -> String {
+        format!("{} at {} baud", self.settings.path, self.settings.baud)
+    }
+
+    fn reopens(&self) -> bool {
+        true
+    }
+}

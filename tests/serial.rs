@@ -1,0 +1,435 @@
+//! `ferrite serve` over a real pseudo-terminal pair made by `socat`, with the
+//! real model: the line protocol, commands, editing, Ctrl-C, garbage, the port
+//! vanishing and coming back, JSON mode, and memory over many queries.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::common::{ferrite_bin, model_path};
+
+/// A `socat` pty pair: `dev` is ferrite's "serial port", `term` the user's end.
+struct PtyPair {
+    socat: Child,
+    dev: PathBuf,
+    term: PathBuf,
+}
+
+impl PtyPair {
+    fn start(dir: &Path) -> PtyPair {
+        let dev = dir.join("ttyFERRITE");
+        let term = dir.join("ttyTERM");
+        let _ = std::fs::remove_file(&dev);
+        let _ = std::fs::remove_file(&term);
+        let socat = Command::new("socat")
+            .arg(format!("pty,raw,echo=0,link={}", dev.display()))
+            .arg(format!("pty,raw,echo=0,link={}", term.display()))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat is needed for the serial tests (apt-get install socat)");
+        let t0 = Instant::now();
+        while !(dev.exists() && term.exists()) {
+            assert!(t0.elapsed() < Duration::from_secs(10), "socat made no ptys");
+            thread::sleep(Duration::from_millis(20));
+        }
+        PtyPair { socat, dev, term }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.socat.kill();
+        let _ = self.socat.wait();
+    }
+}
+
+impl Drop for PtyPair {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The user's terminal: writes bytes, collects everything ferrite sends.
+struct Term {
+    file: File,
+    seen: Arc<Mutex<Vec<u8>>>,
+    /// Where the next `expect` starts looking.
+    mark: usize,
+}
+
+impl Term {
+    fn open(path: &Path) -> Term {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut reader = file.try_clone().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Term {
+            file,
+            seen,
+            mark: 0,
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.file.write_all(bytes).unwrap();
+        self.file.flush().unwrap();
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()[self.mark..]).into_owned()
+    }
+
+    /// Wait until `pat` appears after the mark; move the mark past it and
+    /// return what came before it.
+    fn expect(&mut self, pat: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            {
+                let seen = self.seen.lock().unwrap();
+                let hay = &seen[self.mark..];
+                if let Some(i) = hay.windows(pat.len()).position(|w| w == pat.as_bytes()) {
+                    let before = String::from_utf8_lossy(&hay[..i]).into_owned();
+                    self.mark += i + pat.len();
+                    return before;
+                }
+            }
+            if t0.elapsed() > timeout {
+                panic!("timed out waiting for {pat:?}; got:\n{}", self.text());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until nothing new has arrived for `quiet`.
+    fn settle(&mut self, quiet: Duration, timeout: Duration) {
+        let t0 = Instant::now();
+        let mut last = (self.seen.lock().unwrap().len(), Instant::now());
+        while t0.elapsed() < timeout {
+            thread::sleep(Duration::from_millis(50));
+            let n = self.seen.lock().unwrap().len();
+            if n != last.0 {
+                last = (n, Instant::now());
+            } else if last.1.elapsed() >= quiet {
+                break;
+            }
+        }
+        self.mark = self.seen.lock().unwrap().len();
+    }
+}
+
+const T: Duration = Duration::from_secs(60);
+
+/// A running `ferrite serve`, killed on drop. The pty tests take turns (a
+/// timing assertion on 2 cores means little with four models decoding), and
+/// the children do not spin-wait in OpenMP for the same reason.
+struct Served {
+    child: Child,
+    _home: tempfile::TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+static TURN: Mutex<()> = Mutex::new(());
+
+impl Served {
+    fn start(args: &[&str]) -> Served {
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let home = tempfile::tempdir().unwrap();
+        let child = Command::new(ferrite_bin())
+            .arg("serve")
+            .args([
+                "-m",
+                model_path().to_str().unwrap(),
+                "--temp",
+                "0",
+                "-t",
+                "2",
+            ])
+            .args(args)
+            .env("FERRITE_HOME", home.path())
+            .env("FERRITE_LOG", "ferrite=info")
+            .env("OMP_WAIT_POLICY", "PASSIVE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Served {
+            child,
+            _home: home,
+            _turn: turn,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_pair(args: &[&str]) -> (tempfile::TempDir, PtyPair, Served, Term) {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = PtyPair::start(dir.path());
+    let mut full = vec!["--port", pair.dev.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let served = Served::start(&full);
+    let mut term = Term::open(&pair.term);
+    if args.contains(&"--json") {
+        term.expect("\"ready\":true", T);
+        term.expect("\n", T);
+    } else {
+        term.expect("model=", T);
+        term.expect("> ", T);
+    }
+    (dir, pair, served, term)
+}
+
+#[test]
+fn serial_query_commands_and_line_editing() {
+    let (_d, _p, mut served, mut term) = start_pair(&["-n", "48"]);
+    term.send(b"What is the capital of France?\r");
+    let answer = term.expect("\r\n> ", T);
+    assert!(answer.contains("Paris"), "{answer}");
+
+    term.send(b"/stats\r");
+    let stats = term.expect("\r\n> ", T);
+    for want in ["tok/s", "ttft", "context:", "rss", "soc"] {
+        assert!(stats.contains(want), "missing {want} in {stats}");
+    }
+    // LF and CRLF line ends work too, and CRLF is one line end, not two.
+    term.send(b"/set temp 0.5\n");
+    let set = term.expect("\r\n> ", T);
+    assert!(set.contains("temp(0.5)"), "{set}");
+    term.send(b"/show\r\n");
+    let show = term.expect("\r\n> ", T);
+    assert!(show.contains("temp=0.5"), "{show}");
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(term.text(), "", "CRLF was taken as two line ends");
+    // Backspace (DEL and BS) edits the line.
+    term.send(b"/resex\x7ft\r");
+    let reset = term.expect("\r\n> ", T);
+    assert!(reset.contains("(conversation forgotten)"), "{reset}");
+    term.send(b"/help\x08p\r");
+    assert!(term.expect("\r\n> ", T).contains("/reset"));
+    // Nothing but our own commands: no shell, clear errors.
+    term.send(b"/bin/sh -c reboot\r");
+    assert!(term.expect("\r\n> ", T).contains("error: unknown command"));
+    term.send(b"/model ../../etc/passwd\r");
+    assert!(term.expect("\r\n> ", T).contains("error:"));
+    // Ctrl-C at the prompt clears the line.
+    term.send(b"half a line\x03/stats\r");
+    assert!(term.expect("\r\n> ", T).contains("^C"));
+    assert!(term.expect("\r\n> ", T).contains("tok/s"));
+    // /quit ends the session, not the service.
+    term.send(b"/quit\r");
+    term.expect("bye", T);
+    term.expect("model=", T);
+    assert!(served.alive());
+}
+
+#[test]
+fn ctrl_c_cancels_an_answer_within_a_second() {
+    let (_d, _p, _s, mut term) = start_pair(&["-n", "-1"]);
+    term.send(b"Write a very long story about a dragon and a knight.\r");
+    // Wait for the answer to be streaming.
+    let t0 = Instant::now();
+    while term.text().len() < 40 {
+        assert!(t0.elapsed() < T, "no answer streamed: {}", term.text());
+        thread::sleep(Duration::from_millis(10));
+    }
+    let sent = Instant::now();
+    term.send(&[0x03]);
+    term.expect("[cancelled]\r\n> ", T);
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
+    // A BREAK condition arrives on a raw line as NUL and cancels the same way.
+    term.send(b"Write another very long story about a castle.\r");
+    let t0 = Instant::now();
+    while term.text().len() < 40 {
+        assert!(t0.elapsed() < T);
+        thread::sleep(Duration::from_millis(10));
+    }
+    term.send(&[0x00]);
+    term.expect("[cancelled]\r\n> ", T);
+}
+
+#[test]
+fn garbage_does_not_crash_or_grow_memory() {
+    let (_d, _p, served, mut term) = start_pair(&["-n", "16"]);
+    term.send(b"What is the capital of France?\r");
+    assert!(term.expect("\r\n> ", T).contains("Paris"));
+    let before = served.rss_kib();
+
+    // 1 MiB of random bytes, a 64 KiB line, invalid UTF-8, NULs.
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let junk: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect();
+    for chunk in junk.chunks(4096) {
+        term.send(chunk);
+    }
+    term.send(b"\x03\r");
+    term.settle(Duration::from_secs(2), Duration::from_secs(120));
+    // Each kind of bad line gets its one error line.
+    term.send(&vec![b'a'; 64 * 1024]);
+    term.send(b"\r");
+    assert!(term.expect("\r\n> ", T).contains("error: line too long"));
+    term.send(b"\xff\xfe\xc3(\r");
+    assert!(term
+        .expect("\r\n> ", T)
+        .contains("error: line is not valid UTF-8"));
+    term.send(b"abc\x00def\r");
+    assert!(term
+        .expect("\r\n> ", T)
+        .contains("error: line contains control characters"));
+
+    term.send(b"/reset\r");
+    term.expect("(conversation forgotten)", T);
+    term.expect("> ", T);
+    term.send(b"What is the capital of France?\r");
+    let answer = term.expect("\r\n> ", T);
+    assert!(answer.contains("Paris"), "{answer}");
+    let after = served.rss_kib();
+    assert!(
+        after < before + 8 * 1024,
+        "rss grew from {before} KiB to {after} KiB"
+    );
+}
+
+#[test]
+fn the_port_vanishing_and_returning_is_survived() {
+    let (dir, mut pair, mut served, mut term) = start_pair(&["-n", "48"]);
+    term.send(b"/stats\r");
+    term.expect("\r\n> ", T);
+    // Unplug: the pty pair and its device path disappear.
+    pair.stop();
+    drop(term);
+    thread::sleep(Duration::from_millis(800));
+    assert!(served.alive(), "ferrite exited when the port vanished");
+    // Plug back in at the same path.
+    let pair2 = PtyPair::start(dir.path());
+    let mut term = Term::open(&pair2.term);
+    term.expect("model=", T);
+    term.expect("> ", T);
+    term.send(b"What is the capital of France?\r");
+    let answer = term.expect("\r\n> ", T);
+    assert!(answer.contains("Paris"), "{answer}");
+}
+
+#[test]
+fn json_mode_round_trip() {
+    let (_d, _p, _s, mut term) = start_pair(&["--json", "-n", "48"]);
+    term.send(b"{\"q\":\"What is the capital of France?\"}\n");
+    let mut text = String::new();
+    let done = loop {
+        let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
+        match v["token"].as_str() {
+            Some(t) => text.push_str(t),
+            None => break v,
+        }
+    };
+    assert!(text.contains("Paris"), "{text}");
+    assert_eq!(done["done"], true);
+    assert!(done["stats"]["gen_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(done["finish"], "end_of_generation");
+
+    term.send(b"{\"cmd\":\"stats\"}\n");
+    let line = term.expect("\n", T);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    assert!(v["stats"]["rss_bytes"].as_u64().unwrap() > 0);
+    term.send(b"{\"cmd\":\"reset\"}\n");
+    let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
+    assert_eq!(v["ok"], "reset");
+    term.send(b"not json\n");
+    let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("JSON"));
+}
+
+#[test]
+fn two_hundred_queries_keep_memory_flat() {
+    // A small context fills within the first dozen turns, so the KV cache is
+    // fully touched before the first reading and the turn-dropping path runs
+    // all the time: what grows after that is a leak.
+    let (_d, _p, served, mut term) = start_pair(&["-n", "4", "-c", "256", "--no-echo"]);
+    let mut rss = Vec::new();
+    for i in 0..200 {
+        term.send(format!("Say the number {i}.\r").as_bytes());
+        term.expect("\r\n> ", T);
+        if i == 30 || i == 199 {
+            rss.push(served.rss_kib());
+        }
+    }
+    let growth = rss[1] as i64 - rss[0] as i64;
+    assert!(
+        growth < 2 * 1024,
+        "rss grew by {growth} KiB over 170 queries"
+    );
+}
+
+#[test]
+fn stdio_serves_until_end_of_input() {
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(ferrite_bin())
+        .args([
+            "serve",
+            "--stdio",
+            "-m",
+            model_path().to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "48",
+        ])
+        .env("FERRITE_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\n/stats\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.starts_with("ferrite ") && s.contains("model="), "{s}");
+    assert!(s.contains("Paris") && s.contains("tok/s"), "{s}");
+}
