@@ -4,14 +4,14 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 
 use ferrite::assistant;
-use ferrite::board::Board;
+use ferrite::board::{self, Board};
 use ferrite::console::serial::{Serial, SerialSettings};
 use ferrite::console::stdio::Stdio;
 use ferrite::gguf::GgufFile;
@@ -130,11 +130,26 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Board profiles: which one this machine is, and what it sets.
+    Board {
+        #[command(subcommand)]
+        cmd: BoardCmd,
+    },
     /// Manage the model store.
     Models {
         #[command(subcommand)]
         cmd: ModelsCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum BoardCmd {
+    /// Name the profile that fits this machine (device tree, Jetson release file).
+    Detect,
+    /// Print a profile (default: --board) and the CPU/GPU features ggml sees.
+    Show { name: Option<String> },
+    /// List the shipped profiles.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -279,6 +294,16 @@ impl Ctx {
 
     fn load(&self, m: &ModelArgs) -> anyhow::Result<Engine> {
         let (name, path) = self.resolve(m.model.as_deref())?;
+        let opts = self.session_opts(m, 0);
+        let gguf = GgufFile::open(&path)?;
+        board::check_fits(
+            &self.board,
+            &gguf,
+            opts.ctx_tokens,
+            opts.batch_tokens,
+            Path::new("/"),
+        )?;
+        drop(gguf);
         let opts = LoadOptions {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
         };
@@ -483,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 echo: !no_echo && !stdio,
                 json,
                 max_line_bytes: max_line,
+                board: ctx.board.clone(),
                 sys_root: assistant::default_sys_root(),
             };
             if stdio {
@@ -501,6 +527,68 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Models { cmd } => models_cmd(&ctx, cmd)?,
+        Cmd::Board { cmd } => match cmd {
+            BoardCmd::Detect => {
+                let d = board::detect(Path::new("/"));
+                println!("{}", d.profile);
+                if let Some(m) = d.model {
+                    eprintln!("device tree model: {m}");
+                }
+            }
+            BoardCmd::List => {
+                for n in Board::names() {
+                    let b = Board::load(n)?;
+                    println!("{:<18} {}", n, b.description);
+                }
+            }
+            BoardCmd::Show { name } => {
+                let b = match name {
+                    Some(n) => Board::load(&n)?,
+                    None => ctx.board.clone(),
+                };
+                print!("{}", b.to_toml());
+                println!();
+                println!("# seen at run time");
+                println!(
+                    "# build: {} {}",
+                    std::env::consts::ARCH,
+                    if cfg!(feature = "cuda") {
+                        "cuda"
+                    } else {
+                        "cpu"
+                    }
+                );
+                println!("# neon (compile target): {}", cfg!(target_feature = "neon"));
+                println!("# ggml: {}", llm::system_info()?);
+                let gpus = llm::gpu_devices()?;
+                if gpus.is_empty() {
+                    if cfg!(feature = "cuda") {
+                        println!("# WARNING: CUDA build but no GPU found: all {} requested layers will run on the CPU", b.gpu_layers);
+                    } else {
+                        println!("# gpu: none (CPU build); layers on GPU: 0");
+                    }
+                } else {
+                    for g in &gpus {
+                        println!("# gpu: {g}");
+                    }
+                    println!(
+                        "# layers on GPU: up to {} (gpu_layers / --n-gpu-layers)",
+                        b.gpu_layers
+                    );
+                }
+                if let Some(t) =
+                    board::Governor::new(&b, b.threads(), Path::new("/")).temperature_c()
+                {
+                    println!(
+                        "# soc temperature: {t:.1} °C (limit {:.1})",
+                        b.thermal_limit_c
+                    );
+                }
+                if let Some(a) = board::available_bytes(Path::new("/")) {
+                    println!("# memory available: {} MiB", a >> 20);
+                }
+            }
+        },
     }
     Ok(())
 }

@@ -21,9 +21,11 @@ use serde_json::json;
 
 pub use commands::{Command, Setting, HELP};
 pub use line::{Event, LineEditor};
-pub use status::{rss_bytes, soc_temp_c};
+pub use status::rss_bytes;
 
+use crate::board::{Board, BoardError, Governor};
 use crate::console::{self, Channels, Connector, Input};
+use crate::gguf::GgufFile;
 use crate::llm::{Engine, Finish, GenParams, LlmError, LoadOptions, Session, SessionOptions};
 use crate::models::{Manifest, ModelsError, Store};
 use crate::systemd::{self, Heartbeat};
@@ -43,7 +45,9 @@ pub struct ServeOptions {
     pub json: bool,
     /// Longest accepted input line in bytes.
     pub max_line_bytes: usize,
-    /// Root of the filesystem to read `/sys/class/thermal` from (tests use a
+    /// The board profile: memory budget and thermal limits.
+    pub board: Board,
+    /// Root of the filesystem to read `/proc` and `/sys` from (tests use a
     /// fake tree).
     pub sys_root: PathBuf,
 }
@@ -54,6 +58,10 @@ pub enum AssistantError {
     Llm(#[from] LlmError),
     #[error(transparent)]
     Models(#[from] ModelsError),
+    #[error(transparent)]
+    Board(#[from] BoardError),
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     #[error("{what}: {source}")]
     Link {
         what: String,
@@ -118,7 +126,17 @@ pub fn serve(
     let (mut name, mut path) = store.resolve(opts.model.as_deref(), manifest, true)?;
     let mut link: Option<Channels> = None;
     let mut ready = false;
+    let mut governor = Governor::new(&opts.board, opts.session.threads, &opts.sys_root);
     loop {
+        let gguf = GgufFile::open(&path)?;
+        crate::board::check_fits(
+            &opts.board,
+            &gguf,
+            opts.session.ctx_tokens,
+            opts.session.batch_tokens,
+            &opts.sys_root,
+        )?;
+        drop(gguf);
         let engine = Engine::load(&name, &path, &opts.load)?;
         loop {
             let ch = match link.take() {
@@ -129,7 +147,8 @@ pub fn serve(
                 systemd::notify("READY=1");
                 ready = true;
             }
-            let mut conv = Conversation::new(opts, &engine, store, manifest, &ch, &hb)?;
+            let mut conv =
+                Conversation::new(opts, &engine, store, manifest, &ch, &hb, &mut governor)?;
             match conv.run() {
                 End::LinkLost | End::InputEnded if connector.reopens() => {
                     tracing::warn!(port = %connector.describe(), "console link lost; waiting for it to come back");
@@ -159,6 +178,7 @@ struct Conversation<'a, 'm> {
     manifest: &'a Manifest,
     ch: &'a Channels,
     hb: &'a Heartbeat,
+    governor: &'a mut Governor,
     editor: LineEditor,
     type_ahead: Vec<u8>,
     /// Input ended while an answer was streaming: finish, then stop.
@@ -173,8 +193,13 @@ impl<'a, 'm> Conversation<'a, 'm> {
         manifest: &'a Manifest,
         ch: &'a Channels,
         hb: &'a Heartbeat,
+        governor: &'a mut Governor,
     ) -> Result<Self, AssistantError> {
-        let mut session = engine.session(opts.session.clone())?;
+        let mut sopts = opts.session.clone();
+        if governor.is_throttled() {
+            sopts.threads = (opts.board.throttle_threads as i32).clamp(1, sopts.threads);
+        }
+        let mut session = engine.session(sopts)?;
         session.set_system(opts.system.clone());
         Ok(Conversation {
             opts,
@@ -185,6 +210,7 @@ impl<'a, 'm> Conversation<'a, 'm> {
             manifest,
             ch,
             hb,
+            governor,
             editor: LineEditor::new(opts.max_line_bytes, opts.echo && !opts.json),
             type_ahead: Vec::new(),
             eof: false,
@@ -453,7 +479,8 @@ impl<'a, 'm> Conversation<'a, 'm> {
 
     fn stats(&self) {
         let rss = rss_bytes();
-        let temp = soc_temp_c(&self.opts.sys_root);
+        let temp = self.governor.temperature_c();
+        let throttled = self.governor.is_throttled();
         let last = self.session.last_stats().cloned();
         if self.opts.json {
             self.send_json(json!({
@@ -463,6 +490,8 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     "turns": self.session.history().len() / 2,
                     "rss_bytes": rss,
                     "soc_temp_c": temp,
+                    "throttled": throttled,
+                    "threads": self.session.threads(),
                     "output_dropped_bytes": self.ch.output.dropped(),
                 }
             }));
@@ -492,8 +521,15 @@ impl<'a, 'm> Conversation<'a, 'm> {
             None => "memory: not readable\n".into(),
         });
         s.push_str(&match temp {
-            Some(t) => format!("soc: {t:.1} °C"),
-            None => "soc: temperature not readable".into(),
+            Some(t) => format!(
+                "soc: {t:.1} °C, {} threads{}",
+                self.session.threads(),
+                if throttled { " (throttled)" } else { "" }
+            ),
+            None => format!(
+                "soc: temperature not readable, {} threads",
+                self.session.threads()
+            ),
         });
         self.ok("stats", &s);
     }
@@ -501,6 +537,12 @@ impl<'a, 'm> Conversation<'a, 'm> {
     /// Stream an answer, watching the link for Ctrl-C/BREAK.
     fn answer(&mut self, q: &str) -> Option<End> {
         let _span = tracing::info_span!("answer").entered();
+        if let Some(threads) = self.governor.check() {
+            if let Err(e) = self.session.set_threads(threads) {
+                self.error(&e.to_string());
+                return None;
+            }
+        }
         let json = self.opts.json;
         let out = &self.ch.output;
         let input = &self.ch.input;

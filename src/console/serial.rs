@@ -14,7 +14,7 @@ use serialport::{DataBits, FlowControl, Parity, SerialPort, StopBits};
 
 use super::{Connector, Link};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ParityOpt {
     None,
@@ -22,7 +22,7 @@ pub enum ParityOpt {
     Even,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowOpt {
     /// No flow control.

@@ -39,6 +39,18 @@ impl Engine {
         let summary = gguf.summary();
         drop(gguf);
         let backend = backend()?;
+        if cfg!(feature = "cuda") && opts.gpu_layers > 0 && !backend.supports_gpu_offload() {
+            tracing::error!(
+                "this is a CUDA build but no GPU was found: every layer runs on the CPU"
+            );
+        }
+        tracing::info!(
+            neon = cfg!(target_feature = "neon"),
+            avx2 = cfg!(target_feature = "avx2"),
+            cuda = cfg!(feature = "cuda"),
+            gpu_layers = opts.gpu_layers,
+            "backend"
+        );
         let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
         let _span = tracing::info_span!("load", model = %name).entered();
         let model =

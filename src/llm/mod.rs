@@ -68,6 +68,46 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, LlmError> {
         .map_err(|e| LlmError::Backend(e.clone()))
 }
 
+/// ggml's own report of the CPU features and backends compiled in and seen
+/// at run time (`NEON = 1 | DOTPROD = 1 | ...`), as llama.cpp prints it.
+pub fn system_info() -> Result<String, LlmError> {
+    backend()?;
+    // SAFETY: returns a pointer to a static, NUL-terminated buffer.
+    let p = unsafe { llama_cpp_sys_2::llama_print_system_info() };
+    if p.is_null() {
+        return Ok(String::new());
+    }
+    // SAFETY: checked non-null; the buffer lives for the process.
+    Ok(unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .trim()
+        .to_string())
+}
+
+/// GPU devices ggml can offload to (empty on CPU-only builds).
+pub fn gpu_devices() -> Result<Vec<String>, LlmError> {
+    backend()?;
+    Ok(llama_cpp_2::list_llama_ggml_backend_devices()
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                d.device_type,
+                llama_cpp_2::LlamaBackendDeviceType::Gpu
+                    | llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu
+            )
+        })
+        .map(|d| {
+            format!(
+                "{} {} ({} MiB free of {})",
+                d.backend,
+                d.description,
+                d.memory_free / (1 << 20),
+                d.memory_total / (1 << 20)
+            )
+        })
+        .collect())
+}
+
 /// Threads to use when none are configured: all online cores, as llama.cpp.
 pub fn default_threads() -> i32 {
     std::thread::available_parallelism().map_or(4, |n| n.get() as i32)

@@ -138,6 +138,29 @@ impl<'m> Session<'m> {
         self.ctx.clear_kv_cache();
     }
 
+    /// Change the CPU threads (thermal throttling). llama-cpp-2 exposes no
+    /// per-context thread setter, so the context is rebuilt; the conversation
+    /// is kept and re-evaluated on the next turn.
+    pub fn set_threads(&mut self, threads: i32) -> Result<(), LlmError> {
+        if threads == self.opts.threads {
+            return Ok(());
+        }
+        let mut opts = self.opts.clone();
+        opts.threads = threads.max(1);
+        let n_seq = (2 * opts.max_beams).max(1) as u32;
+        self.ctx = self
+            .engine
+            .model
+            .new_context(backend()?, context_params(&opts, n_seq))
+            .map_err(|e| LlmError::Context {
+                ctx_tokens: opts.ctx_tokens,
+                msg: e.to_string(),
+            })?;
+        self.opts = opts;
+        self.cached.clear();
+        Ok(())
+    }
+
     /// Empty the KV cache but keep the conversation (it is re-evaluated on the
     /// next turn); needed whenever the weights change, e.g. a LoRA swap.
     pub fn invalidate_cache(&mut self) {

@@ -1,18 +1,41 @@
-//! Board profiles: the per-device settings (threads, context, GPU layers,
-//! default model, store location) read from `boards/<name>.toml`.
+//! Board profiles: the per-device settings (target, threads, context, GPU
+//! layers, memory budget, serial console, GPIO pins, audio device, thermal
+//! limits, default model, store location) read from `boards/<name>.toml`.
 //!
 //! The shipped profiles are compiled into the binary, so `--board NAME` works
-//! on a flashed device without the repository; `--board PATH` reads a file.
+//! on a flashed device without the repository; `--board PATH` reads a file,
+//! and `ferrite board detect` names the profile of the machine it runs on.
 //! Unknown keys are an error, so a typo in a profile is caught, not ignored.
+
+mod detect;
+mod memory;
+mod thermal;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub use detect::detect;
+pub use memory::{available_bytes, check_fits, estimate, MemoryEstimate};
+pub use thermal::Governor;
 
 use crate::console::serial::{FlowOpt, ParityOpt};
 
 /// Profiles shipped in `boards/`, by name.
-const BUILTIN: &[(&str, &str)] = &[("host", include_str!("../boards/host.toml"))];
+const BUILTIN: &[(&str, &str)] = &[
+    ("host", include_str!("../../boards/host.toml")),
+    ("rpi4", include_str!("../../boards/rpi4.toml")),
+    ("rpi5", include_str!("../../boards/rpi5.toml")),
+    ("rpi-zero2w", include_str!("../../boards/rpi-zero2w.toml")),
+    (
+        "jetson-orin-nano",
+        include_str!("../../boards/jetson-orin-nano.toml"),
+    ),
+    (
+        "jetson-agx-orin",
+        include_str!("../../boards/jetson-agx-orin.toml"),
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoardError {
@@ -20,17 +43,34 @@ pub enum BoardError {
     Unknown { name: String, known: String },
     #[error("board profile {origin}: {msg}")]
     Parse { origin: String, msg: String },
+    #[error("not enough memory for {what}: needs {need_mib} MiB (model {model_mib} + KV cache {kv_mib} + compute {compute_mib}) but {limit_mib} MiB is allowed ({why}); {hint}")]
+    OutOfMemory {
+        what: String,
+        need_mib: u64,
+        model_mib: u64,
+        kv_mib: u64,
+        compute_mib: u64,
+        limit_mib: u64,
+        why: String,
+        hint: String,
+    },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Board {
     pub name: String,
     pub description: String,
+    /// The Rust target triple the board runs.
+    pub target: String,
+    /// `GGML_CPU_ARM_ARCH` the board's build should use (ARM only).
+    pub arm_arch: Option<String>,
     /// CPU threads; 0 = all online cores.
     pub threads: u32,
     pub ctx_tokens: u32,
     pub gpu_layers: u32,
+    /// MiB for model + KV cache + compute buffers; 0 = only what is free.
+    pub memory_budget_mb: u64,
     pub default_model: Option<String>,
     pub store_dir: Option<PathBuf>,
     /// The console's serial port for `ferrite serve` without `--port`.
@@ -38,6 +78,16 @@ pub struct Board {
     pub baud: u32,
     pub parity: ParityOpt,
     pub flow_control: FlowOpt,
+    /// Push-to-talk input and status LED output (BCM GPIO numbers).
+    pub ptt_pin: Option<u8>,
+    pub led_pin: Option<u8>,
+    /// ALSA capture device.
+    pub audio_device: String,
+    /// SoC temperature file in millidegrees; `None` = first thermal zone.
+    pub thermal_zone: Option<PathBuf>,
+    pub thermal_limit_c: f64,
+    /// Threads while above the thermal limit.
+    pub throttle_threads: u32,
 }
 
 impl Default for Board {
@@ -45,15 +95,24 @@ impl Default for Board {
         Board {
             name: "host".into(),
             description: String::new(),
+            target: String::new(),
+            arm_arch: None,
             threads: 0,
             ctx_tokens: 2048,
             gpu_layers: 0,
+            memory_budget_mb: 0,
             default_model: None,
             store_dir: None,
             serial_port: None,
             baud: 115_200,
             parity: ParityOpt::None,
             flow_control: FlowOpt::None,
+            ptt_pin: None,
+            led_pin: None,
+            audio_device: "default".into(),
+            thermal_zone: None,
+            thermal_limit_c: 85.0,
+            throttle_threads: 1,
         }
     }
 }
@@ -97,6 +156,11 @@ impl Board {
             self.threads as i32
         }
     }
+
+    /// The profile as TOML, for `ferrite board show`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("profile serializes")
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +170,12 @@ mod tests {
     #[test]
     fn shipped_profiles_parse() {
         for n in Board::names() {
-            Board::load(n).unwrap();
+            let b = Board::load(n).unwrap();
+            assert_eq!(b.name, n);
+            assert!(!b.target.is_empty(), "{n}: no target");
+            // What `board show` prints reads back the same.
+            let again = Board::parse(&b.to_toml(), n).unwrap();
+            assert_eq!(again.to_toml(), b.to_toml());
         }
     }
 

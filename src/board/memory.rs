@@ -1,0 +1,127 @@
+//! Will it fit? Before a model is loaded, its weights, the KV cache for the
+//! requested context and llama.cpp's compute buffers are estimated from the
+//! GGUF header and compared with the board's budget and the memory the
+//! kernel says is available. A board that would be pushed into the OOM
+//! killer gets a clear refusal with the largest context that would fit.
+
+use std::path::Path;
+
+use super::{Board, BoardError};
+use crate::gguf::GgufFile;
+
+const MIB: u64 = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Tensor data (memory-mapped, but resident once used).
+    pub model_bytes: u64,
+    pub kv_bytes: u64,
+    pub compute_bytes: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.model_bytes + self.kv_bytes + self.compute_bytes
+    }
+}
+
+/// KV cache bytes per token of context (f16 K and V in every layer).
+fn kv_bytes_per_token(g: &GgufFile) -> u64 {
+    let arch = g.architecture().unwrap_or("llama");
+    let get = |k: &str| g.get_u64(&format!("{arch}.{k}"));
+    let n_layer = get("block_count").unwrap_or(0);
+    let n_embd = get("embedding_length").unwrap_or(0);
+    let n_head = get("attention.head_count").unwrap_or(1).max(1);
+    let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
+    let k_dim = get("attention.key_length").unwrap_or(n_embd / n_head);
+    let v_dim = get("attention.value_length").unwrap_or(n_embd / n_head);
+    n_layer * n_head_kv * (k_dim + v_dim) * 2
+}
+
+/// The estimate for `ctx_tokens` of context with `ubatch` tokens per step.
+/// The compute term is an upper bound of llama.cpp's CPU compute buffer for
+/// a llama-style graph: activations of one micro-batch plus its attention
+/// scores and the logits.
+pub fn estimate(g: &GgufFile, ctx_tokens: u32, ubatch: u32) -> MemoryEstimate {
+    let arch = g.architecture().unwrap_or("llama");
+    let get = |k: &str| g.get_u64(&format!("{arch}.{k}")).unwrap_or(0);
+    let n_embd = get("embedding_length");
+    let n_ff = get("feed_forward_length");
+    let n_head = get("attention.head_count").max(1);
+    let n_vocab = g.summary().n_vocab.unwrap_or(0);
+    let ub = u64::from(ubatch.min(ctx_tokens));
+    let ctx = u64::from(ctx_tokens);
+    let compute = 4 * ub * (4 * n_embd + 2 * n_ff + n_head * ctx + n_vocab);
+    MemoryEstimate {
+        model_bytes: g.tensors.iter().map(|t| t.nbytes).sum(),
+        kv_bytes: kv_bytes_per_token(g) * ctx,
+        compute_bytes: compute,
+    }
+}
+
+/// `MemAvailable` from `<root>/proc/meminfo`.
+pub fn available_bytes(root: &Path) -> Option<u64> {
+    let s = std::fs::read_to_string(root.join("proc/meminfo")).ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuse to load when the estimate exceeds the board's budget or the
+/// available memory, naming the largest context that would fit.
+pub fn check_fits(
+    board: &Board,
+    g: &GgufFile,
+    ctx_tokens: u32,
+    ubatch: u32,
+    root: &Path,
+) -> Result<MemoryEstimate, BoardError> {
+    let est = estimate(g, ctx_tokens, ubatch);
+    let budget = (board.memory_budget_mb > 0).then(|| board.memory_budget_mb * MIB);
+    let avail = available_bytes(root);
+    let (limit, why) = match (budget, avail) {
+        (Some(b), Some(a)) if a < b => (
+            a,
+            format!(
+                "available memory; the {} profile allows {} MiB",
+                board.name,
+                b / MIB
+            ),
+        ),
+        (Some(b), _) => (b, format!("the {} profile's memory_budget_mb", board.name)),
+        (None, Some(a)) => (a, "available memory".to_string()),
+        (None, None) => return Ok(est),
+    };
+    if est.total() <= limit {
+        return Ok(est);
+    }
+    // The largest context (multiple of 256) whose estimate still fits.
+    let mut best = 0;
+    let mut c = 256;
+    while c < ctx_tokens {
+        if estimate(g, c, ubatch).total() <= limit {
+            best = c;
+        }
+        c += 256;
+    }
+    let hint = if best > 0 {
+        format!("the largest context that fits is -c {best}")
+    } else {
+        "even a 256-token context does not fit: use a smaller model".to_string()
+    };
+    Err(BoardError::OutOfMemory {
+        what: g.path().display().to_string(),
+        need_mib: est.total().div_ceil(MIB),
+        model_mib: est.model_bytes.div_ceil(MIB),
+        kv_mib: est.kv_bytes.div_ceil(MIB),
+        compute_mib: est.compute_bytes.div_ceil(MIB),
+        limit_mib: limit / MIB,
+        why,
+        hint,
+    })
+}
