@@ -33,9 +33,8 @@ pub fn detect(root: &Path) -> Detected {
         "rpi-zero2w"
     } else if m.contains("agx orin") {
         "jetson-agx-orin"
-    } else if m.contains("orin nano") || m.contains("orin nx") || (tegra && m.contains("orin")) {
-        "jetson-orin-nano"
-    } else if tegra {
+    } else if tegra || m.contains("orin nano") || m.contains("orin nx") {
+        // Any other Tegra: the smallest Orin profile is the safe default.
         "jetson-orin-nano"
     } else {
         "host"
