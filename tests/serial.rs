@@ -229,7 +229,7 @@ fn serial_query_commands_and_line_editing() {
     // LF and CRLF line ends work too, and CRLF is one line end, not two.
     term.send(b"/set temp 0.5\n");
     let set = term.expect("\r\n> ", T);
-    assert!(set.contains("temp(0.5)"), "{set}");
+    assert!(set.contains("temp = 0.5"), "{set}");
     term.send(b"/show\r\n");
     let show = term.expect("\r\n> ", T);
     assert!(show.contains("temp=0.5"), "{show}");

@@ -77,6 +77,21 @@ impl Command {
     }
 }
 
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Setting::Temp(v) => write!(f, "temp = {v}"),
+            Setting::TopK(v) => write!(f, "top-k = {v}"),
+            Setting::TopP(v) => write!(f, "top-p = {v}"),
+            Setting::MinP(v) => write!(f, "min-p = {v}"),
+            Setting::RepeatPenalty(v) => write!(f, "repeat-penalty = {v}"),
+            Setting::NPredict(None) => write!(f, "n-predict = -1 (no limit)"),
+            Setting::NPredict(Some(n)) => write!(f, "n-predict = {n}"),
+            Setting::Seed(v) => write!(f, "seed = {v}"),
+        }
+    }
+}
+
 impl Setting {
     fn parse(arg: &str) -> Result<Setting, String> {
         let (key, value) = arg

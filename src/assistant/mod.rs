@@ -419,7 +419,7 @@ impl<'a, 'm> Conversation<'a, 'm> {
                 match p.validate() {
                     Ok(()) => {
                         self.params = p;
-                        self.ok("set", &format!("{s:?}").to_lowercase());
+                        self.ok("set", &s.to_string());
                     }
                     Err(e) => self.error(&e.to_string()),
                 }

@@ -180,6 +180,12 @@ mod tests {
     }
 
     #[test]
+    fn packaged_profile_parses() {
+        let b = Board::parse(include_str!("../../dist/ferrite.toml"), "dist/ferrite.toml").unwrap();
+        assert_eq!(b.name, "ferrite");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(Board::parse("thread = 2", "t").is_err());
     }
