@@ -125,3 +125,75 @@ pub fn check_fits(
         hint,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufWriter, Value};
+
+    /// A llama-shaped header (8 layers, 256 wide, 4 KV heads of 64) with one
+    /// 1 MiB tensor standing in for the weights.
+    fn model(dir: &Path) -> GgufFile {
+        let mut w = GgufWriter::new();
+        w.kv("general.architecture", Value::Str("llama".into()))
+            .kv("llama.block_count", Value::U32(8))
+            .kv("llama.embedding_length", Value::U32(256))
+            .kv("llama.feed_forward_length", Value::U32(1024))
+            .kv("llama.attention.head_count", Value::U32(4))
+            .kv("llama.attention.head_count_kv", Value::U32(4))
+            .tensor_f32("token_embd.weight", &[256, 1024], &vec![0.0; 256 * 1024]);
+        let p = dir.join("m.gguf");
+        w.write(&p).unwrap();
+        GgufFile::open(&p).unwrap()
+    }
+
+    fn meminfo(dir: &Path, avail_mib: u64) {
+        std::fs::create_dir_all(dir.join("proc")).unwrap();
+        std::fs::write(
+            dir.join("proc/meminfo"),
+            format!(
+                "MemTotal: 999999 kB\nMemAvailable: {} kB\n",
+                avail_mib * 1024
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn kv_cache_follows_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let g = model(d.path());
+        let e = estimate(&g, 1024, 512);
+        // 8 layers × 4 heads × (64 + 64) × 2 bytes × 1024 tokens
+        assert_eq!(e.kv_bytes, 8 * 4 * 128 * 2 * 1024);
+        assert_eq!(e.model_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn refuses_with_the_largest_context_that_fits() {
+        let d = tempfile::tempdir().unwrap();
+        let g = model(d.path());
+        let board = Board {
+            memory_budget_mb: 64,
+            ..Board::default()
+        };
+        meminfo(d.path(), 8192);
+        assert!(check_fits(&board, &g, 2048, 512, d.path()).is_ok());
+        let e = check_fits(&board, &g, 1 << 20, 512, d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("memory_budget_mb") && e.contains("largest context that fits is -c"),
+            "{e}"
+        );
+        // Less available than the budget: the kernel's figure wins.
+        meminfo(d.path(), 16);
+        let e = check_fits(&board, &g, 16384, 512, d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("available memory"), "{e}");
+        let fit: u32 = e.rsplit("-c ").next().unwrap().parse().unwrap();
+        assert!(check_fits(&board, &g, fit, 512, d.path()).is_ok());
+        assert!(check_fits(&board, &g, fit + 256, 512, d.path()).is_err());
+    }
+}
