@@ -303,11 +303,13 @@ impl Ctx {
             opts.batch_tokens,
             Path::new("/"),
         )?;
-        drop(gguf);
-        let opts = LoadOptions {
+        Ok(Engine::from_gguf(&name, gguf, &self.load_opts(m))?)
+    }
+
+    fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
+        LoadOptions {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
-        };
-        Ok(Engine::load(&name, &path, &opts)?)
+        }
     }
 
     fn session_opts(&self, m: &ModelArgs, beams: usize) -> SessionOptions {
@@ -499,9 +501,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let opts = assistant::ServeOptions {
                 model: model.model.clone().or(ctx.board.default_model.clone()),
-                load: LoadOptions {
-                    gpu_layers: model.gpu_layers.unwrap_or(ctx.board.gpu_layers),
-                },
+                load: ctx.load_opts(&model),
                 session: ctx.session_opts(&model, gen.beams),
                 params: gen.params(),
                 system,

@@ -136,8 +136,7 @@ pub fn serve(
             opts.session.batch_tokens,
             &opts.sys_root,
         )?;
-        drop(gguf);
-        let engine = Engine::load(&name, &path, &opts.load)?;
+        let engine = Engine::from_gguf(&name, gguf, &opts.load)?;
         loop {
             let ch = match link.take() {
                 Some(ch) if !ch.output.is_closed() => ch,

@@ -3,15 +3,7 @@
 
 /// Resident set size of this process in bytes (`VmRSS`).
 pub fn rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = s
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    crate::board::proc_kib_field(std::path::Path::new("/proc/self/status"), "VmRSS")
 }
 
 #[cfg(test)]

@@ -48,7 +48,10 @@ pub fn estimate(g: &GgufFile, ctx_tokens: u32, ubatch: u32) -> MemoryEstimate {
     let n_embd = get("embedding_length");
     let n_ff = get("feed_forward_length");
     let n_head = get("attention.head_count").max(1);
-    let n_vocab = g.summary().n_vocab.unwrap_or(0);
+    let n_vocab = match g.get("tokenizer.ggml.tokens") {
+        Some(crate::gguf::Value::Array(_, v)) => v.len() as u64,
+        _ => 0,
+    };
     let ub = u64::from(ubatch.min(ctx_tokens));
     let ctx = u64::from(ctx_tokens);
     let compute = 4 * ub * (4 * n_embd + 2 * n_ff + n_head * ctx + n_vocab);
@@ -59,17 +62,22 @@ pub fn estimate(g: &GgufFile, ctx_tokens: u32, ubatch: u32) -> MemoryEstimate {
     }
 }
 
-/// `MemAvailable` from `<root>/proc/meminfo`.
-pub fn available_bytes(root: &Path) -> Option<u64> {
-    let s = std::fs::read_to_string(root.join("proc/meminfo")).ok()?;
+/// A `Key:  N kB` field of a `/proc` file (`meminfo`, `<pid>/status`), in bytes.
+pub(crate) fn proc_kib_field(path: &Path, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(path).ok()?;
     let kb: u64 = s
         .lines()
-        .find(|l| l.starts_with("MemAvailable:"))?
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))?
         .split_whitespace()
-        .nth(1)?
+        .next()?
         .parse()
         .ok()?;
     Some(kb * 1024)
+}
+
+/// `MemAvailable` from `<root>/proc/meminfo`.
+pub fn available_bytes(root: &Path) -> Option<u64> {
+    proc_kib_field(&root.join("proc/meminfo"), "MemAvailable")
 }
 
 /// Refuse to load when the estimate exceeds the board's budget or the

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use detect::detect;
+pub(crate) use memory::proc_kib_field;
 pub use memory::{available_bytes, check_fits, estimate, MemoryEstimate};
 pub use thermal::Governor;
 

@@ -12,7 +12,7 @@ use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 
 use super::session::{context_params, SessionOptions};
-use super::{backend, Engine, LlmError};
+use super::{Engine, LlmError};
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -210,15 +210,8 @@ pub fn run_bench(
             batch_tokens: opts.n_batch,
             max_beams: 0,
         };
-        let params = context_params(&sopts, 1).with_n_ubatch(opts.n_ubatch);
-        let mut ctx =
-            engine
-                .model
-                .new_context(backend()?, params)
-                .map_err(|e| LlmError::Context {
-                    ctx_tokens: sopts.ctx_tokens,
-                    msg: e.to_string(),
-                })?;
+        let params = context_params(&sopts).with_n_ubatch(opts.n_ubatch);
+        let mut ctx = engine.context(params, sopts.ctx_tokens)?;
         let name = if n_prompt > 0 {
             format!("pp{n_prompt}")
         } else {

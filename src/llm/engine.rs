@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 
@@ -33,11 +35,19 @@ pub struct Engine {
 impl Engine {
     /// Validate and load `path`. `name` is what the user calls it.
     pub fn load(name: &str, path: &Path, opts: &LoadOptions) -> Result<Engine, LlmError> {
+        Self::from_gguf(name, GgufFile::open(path)?, opts)
+    }
+
+    /// Load a model whose header the caller has already read (e.g. for the
+    /// board's memory check), so it is not parsed twice. The load time
+    /// counted starts here.
+    pub fn from_gguf(name: &str, gguf: GgufFile, opts: &LoadOptions) -> Result<Engine, LlmError> {
         let t0 = Instant::now();
-        let gguf = GgufFile::open(path)?;
         gguf.check_model()?;
         let summary = gguf.summary();
+        let path = gguf.path().to_path_buf();
         drop(gguf);
+        let path = path.as_path();
         let backend = backend()?;
         if cfg!(feature = "cuda") && opts.gpu_layers > 0 && !backend.supports_gpu_offload() {
             tracing::error!(
@@ -76,6 +86,20 @@ impl Engine {
             summary,
             load_ms,
         })
+    }
+
+    /// A llama.cpp context on this model; every context in ferrite is made here.
+    pub(crate) fn context(
+        &self,
+        params: LlamaContextParams,
+        ctx_tokens: u32,
+    ) -> Result<LlamaContext<'_>, LlmError> {
+        self.model
+            .new_context(backend()?, params)
+            .map_err(|e| LlmError::Context {
+                ctx_tokens,
+                msg: e.to_string(),
+            })
     }
 
     /// A new conversation with its own context and KV cache.

@@ -9,7 +9,7 @@ use std::time::Instant;
 use llama_cpp_2::llama_batch::LlamaBatch;
 
 use super::session::{context_params, SessionOptions};
-use super::{backend, Engine, LlmError};
+use super::{Engine, LlmError};
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PerplexityResult {
@@ -55,14 +55,8 @@ pub fn perplexity(
         batch_tokens: ctx_tokens,
         max_beams: 0,
     };
-    let params = context_params(&opts, 1).with_n_ubatch(ctx_tokens.min(512));
-    let mut ctx = engine
-        .model
-        .new_context(backend()?, params)
-        .map_err(|e| LlmError::Context {
-            ctx_tokens,
-            msg: e.to_string(),
-        })?;
+    let params = context_params(&opts).with_n_ubatch(ctx_tokens.min(512));
+    let mut ctx = engine.context(params, ctx_tokens)?;
     let n_chunk = tokens.len() / n_ctx;
     let first = n_ctx / 2;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);

@@ -20,7 +20,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::chat::{Message, Role};
 use super::stats::{Finish, GenStats, Reply};
 use super::text::{StopMatcher, Utf8Stream};
-use super::{backend, beam, default_threads, Engine, GenParams, LlmError};
+use super::{beam, default_threads, Engine, GenParams, LlmError};
 
 /// How a session's context is set up.
 #[derive(Debug, Clone)]
@@ -62,7 +62,10 @@ pub struct Session<'m> {
     last: Option<GenStats>,
 }
 
-pub(crate) fn context_params(opts: &SessionOptions, n_seq: u32) -> LlamaContextParams {
+/// Context parameters for `opts`. Beam search keeps two generations of beams
+/// alive while copying, so it needs 2 × the widest beam sequences.
+pub(crate) fn context_params(opts: &SessionOptions) -> LlamaContextParams {
+    let n_seq = (2 * opts.max_beams).max(1) as u32;
     LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(opts.ctx_tokens))
         .with_n_batch(opts.batch_tokens)
@@ -81,15 +84,7 @@ impl<'m> Session<'m> {
         if opts.threads < 1 {
             return Err(LlmError::Param("threads must be at least 1".into()));
         }
-        // Beam search keeps two generations of beams alive while copying.
-        let n_seq = (2 * opts.max_beams).max(1) as u32;
-        let ctx = engine
-            .model
-            .new_context(backend()?, context_params(&opts, n_seq))
-            .map_err(|e| LlmError::Context {
-                ctx_tokens: opts.ctx_tokens,
-                msg: e.to_string(),
-            })?;
+        let ctx = engine.context(context_params(&opts), opts.ctx_tokens)?;
         Ok(Session {
             engine,
             ctx,
@@ -147,15 +142,9 @@ impl<'m> Session<'m> {
         }
         let mut opts = self.opts.clone();
         opts.threads = threads.max(1);
-        let n_seq = (2 * opts.max_beams).max(1) as u32;
         self.ctx = self
             .engine
-            .model
-            .new_context(backend()?, context_params(&opts, n_seq))
-            .map_err(|e| LlmError::Context {
-                ctx_tokens: opts.ctx_tokens,
-                msg: e.to_string(),
-            })?;
+            .context(context_params(&opts), opts.ctx_tokens)?;
         self.opts = opts;
         self.cached.clear();
         Ok(())
