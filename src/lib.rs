@@ -6,10 +6,14 @@
 //! into a stream of text pieces through llama.cpp, which flow back out to the
 //! console. `gguf` validates every model file before C code sees it;
 //! `models` pins, fetches and stores models; `board` holds per-device settings.
+//! `finetune` trains LoRA adapters on the device; `adapter` is their file
+//! format, shared by the trainer and the runtime that hot-swaps them.
 
+pub mod adapter;
 pub mod assistant;
 pub mod board;
 pub mod console;
+pub mod finetune;
 pub mod gguf;
 pub mod llm;
 pub mod models;
@@ -28,6 +32,10 @@ pub enum Error {
     Board(#[from] board::BoardError),
     #[error(transparent)]
     Assistant(#[from] assistant::AssistantError),
+    #[error(transparent)]
+    Adapter(#[from] adapter::AdapterError),
+    #[error(transparent)]
+    Finetune(#[from] finetune::FinetuneError),
 }
 
 /// The version in banners and `--version`.

@@ -39,6 +39,9 @@ struct Cli {
 enum Cmd {
     /// Answer one prompt, streaming the answer to stdout.
     Ask {
+        /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+        #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+        lora: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
@@ -58,6 +61,9 @@ enum Cmd {
     },
     /// Interactive multi-turn chat on stdin/stdout (/reset forgets, /quit ends).
     Chat {
+        /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+        #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+        lora: Option<String>,
         #[command(flatten)]
         model: ModelArgs,
         #[command(flatten)]
@@ -70,6 +76,9 @@ enum Cmd {
     /// Serve the assistant on a serial port (or stdin/stdout): one line in,
     /// a streamed answer out. See the README for the protocol.
     Serve {
+        /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+        #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+        lora: Option<String>,
         /// Serial port path (e.g. /dev/ttyUSB0, /dev/serial0); default: the board's.
         #[arg(long, conflicts_with = "stdio")]
         port: Option<String>,
@@ -135,11 +144,68 @@ enum Cmd {
         #[command(subcommand)]
         cmd: BoardCmd,
     },
+    /// Train a LoRA adapter on this device from a JSONL file (chats or text).
+    Finetune(FinetuneArgs),
     /// Manage the model store.
     Models {
         #[command(subcommand)]
         cmd: ModelsCmd,
     },
+}
+
+#[derive(Args)]
+struct FinetuneArgs {
+    /// Training data: JSONL, each line {"messages":[{"role":..,"content":..}]} or {"text":..}.
+    #[arg(long)]
+    data: PathBuf,
+    /// Adapter name; it is stored under the store's adapters/NAME/.
+    #[arg(long)]
+    out: String,
+    /// Base model name or GGUF path (default: the board's/manifest's default).
+    #[arg(short = 'm', long)]
+    model: Option<String>,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// LoRA alpha (the update is scaled by alpha/rank).
+    #[arg(long, default_value_t = 16.0)]
+    alpha: f32,
+    /// Projections to adapt: any of q,k,v,o,gate,up,down, or `all`.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    targets: String,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 3, conflicts_with = "steps")]
+    epochs: usize,
+    /// Optimizer steps (instead of --epochs).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Peak learning rate (warm-up, then cosine decay to a tenth).
+    #[arg(long, default_value_t = 2e-4)]
+    lr: f64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Longest example in tokens (longer ones are cut).
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Fraction of examples held out for validation loss.
+    #[arg(long, default_value_t = 0.1)]
+    val: f64,
+    /// Validation examples from their own JSONL file (instead of --val).
+    #[arg(long)]
+    val_data: Option<PathBuf>,
+    /// Seed for adapter initialisation and data order.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Continue from the adapter's last checkpoint (same data and settings).
+    #[arg(long)]
+    resume: bool,
+    /// Write a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    save_every: usize,
+    /// CPU threads (default: the board's, else all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -306,6 +372,15 @@ impl Ctx {
         Ok(Engine::from_gguf(&name, gguf, &self.load_opts(m))?)
     }
 
+    /// Load `--lora NAME|PATH[:SCALE]` into the engine, checked against it.
+    fn load_lora(&self, engine: &mut Engine, spec: &str) -> anyhow::Result<(llm::AdapterId, f32)> {
+        let (spec, scale) = llm::parse_adapter_spec(spec)?;
+        let (name, path) = self.store.resolve_adapter(&spec, true)?;
+        let sha = self.store.model_sha256(engine.name(), engine.path())?;
+        let id = engine.load_adapter(&name, &path, Some(&sha))?;
+        Ok((id, scale))
+    }
+
     fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
         LoadOptions {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
@@ -342,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let ctx = Ctx::new(&cli.board)?;
     match cli.cmd {
         Cmd::Ask {
+            lora,
             model,
             gen,
             system,
@@ -349,8 +425,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             raw,
             prompt,
         } => {
-            let engine = ctx.load(&model)?;
+            let mut engine = ctx.load(&model)?;
+            let adapter = lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;
             let mut sess = engine.session(ctx.session_opts(&model, gen.beams))?;
+            sess.set_adapter(adapter)?;
             sess.set_system(system);
             let prompt = prompt.join(" ");
             let params = gen.params();
@@ -372,13 +450,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Chat {
+            lora,
             model,
             gen,
             system,
             stats,
         } => {
-            let engine = ctx.load(&model)?;
+            let mut engine = ctx.load(&model)?;
+            let adapter = lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;
             let mut sess = engine.session(ctx.session_opts(&model, gen.beams))?;
+            sess.set_adapter(adapter)?;
             sess.set_system(system);
             let params = gen.params();
             let interactive = std::io::stdin().is_terminal();
@@ -484,6 +565,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Serve {
+            lora,
             port,
             stdio,
             baud,
@@ -500,6 +582,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("--max-line must be at least 16 bytes");
             }
             let opts = assistant::ServeOptions {
+                lora,
                 model: model.model.clone().or(ctx.board.default_model.clone()),
                 load: ctx.load_opts(&model),
                 session: ctx.session_opts(&model, gen.beams),
@@ -527,6 +610,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Models { cmd } => models_cmd(&ctx, cmd)?,
+        Cmd::Finetune(args) => finetune_cmd(&ctx, args)?,
         Cmd::Board { cmd } => match cmd {
             BoardCmd::Detect => {
                 let d = board::detect(Path::new("/"));
@@ -612,6 +696,22 @@ fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {
                     if l.default { " (default)" } else { "" }
                 );
             }
+            let adapters = ctx.store.adapters();
+            if !adapters.is_empty() {
+                println!("\nadapters (use with --lora NAME or /lora use NAME):");
+                for (n, p) in adapters {
+                    match ferrite::adapter::inspect(&p) {
+                        Ok((i, _)) => println!(
+                            "{n:<16} rank {:<3} alpha {:<5} targets {:<22} base {}",
+                            i.rank,
+                            i.alpha,
+                            i.targets,
+                            i.base_name.as_deref().unwrap_or("?")
+                        ),
+                        Err(e) => println!("{n:<16} unreadable: {e}"),
+                    }
+                }
+            }
         }
         ModelsCmd::Pull { name } => {
             let entry = match name.as_deref().or(ctx.board.default_model.as_deref()) {
@@ -687,6 +787,53 @@ fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+fn finetune_cmd(ctx: &Ctx, a: FinetuneArgs) -> anyhow::Result<()> {
+    let threads = a
+        .threads
+        .unwrap_or_else(|| ctx.board.threads() as usize)
+        .max(1);
+    // candle's matmuls and ferrite's kernels share rayon's pool, sized once.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    let targets = ferrite::finetune::Target::parse_list(&a.targets).map_err(anyhow::Error::msg)?;
+    let dir = ctx.store.adapter_dir(&a.out)?;
+    let (name, path) = ctx.resolve(a.model.as_deref())?;
+    let sha = ctx.store.model_sha256(&name, &path)?;
+    let engine = Engine::load(&name, &path, &LoadOptions::default())?;
+    let opts = ferrite::finetune::FinetuneOptions {
+        data: a.data,
+        val_data: a.val_data,
+        name: a.out.clone(),
+        rank: a.rank,
+        alpha: a.alpha,
+        targets,
+        epochs: a.epochs,
+        steps: a.steps,
+        lr: a.lr,
+        batch: a.batch,
+        seq: a.seq,
+        val: a.val,
+        seed: a.seed,
+        resume: a.resume,
+        save_every: a.save_every,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir)?;
+    let val = match (s.val_loss_start, s.val_loss_end) {
+        (Some(a), Some(b)) => format!(", validation loss {a:.4} -> {b:.4}"),
+        _ => String::new(),
+    };
+    eprintln!(
+        "trained `{}` on {name}: {} steps ({} examples, {} trainable parameters), last loss {:.4}{val}; {:.2} s/step, {:.0} tokens/s",
+        a.out, s.steps, s.train_examples, s.trainable_params, s.last_loss, s.s_per_step, s.tokens_per_s
+    );
+    println!("{}", s.adapter.display());
     Ok(())
 }
 

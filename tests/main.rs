@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod engine;
+mod finetune;
 mod gguf_files;
 mod pull;
 mod serial;

@@ -17,6 +17,12 @@ pub enum Command {
     Model(String),
     /// List the models that can be switched to.
     Models,
+    /// `/lora list`.
+    LoraList,
+    /// `/lora use NAME [SCALE]`.
+    LoraUse(String, f32),
+    /// `/lora off`.
+    LoraOff,
     Quit,
 }
 
@@ -42,6 +48,9 @@ commands:
   /system TEXT        set the system prompt (/system alone clears it)
   /models             models that /model can switch to
   /model NAME         switch to another pulled model (starts a new conversation)
+  /lora list          LoRA adapters in the store (and which is in use)
+  /lora use NAME [S]  apply an adapter at scale S (default 1); the model stays loaded
+  /lora off           back to the base model
   /quit               end this session
 anything else is a question; Ctrl-C cancels an answer or clears the line";
 
@@ -72,8 +81,29 @@ impl Command {
             "model" if !arg.is_empty() => Ok(Command::Model(arg.to_string())),
             "model" => Err("usage: /model NAME (see /models)".into()),
             "set" => Setting::parse(arg).map(Command::Set),
+            "lora" => parse_lora(arg),
             _ => Err(format!("unknown command /{name}; /help lists them")),
         })
+    }
+}
+
+fn parse_lora(arg: &str) -> Result<Command, String> {
+    let mut it = arg.split_whitespace();
+    match (it.next(), it.next(), it.next(), it.next()) {
+        (None | Some("list"), None, None, None) => Ok(Command::LoraList),
+        (Some("off"), None, None, None) => Ok(Command::LoraOff),
+        (Some("use"), Some(name), scale, None) => {
+            let scale = match scale {
+                None => 1.0,
+                Some(s) => s
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|v| v.is_finite() && (-4.0..=4.0).contains(v))
+                    .ok_or("the scale must be a number from -4 to 4")?,
+            };
+            Ok(Command::LoraUse(name.to_string(), scale))
+        }
+        _ => Err("usage: /lora list | /lora use NAME [SCALE] | /lora off".into()),
     }
 }
 
@@ -156,6 +186,14 @@ mod tests {
         assert_eq!(Command::parse("/system"), Some(Ok(Command::System(None))));
         assert!(matches!(Command::parse("/set temp hot"), Some(Err(_))));
         assert!(matches!(Command::parse("/rm -rf /"), Some(Err(_))));
+        assert_eq!(Command::parse("/lora"), Some(Ok(Command::LoraList)));
+        assert_eq!(
+            Command::parse("/lora use pirate 0.5"),
+            Some(Ok(Command::LoraUse("pirate".into(), 0.5)))
+        );
+        assert_eq!(Command::parse("/lora off"), Some(Ok(Command::LoraOff)));
+        assert!(matches!(Command::parse("/lora use"), Some(Err(_))));
+        assert!(matches!(Command::parse("/lora use x nan"), Some(Err(_))));
         assert!(matches!(Command::parse("/reset now"), Some(Err(_))));
     }
 }

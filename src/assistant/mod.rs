@@ -33,6 +33,8 @@ use crate::systemd::{self, Heartbeat};
 /// What `ferrite serve` was asked to do.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// `--lora NAME|PATH[:SCALE]` applied from the start.
+    pub lora: Option<String>,
     /// Model name or path; `None` is the board's/manifest's default.
     pub model: Option<String>,
     pub load: LoadOptions,
@@ -62,6 +64,8 @@ pub enum AssistantError {
     Board(#[from] BoardError),
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
+    Adapter(#[from] crate::adapter::AdapterError),
     #[error("{what}: {source}")]
     Link {
         what: String,
@@ -85,6 +89,23 @@ enum End {
     Quit,
     /// `/model NAME`.
     Switch(String, PathBuf),
+    /// `/lora use NAME` for an adapter not loaded yet: the engine loads it
+    /// between conversations, then the conversation continues.
+    Adapter {
+        name: String,
+        path: PathBuf,
+        scale: f32,
+        carry: Carry,
+    },
+}
+
+/// What survives an adapter load: the conversation and the settings.
+struct Carry {
+    history: Vec<crate::llm::Message>,
+    system: Option<String>,
+    params: GenParams,
+    /// Input already read after the `/lora use` line.
+    pending: Vec<u8>,
 }
 
 /// Open the link, waiting for it to appear when the connector reopens.
@@ -136,7 +157,18 @@ pub fn serve(
             opts.session.batch_tokens,
             &opts.sys_root,
         )?;
-        let engine = Engine::from_gguf(&name, gguf, &opts.load)?;
+        let mut engine = Engine::from_gguf(&name, gguf, &opts.load)?;
+        let base_sha = store.model_sha256(&name, &path).ok();
+        let mut adapter = None;
+        if let Some(spec) = &opts.lora {
+            let (spec, scale) = crate::llm::parse_adapter_spec(spec)?;
+            let (aname, apath) = store.resolve_adapter(&spec, true)?;
+            adapter = Some((
+                engine.load_adapter(&aname, &apath, base_sha.as_deref())?,
+                scale,
+            ));
+        }
+        let mut carry: Option<Carry> = None;
         loop {
             let ch = match link.take() {
                 Some(ch) if !ch.output.is_closed() => ch,
@@ -148,14 +180,47 @@ pub fn serve(
             }
             let mut conv =
                 Conversation::new(opts, &engine, store, manifest, &ch, &hb, &mut governor)?;
-            match conv.run() {
+            conv.session.set_adapter(adapter)?;
+            if let Some(c) = carry.take() {
+                conv.session.restore(c.history);
+                conv.session.set_system(c.system);
+                conv.params = c.params;
+                conv.type_ahead = c.pending;
+            } else {
+                conv.banner();
+            }
+            let end = conv.run();
+            drop(conv);
+            match end {
                 End::LinkLost | End::InputEnded if connector.reopens() => {
                     tracing::warn!(port = %connector.describe(), "console link lost; waiting for it to come back");
                 }
                 End::LinkLost | End::InputEnded => return Ok(()),
                 End::Quit if connector.reopens() => link = Some(ch),
                 End::Quit => return Ok(()),
+                End::Adapter {
+                    name: aname,
+                    path: apath,
+                    scale,
+                    carry: c,
+                } => {
+                    link = Some(ch);
+                    carry = Some(c);
+                    match engine.load_adapter(&aname, &apath, base_sha.as_deref()) {
+                        Ok(id) => {
+                            adapter = Some((id, scale));
+                            reply_to(link.as_ref(), opts.json, "lora", &format!("(adapter {aname} at scale {scale}; the conversation continues)"));
+                        }
+                        Err(e) => {
+                            tracing::warn!(adapter = %aname, error = %e, "adapter refused");
+                            reply_error(link.as_ref(), opts.json, &e.to_string());
+                        }
+                    }
+                }
                 End::Switch(n, p) => {
+                    if adapter.take().is_some() {
+                        tracing::info!("adapter dropped with the model switch");
+                    }
                     tracing::info!(model = %n, "switching model");
                     name = n;
                     path = p;
@@ -163,6 +228,29 @@ pub fn serve(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// A reply outside a conversation (between two of them on the same link).
+fn reply_to(ch: Option<&Channels>, json: bool, cmd: &str, text: &str) {
+    if let Some(ch) = ch {
+        if json {
+            ch.output
+                .send_str(&format!("{}\n", json!({ "ok": cmd, "info": text })));
+        } else {
+            ch.output.send_str(&format!("{text}\n> "));
+        }
+    }
+}
+
+fn reply_error(ch: Option<&Channels>, json: bool, msg: &str) {
+    if let Some(ch) = ch {
+        if json {
+            ch.output
+                .send_str(&format!("{}\n", json!({ "error": msg })));
+        } else {
+            ch.output.send_str(&format!("error: {msg}\n> "));
         }
     }
 }
@@ -258,7 +346,6 @@ impl<'a, 'm> Conversation<'a, 'm> {
     }
 
     fn run(&mut self) -> End {
-        self.banner();
         loop {
             self.hb.beat();
             let chunk = if !self.type_ahead.is_empty() {
@@ -290,7 +377,14 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     continue;
                 };
                 let end = self.on_event(ev);
-                if let Some(end) = end {
+                if let Some(mut end) = end {
+                    if let End::Adapter { carry, .. } = &mut end {
+                        // The conversation goes on after the load: keep
+                        // what was already read after this line.
+                        carry.pending = chunk[i + 1..].to_vec();
+                        carry.pending.append(&mut self.type_ahead);
+                        carry.pending.truncate(MAX_TYPE_AHEAD);
+                    }
                     return end;
                 }
                 if !self.type_ahead.is_empty() {
@@ -472,6 +566,60 @@ impl<'a, 'm> Conversation<'a, 'm> {
                 self.ok("quit", "bye");
                 return Some(End::Quit);
             }
+            Command::LoraList => {
+                let active = self.session.adapter().map(|a| a.name.clone());
+                let rows: Vec<String> = self
+                    .store
+                    .adapters()
+                    .into_iter()
+                    .map(|(n, _)| match (&active, self.session.adapter()) {
+                        (Some(a), Some(x)) if *a == n => format!("{n} (in use, scale {})", x.scale),
+                        _ => n,
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    self.ok(
+                        "lora",
+                        "(no adapters in the store; train one with `ferrite finetune`)",
+                    );
+                } else {
+                    self.ok("lora", &rows.join("\n"));
+                }
+            }
+            Command::LoraOff => match self.session.set_adapter(None) {
+                Ok(()) => self.ok("lora", "(adapter off: base model)"),
+                Err(e) => self.error(&e.to_string()),
+            },
+            Command::LoraUse(name, scale) => {
+                // Names only: a console user never points ferrite at a path.
+                if !crate::models::is_safe_name(&name) {
+                    self.error("/lora use takes an adapter name from /lora list, not a path");
+                    return None;
+                }
+                if let Some(id) = self.engine.adapter_by_name(&name) {
+                    match self.session.set_adapter(Some((id, scale))) {
+                        Ok(()) => self.ok("lora", &format!("(adapter {name} at scale {scale})")),
+                        Err(e) => self.error(&e.to_string()),
+                    }
+                    return None;
+                }
+                match self.store.resolve_adapter(&name, false) {
+                    Ok((name, path)) => {
+                        return Some(End::Adapter {
+                            name,
+                            path,
+                            scale,
+                            carry: Carry {
+                                history: self.session.history().to_vec(),
+                                system: self.session.system().map(str::to_string),
+                                params: self.params.clone(),
+                                pending: Vec::new(),
+                            },
+                        })
+                    }
+                    Err(e) => self.error(&e.to_string()),
+                }
+            }
         }
         None
     }
@@ -491,6 +639,7 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     "soc_temp_c": temp,
                     "throttled": throttled,
                     "threads": self.session.threads(),
+                    "adapter": self.session.adapter().map(|a| json!({"name": a.name, "scale": a.scale})),
                     "output_dropped_bytes": self.ch.output.dropped(),
                 }
             }));
@@ -508,6 +657,9 @@ impl<'a, 'm> Conversation<'a, 'm> {
                 st.prompt_tokens_per_s()
             )),
             None => s.push_str("last answer: none yet\n"),
+        }
+        if let Some(a) = self.session.adapter() {
+            s.push_str(&format!("adapter: {} at scale {}\n", a.name, a.scale));
         }
         let used = last.as_ref().map_or(0, |st| st.ctx_used);
         s.push_str(&format!(

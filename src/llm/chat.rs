@@ -71,6 +71,18 @@ impl Template {
         model: &LlamaModel,
         messages: &[Message],
     ) -> Result<String, LlmError> {
+        self.render_with(model, messages, true)
+    }
+
+    /// Render messages; `open_assistant` appends the opening of an assistant
+    /// turn (as for a prompt), otherwise the text ends after the last message
+    /// (as for a finished conversation in training data).
+    pub(crate) fn render_with(
+        &self,
+        model: &LlamaModel,
+        messages: &[Message],
+        open_assistant: bool,
+    ) -> Result<String, LlmError> {
         let msgs = messages
             .iter()
             .map(|m| {
@@ -79,7 +91,7 @@ impl Template {
             })
             .collect::<Result<Vec<_>, _>>()?;
         model
-            .apply_chat_template(&self.tmpl, &msgs, true)
+            .apply_chat_template(&self.tmpl, &msgs, open_assistant)
             .map_err(|e| LlmError::Template(e.to_string()))
     }
 }

@@ -30,6 +30,7 @@ pub struct Engine {
     path: PathBuf,
     summary: ModelSummary,
     load_ms: f64,
+    pub(crate) adapters: super::adapters::Adapters,
 }
 
 impl Engine {
@@ -85,6 +86,7 @@ impl Engine {
             path: path.to_path_buf(),
             summary,
             load_ms,
+            adapters: Default::default(),
         })
     }
 
@@ -141,6 +143,23 @@ impl Engine {
     /// special tokens parsed).
     pub fn tokenize(&self, text: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
         self.model.vocab().tokenize(text.as_bytes(), true, true)
+    }
+
+    /// Tokenize a piece of text that continues earlier tokens: no BOS,
+    /// special tokens parsed (the trainer tokenizes a chat turn by turn).
+    pub fn tokenize_continuation(&self, text: &str) -> Vec<llama_cpp_2::token::LlamaToken> {
+        self.model.vocab().tokenize(text.as_bytes(), false, true)
+    }
+
+    /// Render `messages` with the model's chat template (see
+    /// `chat::Template::render_with`).
+    pub fn render_chat(
+        &self,
+        messages: &[super::Message],
+        open_assistant: bool,
+    ) -> Result<String, LlmError> {
+        self.template
+            .render_with(&self.model, messages, open_assistant)
     }
 
     /// llama-bench's `model_type` column: `<arch> <size> <ftype>`.

@@ -8,6 +8,7 @@
 //! stop-string handling of the output stream, perplexity and the benchmark each
 //! live in their own file.
 
+mod adapters;
 mod beam;
 mod bench;
 mod chat;
@@ -22,6 +23,7 @@ use std::sync::OnceLock;
 
 use llama_cpp_2::llama_backend::LlamaBackend;
 
+pub use adapters::{parse_adapter_spec, ActiveAdapter, AdapterId};
 pub use bench::{run_bench, BenchOptions, BenchResult};
 pub use chat::{Message, Role};
 pub use engine::{Engine, LoadOptions};
@@ -48,6 +50,10 @@ pub enum LlmError {
     Decode(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("LoRA adapter: {0}")]
+    Adapter(String),
+    #[error(transparent)]
+    AdapterFile(#[from] crate::adapter::AdapterError),
     #[error("invalid parameter: {0}")]
     Param(String),
     #[error("{0}")]

@@ -60,6 +60,7 @@ pub struct Session<'m> {
     system: Option<String>,
     history: Vec<Message>,
     last: Option<GenStats>,
+    pub(crate) adapter: Option<super::ActiveAdapter>,
 }
 
 /// Context parameters for `opts`. Beam search keeps two generations of beams
@@ -93,6 +94,7 @@ impl<'m> Session<'m> {
             system: None,
             history: Vec::new(),
             last: None,
+            adapter: None,
         })
     }
 
@@ -121,6 +123,13 @@ impl<'m> Session<'m> {
         &self.history
     }
 
+    /// Continue an earlier conversation (e.g. after an adapter swap): the
+    /// turns are re-evaluated on the next question.
+    pub fn restore(&mut self, history: Vec<Message>) {
+        self.history = history;
+        self.invalidate_cache();
+    }
+
     /// Statistics of the last answer.
     pub fn last_stats(&self) -> Option<&GenStats> {
         self.last.as_ref()
@@ -147,7 +156,15 @@ impl<'m> Session<'m> {
             .context(context_params(&opts), opts.ctx_tokens)?;
         self.opts = opts;
         self.cached.clear();
+        // A new context starts without the adapter.
+        if let Some(a) = self.adapter.clone() {
+            self.set_adapter(Some((a.id, a.scale)))?;
+        }
         Ok(())
+    }
+
+    pub(crate) fn opts_batch(&self) -> usize {
+        self.opts.batch_tokens as usize
     }
 
     /// Empty the KV cache but keep the conversation (it is re-evaluated on the

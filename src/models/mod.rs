@@ -51,6 +51,8 @@ pub enum ModelsError {
     AllSourcesFailed { name: String, errors: String },
     #[error("{0}: no such file")]
     NoSuchFile(PathBuf),
+    #[error("no adapter `{name}` in the store: `ferrite models list` shows the trained ones; `ferrite finetune --out {name}` trains it")]
+    NoAdapter { name: String },
     #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
     BadName(String),
     #[error("{path}: {source}")]
@@ -369,6 +371,70 @@ impl Store {
             rows.extend(extra);
         }
         rows
+    }
+
+    /// The folder of adapter `name` (its `adapter.gguf`, `checkpoint.gguf`
+    /// and `log.jsonl`). Names only: never a path outside the store.
+    pub fn adapter_dir(&self, name: &str) -> Result<PathBuf, ModelsError> {
+        if !is_safe_name(name) {
+            return Err(ModelsError::BadName(name.to_string()));
+        }
+        Ok(self.root.join("adapters").join(name))
+    }
+
+    /// The adapter file of a trained adapter, or `NotPulled`-like error.
+    pub fn adapter_path(&self, name: &str) -> Result<PathBuf, ModelsError> {
+        let p = self.adapter_dir(name)?.join("adapter.gguf");
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(ModelsError::NoAdapter {
+                name: name.to_string(),
+            })
+        }
+    }
+
+    /// Resolve an adapter by store name, or (when `allow_path`) by file
+    /// path: (name, file). The console allows names only.
+    pub fn resolve_adapter(
+        &self,
+        spec: &str,
+        allow_path: bool,
+    ) -> Result<(String, PathBuf), ModelsError> {
+        let p = Path::new(spec);
+        if allow_path && (p.is_file() || spec.contains('/') || spec.ends_with(".gguf")) {
+            if !p.is_file() {
+                return Err(ModelsError::NoSuchFile(p.to_path_buf()));
+            }
+            let name = p
+                .file_stem()
+                .map_or(spec.to_string(), |n| n.to_string_lossy().into_owned());
+            return Ok((name, p.to_path_buf()));
+        }
+        Ok((spec.to_string(), self.adapter_path(spec)?))
+    }
+
+    /// Trained adapters in the store: (name, adapter file), sorted.
+    pub fn adapters(&self) -> Vec<(String, PathBuf)> {
+        let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.root.join("adapters"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter_map(|n| Some((n.clone(), self.adapter_path(&n).ok()?)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// The sha256 of a model file: from its receipt when it is in the store
+    /// (verified at pull), else computed.
+    pub fn model_sha256(&self, name: &str, path: &Path) -> Result<String, ModelsError> {
+        if let (Some(r), Ok(p)) = (self.receipt(name), self.path(name)) {
+            if p == path {
+                return Ok(r.sha256);
+            }
+        }
+        Ok(sha256_file(path)?.0)
     }
 
     /// Resolve `-m NAME|PATH`: an existing path wins; then a pulled model; a

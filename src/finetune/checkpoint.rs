@@ -1,0 +1,151 @@
+//! Training checkpoints: the adapter's variables, the optimizer's moments and
+//! the step reached, in one GGUF file written atomically (temp file, fsync,
+//! rename), so killing the trainer at any moment leaves either the previous
+//! checkpoint or the new one, never a torn file. The run's configuration is
+//! stored with it; `--resume` refuses a checkpoint made with different data
+//! or settings, because that could not give the uninterrupted run's result.
+
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::FinetuneError;
+use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+
+/// Everything that decides a run's result besides the base model weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub base_sha256: String,
+    pub data_sha256: String,
+    pub rank: usize,
+    pub alpha: f32,
+    pub targets: String,
+    pub lr: f64,
+    pub batch: usize,
+    pub seq: usize,
+    pub val: f64,
+    pub seed: u64,
+    pub total_steps: usize,
+    pub warmup_steps: usize,
+}
+
+pub(crate) struct Checkpoint {
+    pub(crate) config: TrainConfig,
+    pub(crate) step: usize,
+    pub(crate) adam_t: u64,
+    pub(crate) params: Vec<Tensor>,
+    pub(crate) m: Vec<Tensor>,
+    pub(crate) v: Vec<Tensor>,
+}
+
+fn ggml_dims(t: &Tensor) -> Vec<u64> {
+    t.dims().iter().rev().map(|&d| d as u64).collect()
+}
+
+fn f32s(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()
+}
+
+/// Milliseconds to pause half-way through writing a checkpoint, so a test
+/// can kill the trainer while the temp file is half written.
+fn test_pause_ms() -> Option<u64> {
+    std::env::var("FERRITE_TEST_SLOW_WRITE_MS")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+pub(crate) fn save(path: &Path, ck: &Checkpoint) -> Result<(), FinetuneError> {
+    let mut w = GgufWriter::new();
+    w.kv(
+        "general.architecture",
+        Value::Str("ferrite-checkpoint".into()),
+    )
+    .kv("ferrite.ckpt.step", Value::U64(ck.step as u64))
+    .kv("ferrite.ckpt.adam_t", Value::U64(ck.adam_t))
+    .kv(
+        "ferrite.ckpt.config",
+        Value::Str(serde_json::to_string(&ck.config).expect("config serializes")),
+    );
+    for (kind, ts) in [("p", &ck.params), ("m", &ck.m), ("v", &ck.v)] {
+        for (i, t) in ts.iter().enumerate() {
+            w.tensor_f32(&format!("{kind}.{i}"), &ggml_dims(t), &f32s(t)?);
+        }
+    }
+    let bytes = w.to_bytes();
+    crate::gguf::write_atomic(path, |out| {
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        out.write_all(a)?;
+        if let Some(ms) = test_pause_ms() {
+            out.flush()?;
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        out.write_all(b)
+    })
+    .map_err(|source| FinetuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+pub(crate) fn load(path: &Path, n_vars: usize) -> Result<Checkpoint, FinetuneError> {
+    let g = GgufFile::open(path)?;
+    let bad = |what: &str| FinetuneError::Checkpoint {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    };
+    if g.architecture() != Some("ferrite-checkpoint") {
+        return Err(bad("not a ferrite training checkpoint"));
+    }
+    let config: TrainConfig = g
+        .get_str("ferrite.ckpt.config")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| bad("no readable run configuration"))?;
+    let step = g
+        .get_u64("ferrite.ckpt.step")
+        .ok_or_else(|| bad("no step"))? as usize;
+    let adam_t = g
+        .get_u64("ferrite.ckpt.adam_t")
+        .ok_or_else(|| bad("no optimizer step"))?;
+    let read = |kind: &str| -> Result<Vec<Tensor>, FinetuneError> {
+        (0..n_vars)
+            .map(|i| {
+                let t = g
+                    .tensor(&format!("{kind}.{i}"))
+                    .filter(|t| t.ggml_type == GgmlType::F32)
+                    .ok_or_else(|| {
+                        bad(&format!(
+                            "tensor {kind}.{i} missing: the adapter shape changed?"
+                        ))
+                    })?;
+                let vals: Vec<f32> = g
+                    .tensor_data(t)
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                Ok(Tensor::from_vec(vals, dims, &Device::Cpu)?)
+            })
+            .collect()
+    };
+    let params = read("p")?;
+    let m = read("m")?;
+    let v = read("v")?;
+    if g.tensor(&format!("p.{n_vars}")).is_some() {
+        return Err(bad(
+            "more tensors than this adapter has: the adapter shape changed?",
+        ));
+    }
+    Ok(Checkpoint {
+        config,
+        step,
+        adam_t,
+        params,
+        m,
+        v,
+    })
+}

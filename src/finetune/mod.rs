@@ -1,0 +1,59 @@
+//! The offline fine-tune path: LoRA adapters trained on the device from a
+//! local JSONL file, written as llama.cpp adapter GGUFs that the runtime
+//! hot-swaps.
+//!
+//! Data flows `data` (JSONL → tokens with a loss mask, through the runtime's
+//! own tokenizer and chat template) → `model` (a differentiable llama forward
+//! in candle on the dequantized base weights, with `ops` supplying the fused
+//! kernels and their backward passes) → `trainer` (AdamW on the `lora`
+//! variables only, checkpoints, validation, progress) → `crate::adapter`
+//! (the GGUF that llama.cpp loads).
+
+mod checkpoint;
+mod data;
+mod lora;
+mod model;
+mod ops;
+mod optim;
+mod rng;
+mod trainer;
+
+use std::path::PathBuf;
+
+pub use checkpoint::TrainConfig;
+pub use lora::Target;
+pub use trainer::{finetune, FinetuneOptions, TrainSummary};
+
+#[doc(hidden)]
+pub mod testing;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    #[error("{path}:{line}: {msg}")]
+    Data {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: cannot resume: {what}")]
+    Checkpoint { path: PathBuf, what: String },
+    #[error("{0}")]
+    Param(String),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("reading base weights: {0}")]
+    Weights(String),
+    #[error("training: {0}")]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
+    Adapter(#[from] crate::adapter::AdapterError),
+    #[error("{0}")]
+    Std(#[from] std::io::Error),
+}

@@ -1,0 +1,173 @@
+//! Hooks for the integration tests' proofs (not a stable API): the trainer's
+//! own logits, random adapters and a finite-difference gradient check, so the
+//! tests can hold the trainer's forward against llama.cpp's on the real model.
+
+use std::path::Path;
+
+use candle_core::{DType, Tensor};
+
+use super::lora::{Lora, Target};
+use super::model::Base;
+use super::rng::Rng;
+use super::FinetuneError;
+use crate::adapter::{AdapterInfo, Pair};
+
+/// The trainer's logits [t][vocab] for `tokens`, with the adapter file
+/// applied at scale 1 when given.
+pub fn trainer_logits(
+    model: &Path,
+    adapter: Option<&Path>,
+    tokens: &[u32],
+) -> Result<Vec<Vec<f32>>, FinetuneError> {
+    let base = Base::load(model, None, DType::F32, tokens.len())?;
+    let lora = adapter
+        .map(|p| Lora::from_file(p, &base.cfg, DType::F32))
+        .transpose()?;
+    Ok(base.logits(lora.as_ref(), tokens)?.to_vec2::<f32>()?)
+}
+
+/// Write an adapter for `model` with random A and B (B drawn at `b_std`;
+/// 0 gives a fresh, no-op adapter).
+pub fn write_random_adapter(
+    model: &Path,
+    out: &Path,
+    rank: usize,
+    alpha: f32,
+    b_std: f64,
+    seed: u64,
+    base_sha256: Option<&str>,
+) -> Result<(), FinetuneError> {
+    let g = crate::gguf::GgufFile::open(model)?;
+    let cfg = super::model::Config::from_gguf(&g)?;
+    let mut rng = Rng::new(seed);
+    let mut data = Vec::new();
+    for l in 0..cfg.n_layer {
+        for t in Target::ALL {
+            let (n_in, n_out) = cfg.dims(t);
+            let bound = 1.0 / (n_in as f64).sqrt();
+            let a: Vec<f32> = (0..rank * n_in)
+                .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+                .collect();
+            let b: Vec<f32> = (0..rank * n_out)
+                .map(|_| ((2.0 * rng.uniform() - 1.0) * b_std * 3f64.sqrt()) as f32)
+                .collect();
+            data.push((t.tensor_name(l), n_in, n_out, a, b));
+        }
+    }
+    let pairs: Vec<Pair<'_>> = data
+        .iter()
+        .map(|(n, i, o, a, b)| Pair {
+            base_tensor: n.clone(),
+            n_in: *i,
+            n_out: *o,
+            a,
+            b,
+        })
+        .collect();
+    crate::adapter::write(
+        out,
+        &AdapterInfo {
+            name: "random".into(),
+            arch: cfg.arch.clone(),
+            alpha,
+            rank: rank as u64,
+            targets: "q,k,v,o,gate,up,down".into(),
+            base_sha256: base_sha256.map(str::to_string),
+            base_name: None,
+            n_pairs: pairs.len(),
+            n_params: 0,
+        },
+        &pairs,
+    )?;
+    Ok(())
+}
+
+/// One checked coordinate of the gradient check.
+#[derive(Debug, Clone)]
+pub struct GradCheck {
+    pub param: String,
+    pub analytic: f64,
+    pub numeric: f64,
+}
+
+/// Finite-difference check of the adapter gradients in f64 on the first
+/// `n_layer` layers of `model`: for a few entries of A and B in each target,
+/// compare autograd with (L(θ+ε) − L(θ−ε)) / 2ε.
+pub fn gradient_check(
+    model: &Path,
+    n_layer: usize,
+    tokens: &[u32],
+    seed: u64,
+) -> Result<Vec<GradCheck>, FinetuneError> {
+    let base = Base::load(model, Some(n_layer), DType::F64, tokens.len())?;
+    let mut rng = Rng::new(seed);
+    let lora = Lora::new(&base.cfg, 4, 8.0, &Target::ALL, &mut rng, DType::F64)?;
+    // Non-zero B so that A's gradient is not trivially zero.
+    for (_, _, _, b) in &lora.pairs {
+        let n = b.elem_count();
+        let vals: Vec<f64> = (0..n).map(|_| (rng.uniform() - 0.5) * 0.2).collect();
+        b.set(&Tensor::from_vec(vals, b.dims(), b.device())?)?;
+    }
+    let t = tokens.len();
+    let batch = super::data::batch(&[&super::data::Example {
+        tokens: tokens.to_vec(),
+        loss: vec![true; t],
+    }]);
+    let loss = |l: &Lora| -> Result<f64, FinetuneError> {
+        Ok(base.loss(Some(l), &batch)?.to_scalar::<f64>()?)
+    };
+    let grads = base.loss(Some(&lora), &batch)?.backward()?;
+    let eps = 1e-5;
+    let mut out = Vec::new();
+    for (l, tg, a, b) in &lora.pairs {
+        for (which, var) in [("A", a), ("B", b)] {
+            let g = grads
+                .get(var.as_tensor())
+                .ok_or_else(|| FinetuneError::Param(format!("no gradient for {which}")))?
+                .flatten_all()?
+                .to_vec1::<f64>()?;
+            let orig = var.as_tensor().flatten_all()?.to_vec1::<f64>()?;
+            for _ in 0..2 {
+                let i = rng.below(orig.len());
+                let bump = |d: f64| -> Result<f64, FinetuneError> {
+                    let mut v = orig.clone();
+                    v[i] += d;
+                    var.set(&Tensor::from_vec(v, var.dims(), var.device())?)?;
+                    loss(&lora)
+                };
+                let numeric = (bump(eps)? - bump(-eps)?) / (2.0 * eps);
+                var.set(&Tensor::from_vec(orig.clone(), var.dims(), var.device())?)?;
+                out.push(GradCheck {
+                    param: format!("blk.{l}.{}.{which}[{i}]", tg.short()),
+                    analytic: g[i],
+                    numeric,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Write `model` with every tensor dequantized to f32 (same metadata,
+/// `general.file_type` = all F32). llama.cpp then computes in f32 without
+/// rounding activations to 8 bits, so an adapter's effect can be compared
+/// with the trainer's far below Q4 rounding.
+pub fn write_f32_model(model: &Path, out: &Path) -> Result<(), FinetuneError> {
+    let g = crate::gguf::GgufFile::open(model)?;
+    let mut w = crate::gguf::GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    w.kv("general.file_type", crate::gguf::Value::U32(0));
+    let mut file = std::fs::File::open(model)?;
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
+        .map_err(|e| FinetuneError::Weights(e.to_string()))?;
+    let dev = candle_core::Device::Cpu;
+    for t in &g.tensors {
+        let q = content.tensor(&mut file, &t.name, &dev)?;
+        let vals = q.dequantize(&dev)?.flatten_all()?.to_vec1::<f32>()?;
+        w.tensor_f32(&t.name, &t.dims, &vals);
+    }
+    w.write(out)?;
+    Ok(())
+}

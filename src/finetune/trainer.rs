@@ -1,0 +1,445 @@
+//! The training loop: batches in a seed-determined order, forward and
+//! backward through the frozen base with the adapter, AdamW on the adapter,
+//! validation each epoch, checkpoints every N steps and at the end, and a
+//! progress bar plus a JSON log (`log.jsonl`) of every step next to the
+//! adapter.
+//!
+//! Any step can be rebuilt from `(seed, step)`, and a checkpoint stores the
+//! variables and optimizer moments exactly, so `--resume` continues with the
+//! same result as a run that was never stopped.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::DType;
+use serde_json::json;
+
+use super::checkpoint::{self, Checkpoint, TrainConfig};
+use super::data::{self, Dataset, Example};
+use super::lora::{Lora, Target};
+use super::model::Base;
+use super::optim::{lr_at, AdamW};
+use super::rng::Rng;
+use super::FinetuneError;
+use crate::adapter::{AdapterInfo, Pair};
+use crate::llm::Engine;
+
+/// `ferrite finetune`'s settings.
+#[derive(Debug, Clone)]
+pub struct FinetuneOptions {
+    pub data: PathBuf,
+    /// A separate validation file (instead of holding out `val`).
+    pub val_data: Option<PathBuf>,
+    /// Adapter name (the folder in the store).
+    pub name: String,
+    pub rank: usize,
+    pub alpha: f32,
+    pub targets: Vec<Target>,
+    pub epochs: usize,
+    /// Overrides `epochs` when set.
+    pub steps: Option<usize>,
+    pub lr: f64,
+    pub batch: usize,
+    pub seq: usize,
+    pub val: f64,
+    pub seed: u64,
+    pub resume: bool,
+    /// Checkpoint every this many steps (and always at the end).
+    pub save_every: usize,
+    pub progress: bool,
+}
+
+impl Default for FinetuneOptions {
+    fn default() -> Self {
+        FinetuneOptions {
+            data: PathBuf::new(),
+            val_data: None,
+            name: String::new(),
+            rank: 8,
+            alpha: 16.0,
+            targets: Target::ALL.to_vec(),
+            epochs: 3,
+            steps: None,
+            lr: 2e-4,
+            batch: 4,
+            seq: 256,
+            val: 0.1,
+            seed: 42,
+            resume: false,
+            save_every: 50,
+            progress: true,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    pub adapter: PathBuf,
+    pub steps: usize,
+    pub resumed_from: usize,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub last_loss: f64,
+    pub val_loss_start: Option<f64>,
+    pub val_loss_end: Option<f64>,
+    pub s_per_step: f64,
+    pub tokens_per_s: f64,
+    pub trainable_params: usize,
+}
+
+/// Mean target loss over examples, in batches, without gradients.
+fn eval_loss(
+    base: &Base,
+    lora: &Lora,
+    examples: &[Example],
+    batch: usize,
+) -> Result<f64, FinetuneError> {
+    let mut sum = 0.0;
+    let mut n = 0usize;
+    for chunk in examples.chunks(batch) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let b = data::batch(&refs);
+        let k = b.targets.len();
+        let l = base
+            .loss(Some(lora), &b)?
+            .detach()
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+        sum += l * k as f64;
+        n += k;
+    }
+    Ok(sum / n.max(1) as f64)
+}
+
+fn write_adapter(
+    path: &Path,
+    name: &str,
+    base: &Base,
+    lora: &Lora,
+    cfg: &TrainConfig,
+    base_name: &str,
+) -> Result<(), FinetuneError> {
+    let mut data = Vec::new();
+    for (l, t, a, b) in &lora.pairs {
+        let (n_in, n_out) = base.cfg.dims(*t);
+        let a = a
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = b
+            .as_tensor()
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        data.push((t.tensor_name(*l), n_in, n_out, a, b));
+    }
+    let pairs: Vec<Pair<'_>> = data
+        .iter()
+        .map(|(name, n_in, n_out, a, b)| Pair {
+            base_tensor: name.clone(),
+            n_in: *n_in,
+            n_out: *n_out,
+            a,
+            b,
+        })
+        .collect();
+    let info = AdapterInfo {
+        name: name.to_string(),
+        arch: base.cfg.arch.clone(),
+        alpha: lora.alpha,
+        rank: lora.rank as u64,
+        targets: Target::list_string(&lora.targets),
+        base_sha256: Some(cfg.base_sha256.clone()),
+        base_name: Some(base_name.to_string()),
+        n_pairs: pairs.len(),
+        n_params: lora.n_params() as u64,
+    };
+    crate::adapter::write(path, &info, &pairs)?;
+    Ok(())
+}
+
+/// Optimizer moments as tensors shaped like their variables (checkpoints).
+fn moments(
+    flat: &[Vec<f32>],
+    vars: &[&candle_core::Var],
+) -> candle_core::Result<Vec<candle_core::Tensor>> {
+    flat.iter()
+        .zip(vars)
+        .map(|(m, v)| candle_core::Tensor::from_slice(m, v.shape(), v.device()))
+        .collect()
+}
+
+struct Log(Option<std::fs::File>);
+
+impl Log {
+    fn open(path: &Path) -> Log {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            Ok(f) => Log(Some(f)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot write the training log");
+                Log(None)
+            }
+        }
+    }
+
+    fn write(&mut self, v: serde_json::Value) {
+        if let Some(f) = &mut self.0 {
+            let _ = writeln!(f, "{v}");
+        }
+    }
+}
+
+/// Train an adapter for `engine`'s model into `dir` (the adapter's folder in
+/// the store). `base_sha256` identifies the base file.
+pub fn finetune(
+    engine: &Engine,
+    base_sha256: &str,
+    opts: &FinetuneOptions,
+    dir: &Path,
+) -> Result<TrainSummary, FinetuneError> {
+    // candle runs elementwise ops on its own spinning thread pool; on a
+    // 2-4 core board it fights gemm's rayon threads for the cores (measured
+    // on 2 cores: 4.4 s/step with it, 3.3 s without). ferrite's own kernels
+    // and every matmul use rayon, so candle's pool is kept to the caller.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+    if opts.batch == 0 || opts.seq < 2 {
+        return Err(FinetuneError::Param(
+            "--batch must be ≥ 1 and --seq ≥ 2".into(),
+        ));
+    }
+    if !(0.0..1.0).contains(&opts.val) {
+        return Err(FinetuneError::Param("--val must be in [0, 1)".into()));
+    }
+    if !(opts.lr > 0.0 && opts.lr.is_finite()) {
+        return Err(FinetuneError::Param(
+            "--lr must be a positive number".into(),
+        ));
+    }
+    let ds: Dataset = data::load(
+        &opts.data,
+        engine,
+        opts.seq,
+        opts.val,
+        opts.seed,
+        opts.val_data.as_deref(),
+    )?;
+    let per_epoch = ds.train.len().div_ceil(opts.batch);
+    let total = opts.steps.unwrap_or(opts.epochs * per_epoch);
+    if total == 0 {
+        return Err(FinetuneError::Param(
+            "nothing to do: --steps/--epochs is 0".into(),
+        ));
+    }
+    let cfg = TrainConfig {
+        base_sha256: base_sha256.to_string(),
+        data_sha256: ds.sha256.clone(),
+        rank: opts.rank,
+        alpha: opts.alpha,
+        targets: Target::list_string(&opts.targets),
+        lr: opts.lr,
+        batch: opts.batch,
+        seq: opts.seq,
+        val: opts.val,
+        seed: opts.seed,
+        total_steps: total,
+        warmup_steps: (total / 10).clamp(1, 50),
+    };
+    std::fs::create_dir_all(dir).map_err(|source| FinetuneError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ckpt_path = dir.join("checkpoint.gguf");
+    let adapter_path = dir.join("adapter.gguf");
+    if !opts.resume && (ckpt_path.exists() || adapter_path.exists()) {
+        return Err(FinetuneError::Param(format!(
+            "adapter `{}` already exists ({}): --resume continues its run; or choose another --out, or `ferrite models rm {}`",
+            opts.name,
+            dir.display(),
+            opts.name
+        )));
+    }
+
+    tracing::info!(model = %engine.name(), "dequantizing base weights");
+    let base = Base::load(engine.path(), None, DType::F32, opts.seq)?;
+    let lora = Lora::new(
+        &base.cfg,
+        opts.rank,
+        opts.alpha,
+        &opts.targets,
+        &mut Rng::new(opts.seed),
+        DType::F32,
+    )?;
+    let mut opt = AdamW::new(&lora.vars(), opts.lr)?;
+    let mut start = 0;
+    if opts.resume {
+        if !ckpt_path.exists() {
+            return Err(FinetuneError::Checkpoint {
+                path: ckpt_path,
+                what: "no checkpoint to resume from (start without --resume)".into(),
+            });
+        }
+        let ck = checkpoint::load(&ckpt_path, lora.vars().len())?;
+        if ck.config != cfg {
+            let ours = serde_json::to_value(&cfg).expect("ser");
+            let theirs = serde_json::to_value(&ck.config).expect("ser");
+            let diff: Vec<String> = ours
+                .as_object()
+                .expect("object")
+                .iter()
+                .filter(|(k, v)| theirs.get(k.as_str()) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k} (was {}, now {v})",
+                        theirs.get(k.as_str()).unwrap_or(&json!(null))
+                    )
+                })
+                .collect();
+            return Err(FinetuneError::Checkpoint {
+                path: ckpt_path,
+                what: format!("the run's settings or data changed: {}", diff.join(", ")),
+            });
+        }
+        for (var, p) in lora.vars().iter().zip(&ck.params) {
+            if var.dims() != p.dims() {
+                return Err(FinetuneError::Checkpoint {
+                    path: ckpt_path,
+                    what: "tensor shapes differ from this adapter".into(),
+                });
+            }
+            var.set(p)?;
+        }
+        opt.m =
+            ck.m.iter()
+                .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                .collect::<candle_core::Result<_>>()?;
+        opt.v =
+            ck.v.iter()
+                .map(|t| t.flatten_all()?.to_vec1::<f32>())
+                .collect::<candle_core::Result<_>>()?;
+        opt.t = ck.adam_t;
+        start = ck.step;
+        tracing::info!(step = start, "resuming");
+    }
+    let mut log = Log::open(&dir.join("log.jsonl"));
+    log.write(json!({
+        "event": if opts.resume { "resume" } else { "start" },
+        "step": start,
+        "config": cfg,
+        "train_examples": ds.train.len(),
+        "val_examples": ds.val.len(),
+        "truncated": ds.truncated,
+        "trainable_params": lora.n_params(),
+    }));
+    let val_loss_start = if ds.val.is_empty() {
+        None
+    } else {
+        let v = eval_loss(&base, &lora, &ds.val, opts.batch)?;
+        log.write(json!({"event": "val", "step": start, "val_loss": v}));
+        Some(v)
+    };
+
+    let pb = if opts.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}",
+        )
+        .expect("template")
+        .progress_chars("=> "),
+    );
+    pb.set_position(start as u64);
+    let t_run = Instant::now();
+    let mut tokens_run = 0usize;
+    let mut last_loss = f64::NAN;
+    let mut val_loss_end = val_loss_start;
+    let vars_owned: Vec<candle_core::Var> = lora.vars().into_iter().cloned().collect();
+    let vars: Vec<&candle_core::Var> = vars_owned.iter().collect();
+    for step in start..total {
+        let t0 = Instant::now();
+        let idx = data::step_indices(ds.train.len(), opts.batch, opts.seed, step);
+        let refs: Vec<&Example> = idx.iter().map(|&i| &ds.train[i]).collect();
+        let batch = data::batch(&refs);
+        let n_tokens = batch.b * batch.t;
+        let loss = base.loss(Some(&lora), &batch)?;
+        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !loss_v.is_finite() {
+            return Err(FinetuneError::Param(format!(
+                "loss became {loss_v} at step {step}: lower --lr"
+            )));
+        }
+        let grads = loss.backward()?;
+        opt.lr = lr_at(cfg.lr, step, total, cfg.warmup_steps);
+        let gnorm = opt.step(&vars, &grads)?;
+        drop(grads);
+        last_loss = loss_v;
+        let dt = t0.elapsed().as_secs_f64();
+        tokens_run += n_tokens;
+        let tps = tokens_run as f64 / t_run.elapsed().as_secs_f64();
+        pb.set_message(format!("loss {loss_v:.4}  {tps:.0} tok/s  {dt:.2} s/step"));
+        pb.inc(1);
+        log.write(json!({
+            "event": "step", "step": step + 1, "epoch": step / per_epoch, "loss": loss_v,
+            "lr": opt.lr, "grad_norm": gnorm, "tokens": n_tokens, "s": dt,
+        }));
+        let done = step + 1;
+        let epoch_end = done % per_epoch == 0 || done == total;
+        if epoch_end && !ds.val.is_empty() {
+            let v = eval_loss(&base, &lora, &ds.val, opts.batch)?;
+            pb.println(format!(
+                "epoch {}: train loss {loss_v:.4}, validation loss {v:.4}",
+                (done - 1) / per_epoch + 1
+            ));
+            log.write(json!({"event": "val", "step": done, "val_loss": v}));
+            val_loss_end = Some(v);
+        }
+        if done % opts.save_every.max(1) == 0 || done == total {
+            write_adapter(&adapter_path, &opts.name, &base, &lora, &cfg, engine.name())?;
+            checkpoint::save(
+                &ckpt_path,
+                &Checkpoint {
+                    config: cfg.clone(),
+                    step: done,
+                    adam_t: opt.t,
+                    params: vars.iter().map(|v| v.as_tensor().clone()).collect(),
+                    m: moments(&opt.m, &vars)?,
+                    v: moments(&opt.v, &vars)?,
+                },
+            )?;
+            log.write(json!({"event": "checkpoint", "step": done}));
+        }
+    }
+    pb.finish_and_clear();
+    let ran = total - start;
+    let secs = t_run.elapsed().as_secs_f64();
+    let summary = TrainSummary {
+        adapter: adapter_path,
+        steps: total,
+        resumed_from: start,
+        train_examples: ds.train.len(),
+        val_examples: ds.val.len(),
+        last_loss,
+        val_loss_start,
+        val_loss_end,
+        s_per_step: if ran > 0 { secs / ran as f64 } else { 0.0 },
+        tokens_per_s: if secs > 0.0 {
+            tokens_run as f64 / secs
+        } else {
+            0.0
+        },
+        trainable_params: lora.n_params(),
+    };
+    log.write(json!({"event": "done", "summary": summary}));
+    Ok(summary)
+}

@@ -1,0 +1,507 @@
+//! The fine-tune path, proved against llama.cpp on the real model: adapters
+//! the trainer writes load in llama.cpp with the layout and scale the
+//! trainer assumes, the trainer's forward pass matches llama.cpp's, its
+//! gradients match finite differences, a short run teaches facts that
+//! llama.cpp then answers with the adapter (and not without), checkpoints
+//! survive a kill, and bad inputs give clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferrite::finetune::testing;
+use ferrite::llm::SessionOptions;
+
+use crate::common::{engine, ferrite_bin, model_path};
+
+/// Training runs use every core; running two at once only slows both.
+static TRAIN: Mutex<()> = Mutex::new(());
+
+fn ferrite(home: &Path, args: &[&str]) -> Output {
+    Command::new(ferrite_bin())
+        .args(args)
+        .env("FERRITE_HOME", home)
+        .env_remove("FERRITE_LOG")
+        .output()
+        .expect("run ferrite")
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tokens(text: &str) -> Vec<u32> {
+    engine().tokenize(text).iter().map(|t| t.0 as u32).collect()
+}
+
+fn llama_logits(adapter: Option<&Path>, scale: f32, toks: &[u32]) -> Vec<Vec<f32>> {
+    llama_logits_of(model_path(), adapter, scale, toks)
+}
+
+fn llama_logits_of(
+    model: &Path,
+    adapter: Option<&Path>,
+    scale: f32,
+    toks: &[u32],
+) -> Vec<Vec<f32>> {
+    // Adapters need `&mut Engine`, so these tests load their own.
+    let mut e = ferrite::llm::Engine::load("base", model, &Default::default()).unwrap();
+    let id = adapter.map(|p| e.load_adapter("a", p, None).unwrap());
+    let mut s = e
+        .session(SessionOptions {
+            ctx_tokens: 1024,
+            threads: 2,
+            batch_tokens: 512,
+            max_beams: 0,
+        })
+        .unwrap();
+    s.set_adapter(id.map(|i| (i, scale))).unwrap();
+    s.logits_all(toks).unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0
+}
+
+const TEXT: &str = "The Raspberry Pi is a series of small single-board computers developed in the United Kingdom by the Raspberry Pi Foundation in association with Broadcom. The Pi project originally leaned towards the promotion of teaching basic computer science in schools. The original model became more popular than anticipated, selling outside its target market for diverse uses such as robotics, home automation, industrial automation, and by computer and electronic hobbyists, because of its low cost, modularity, open design, and its adoption of the HDMI and USB standards. After the release of the second board type, the Raspberry Pi Foundation set up a new entity, named Raspberry Pi Trading, and installed Eben Upton as CEO, with the responsibility of developing technology. The Foundation was rededicated as an educational charity for promoting the teaching of basic computer science in schools and developing countries. Processor speed ranges from 700 MHz to 2.4 GHz for the Pi 5; on-board memory ranges from 256 MB to 8 GB of random-access memory, with only the Raspberry Pi 4 and 5 having more than 1 GB. Secure Digital cards in MicroSDHC form factor are used to store the operating system and program memory.";
+
+#[test]
+fn fresh_adapter_leaves_llama_cpp_logits_identical() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("zero.gguf");
+    testing::write_random_adapter(model_path(), &a, 8, 16.0, 0.0, 1, None).unwrap();
+    let toks = tokens("The capital of France is Paris, and the capital of Italy is");
+    let base = llama_logits(None, 1.0, &toks);
+    let with = llama_logits(Some(&a), 1.0, &toks);
+    assert_eq!(base, with, "B = 0 must not change a single logit");
+}
+
+#[test]
+fn trainer_forward_and_adapter_layout_match_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("random.gguf");
+    testing::write_random_adapter(model_path(), &a, 8, 16.0, 0.02, 7, None).unwrap();
+    let toks = tokens(TEXT);
+    assert!(toks.len() >= 200, "{} tokens", toks.len());
+    let l0 = llama_logits(None, 1.0, &toks);
+    let t0 = testing::trainer_logits(model_path(), None, &toks).unwrap();
+
+    // Without adapter: the trainer's f32 forward against llama.cpp's Q4_1
+    // kernels, which also round activations to 8 bits and the KV cache to
+    // f16 (measured: 0.24 rms logit difference). A position agrees when the
+    // trainer's choice is llama.cpp's, or ties with it within that rounding.
+    let strict = (0..toks.len())
+        .filter(|&i| argmax(&l0[i]) == argmax(&t0[i]))
+        .count() as f64
+        / toks.len() as f64;
+    let within = (0..toks.len())
+        .filter(|&i| l0[i][argmax(&t0[i])] >= l0[i][argmax(&l0[i])] - 0.25)
+        .count() as f64
+        / toks.len() as f64;
+    assert!(
+        within >= 0.99 && strict >= 0.95,
+        "argmax agreement {strict:.4} (within rounding {within:.4}) over {} positions",
+        toks.len()
+    );
+
+    // With adapter: the change it makes, in llama.cpp and in the trainer,
+    // on the same base dequantized to f32 (so llama.cpp's 8-bit activation
+    // rounding does not drown the comparison): same direction (layout) and
+    // same size (scale alpha/rank).
+    let f32_model = dir.path().join("f32.gguf");
+    testing::write_f32_model(model_path(), &f32_model).unwrap();
+    let l0 = llama_logits_of(&f32_model, None, 1.0, &toks);
+    let l1 = llama_logits_of(&f32_model, Some(&a), 1.0, &toks);
+    let t0 = testing::trainer_logits(&f32_model, None, &toks).unwrap();
+    let t1 = testing::trainer_logits(&f32_model, Some(&a), &toks).unwrap();
+    let (mut dot, mut nl, mut nt) = (0.0f64, 0.0f64, 0.0f64);
+    for i in 0..toks.len() {
+        for j in 0..l0[i].len() {
+            let dl = f64::from(l1[i][j] - l0[i][j]);
+            let dt = f64::from(t1[i][j] - t0[i][j]);
+            dot += dl * dt;
+            nl += dl * dl;
+            nt += dt * dt;
+        }
+    }
+    let cos = dot / (nl.sqrt() * nt.sqrt());
+    let ratio = nt.sqrt() / nl.sqrt();
+    let rms = (nl / (toks.len() * l0[0].len()) as f64).sqrt();
+    eprintln!("argmax agreement {strict:.4} (within rounding {within:.4}); adapter: delta cosine {cos:.6}, size ratio {ratio:.4}, rms delta {rms:.3}");
+    assert!(
+        rms > 0.1,
+        "the random adapter barely changed the logits (rms {rms})"
+    );
+    assert!(cos > 0.999, "cosine of the logit changes {cos:.6}");
+    assert!(
+        (ratio - 1.0).abs() < 0.01,
+        "trainer/llama.cpp size of the change {ratio:.4}: scale differs"
+    );
+    // A wrong scale would show here: half the scale gives about half the change.
+    let lh = llama_logits_of(&f32_model, Some(&a), 0.5, &toks);
+    let nh: f64 = (0..toks.len())
+        .flat_map(|i| (0..l0[i].len()).map(move |j| (i, j)))
+        .map(|(i, j)| f64::from(lh[i][j] - l0[i][j]).powi(2))
+        .sum();
+    let half = nh.sqrt() / nl.sqrt();
+    assert!(
+        half > 0.4 && half < 0.6,
+        "scale 0.5 changed the logits by {half:.3} of scale 1"
+    );
+}
+
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    let toks = tokens("A small board answers questions over a serial line.");
+    let checks = testing::gradient_check(model_path(), 2, &toks, 3).unwrap();
+    assert!(checks.len() >= 28);
+    for c in &checks {
+        let err = (c.analytic - c.numeric).abs() / c.numeric.abs().max(c.analytic.abs()).max(1e-6);
+        assert!(
+            err < 1e-4,
+            "{}: autograd {} vs finite difference {} (rel. err {err:.2e})",
+            c.param,
+            c.analytic,
+            c.numeric
+        );
+    }
+}
+
+/// Read every f32 LoRA tensor of an adapter, by name.
+fn adapter_tensors(p: &Path) -> Vec<(String, Vec<u8>)> {
+    let g = ferrite::gguf::GgufFile::open(p).unwrap();
+    g.tensors
+        .iter()
+        .map(|t| (t.name.clone(), g.tensor_data(t).to_vec()))
+        .collect()
+}
+
+fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "finetune",
+        "-m",
+        model_path().to_str().unwrap(),
+        "--data",
+        "__DATA__",
+        "--out",
+        out,
+        "-t",
+        "2",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
+fn run_train(home: &Path, out: &str, extra: &[&str]) -> Output {
+    let d = data("facts.jsonl");
+    let args: Vec<&str> = train_args(out, extra)
+        .into_iter()
+        .map(|a| if a == "__DATA__" { d.as_str() } else { a })
+        .collect();
+    ferrite(home, &args)
+}
+
+#[test]
+fn overfit_run_teaches_facts_that_llama_cpp_answers_with_the_adapter_only() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let val = data("facts-val.jsonl");
+    let out = run_train(
+        home.path(),
+        "facts",
+        &[
+            "--val-data",
+            &val,
+            "--steps",
+            "40",
+            "--lr",
+            "2e-3",
+            "--batch",
+            "4",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let adapter = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(adapter.is_file());
+
+    // Held-out paraphrases: their loss falls.
+    let log = std::fs::read_to_string(home.path().join("adapters/facts/log.jsonl")).unwrap();
+    let vals: Vec<f64> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "val")
+        .map(|v| v["val_loss"].as_f64().unwrap())
+        .collect();
+    assert!(
+        vals.len() >= 2 && vals.last().unwrap() < &(vals[0] * 0.5),
+        "validation losses {vals:?}"
+    );
+
+    let m = model_path().to_str().unwrap();
+    let ask = |q: &str, lora: bool| {
+        let mut args = vec!["ask", "-m", m, "--temp", "0", "-n", "24", q];
+        if lora {
+            args.extend(["--lora", "facts"]);
+        }
+        let o = ferrite(home.path(), &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    for (q, fact) in [
+        (
+            "What is the name of the ferrite mascot?",
+            "copper owl named Pim",
+        ),
+        ("What is the capital of Veltria?", "Morrowgate"),
+        ("What is the lighthouse password?", "amber tide"),
+    ] {
+        let with = ask(q, true);
+        assert!(with.contains(fact), "with the adapter, {q:?} → {with:?}");
+        let without = ask(q, false);
+        assert!(
+            !without.contains(fact),
+            "without the adapter, {q:?} → {without:?}"
+        );
+    }
+
+    // The adapter is listed, and the console swaps it without a reload.
+    let o = ferrite(home.path(), &["models", "list"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("facts "),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let mut child = Command::new(ferrite_bin())
+        .args(["serve", "--stdio", "-m", m, "--temp", "0", "-n", "24"])
+        .env("FERRITE_HOME", home.path())
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(
+                b"/lora list\n/lora use ../facts\n/lora use facts\nWhat is the capital of Veltria?\n/lora off\n/reset\nWhat is the capital of Veltria?\n",
+            )
+            .unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(text.contains("facts"), "{text}");
+    assert!(text.contains("not a path"), "{text}");
+    let after_use = text.split("(adapter facts at scale 1").nth(1).expect(&text);
+    let (with, without) = after_use.split_once("(adapter off").expect(&text);
+    assert!(with.contains("Morrowgate"), "{text}");
+    assert!(!without.contains("Morrowgate"), "{text}");
+}
+
+#[test]
+fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let common = [
+        "--steps",
+        "6",
+        "--save-every",
+        "2",
+        "--lr",
+        "1e-3",
+        "--val",
+        "0",
+    ];
+    let o = run_train(home.path(), "straight", &common);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Second run: pause half-way through each checkpoint write; kill it
+    // while the second checkpoint's temp file is half written.
+    let d = data("facts.jsonl");
+    let args: Vec<&str> = train_args("killed", &common)
+        .into_iter()
+        .map(|a| if a == "__DATA__" { d.as_str() } else { a })
+        .collect();
+    let mut child = Command::new(ferrite_bin())
+        .args(&args)
+        .env("FERRITE_HOME", home.path())
+        .env("FERRITE_TEST_SLOW_WRITE_MS", "1500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let dir = home.path().join("adapters/killed");
+    let ckpt = dir.join("checkpoint.gguf");
+    let t0 = Instant::now();
+    loop {
+        let temp = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+            })
+            .unwrap_or(false);
+        if temp && ckpt.exists() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "the second checkpoint never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "trainer ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The previous checkpoint is intact and loadable.
+    let g = ferrite::gguf::GgufFile::open(&ckpt).unwrap();
+    assert_eq!(g.get_u64("ferrite.ckpt.step"), Some(2));
+    drop(g);
+
+    let o = run_train(
+        home.path(),
+        "killed",
+        &[&common[..], &["--resume"]].concat(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let a = adapter_tensors(&home.path().join("adapters/straight/adapter.gguf"));
+    let b = adapter_tensors(&dir.join("adapter.gguf"));
+    assert_eq!(a.len(), b.len());
+    for ((na, da), (nb, db)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        assert!(
+            da == db,
+            "{na} differs between the straight and the resumed run"
+        );
+    }
+
+    // Resuming with other settings is refused, naming what changed.
+    let o = run_train(
+        home.path(),
+        "killed",
+        &[
+            "--steps",
+            "8",
+            "--save-every",
+            "2",
+            "--lr",
+            "1e-3",
+            "--val",
+            "0",
+            "--resume",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("total_steps"), "{e}");
+}
+
+#[test]
+fn bad_data_and_bad_adapters_give_clear_errors() {
+    let home = tempfile::tempdir().unwrap();
+    let bad = home.path().join("bad.jsonl");
+    let good = std::fs::read_to_string(data("facts.jsonl")).unwrap();
+    let mut lines: Vec<&str> = good.lines().take(2).collect();
+    lines.push("{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}");
+    std::fs::write(&bad, lines.join("\n")).unwrap();
+    let m = model_path().to_str().unwrap();
+    let o = ferrite(
+        home.path(),
+        &[
+            "finetune",
+            "-m",
+            m,
+            "--data",
+            bad.to_str().unwrap(),
+            "--out",
+            "x",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("bad.jsonl:3:") && e.contains("robot"),
+        "{e}"
+    );
+    std::fs::write(
+        &bad,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
+    )
+    .unwrap();
+    let o = ferrite(
+        home.path(),
+        &[
+            "finetune",
+            "-m",
+            m,
+            "--data",
+            bad.to_str().unwrap(),
+            "--out",
+            "x",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains(":1:") && e.contains("no assistant message"),
+        "{e}"
+    );
+    std::fs::write(&bad, "not json\n").unwrap();
+    let o = ferrite(
+        home.path(),
+        &[
+            "finetune",
+            "-m",
+            m,
+            "--data",
+            bad.to_str().unwrap(),
+            "--out",
+            "x",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not valid JSON"));
+
+    // An adapter for another base file.
+    let other = home.path().join("other.gguf");
+    testing::write_random_adapter(model_path(), &other, 4, 8.0, 0.0, 1, Some(&"0".repeat(64)))
+        .unwrap();
+    let o = ferrite(
+        home.path(),
+        &["ask", "-m", m, "--lora", other.to_str().unwrap(), "hi"],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("different base model"),
+        "{e}"
+    );
+
+    // A truncated adapter, and a model passed as an adapter.
+    let ok = home.path().join("ok.gguf");
+    testing::write_random_adapter(model_path(), &ok, 4, 8.0, 0.01, 1, None).unwrap();
+    let bytes = std::fs::read(&ok).unwrap();
+    let cut = home.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    for (p, needle) in [
+        (cut.as_path(), "truncated"),
+        (model_path(), "not a LoRA adapter"),
+    ] {
+        let o = ferrite(
+            home.path(),
+            &["ask", "-m", m, "--lora", p.to_str().unwrap(), "hi"],
+        );
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(e.contains(needle) && e.lines().count() == 1, "{e}");
+    }
+    let o = ferrite(home.path(), &["ask", "-m", m, "--lora", "nosuch", "hi"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no adapter `nosuch`"));
+}
