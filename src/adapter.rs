@@ -159,14 +159,10 @@ pub fn inspect(path: &Path) -> Result<(AdapterInfo, GgufFile), AdapterError> {
                 t.name, t.ggml_type
             )));
         }
-        if t.ggml_type == GgmlType::F32 {
-            let data = g.tensor_data(t);
-            if data
-                .chunks_exact(4)
-                .any(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
-            {
-                return Err(bad(format!("`{}` holds NaN or infinite values", t.name)));
-            }
+        if g.tensor_f32(t)
+            .is_some_and(|v| v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(bad(format!("`{}` holds NaN or infinite values", t.name)));
         }
         n_pairs += usize::from(is_a);
     }

@@ -631,6 +631,16 @@ impl GgufFile {
         &self.map[t.data_offset as usize..(t.data_offset + t.nbytes) as usize]
     }
 
+    /// The values of an F32 tensor (`None` for any other type).
+    pub fn tensor_f32(&self, t: &TensorInfo) -> Option<Vec<f32>> {
+        (t.ggml_type == GgmlType::F32).then(|| {
+            self.tensor_data(t)
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensors.iter().find(|t| t.name == name)
     }

@@ -2,19 +2,8 @@
 //! error line and exit code 1 (never a signal), and the real model answers.
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::{Command, Output};
 
-use crate::common::{ferrite_bin, model_path, write_tiny_llama};
-
-fn ferrite(home: &Path, args: &[&str]) -> Output {
-    Command::new(ferrite_bin())
-        .args(args)
-        .env("FERRITE_HOME", home)
-        .env_remove("FERRITE_LOG")
-        .output()
-        .expect("run ferrite")
-}
+use crate::common::{ferrite, model_path, write_tiny_llama};
 
 #[test]
 fn bad_model_files_give_one_line_and_exit_1() {

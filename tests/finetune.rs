@@ -13,19 +13,10 @@ use std::time::{Duration, Instant};
 use ferrite::finetune::testing;
 use ferrite::llm::SessionOptions;
 
-use crate::common::{engine, ferrite_bin, model_path};
+use crate::common::{engine, ferrite, ferrite_bin, model_path};
 
 /// Training runs use every core; running two at once only slows both.
 static TRAIN: Mutex<()> = Mutex::new(());
-
-fn ferrite(home: &Path, args: &[&str]) -> Output {
-    Command::new(ferrite_bin())
-        .args(args)
-        .env("FERRITE_HOME", home)
-        .env_remove("FERRITE_LOG")
-        .output()
-        .expect("run ferrite")
-}
 
 fn data(name: &str) -> String {
     format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -181,29 +172,21 @@ fn adapter_tensors(p: &Path) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-fn train_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "finetune",
-        "-m",
-        model_path().to_str().unwrap(),
-        "--data",
-        "__DATA__",
-        "--out",
-        out,
-        "-t",
-        "2",
-    ];
-    v.extend_from_slice(extra);
-    v
+/// `ferrite finetune` of `data_file` into adapter `out`, on 2 threads.
+fn train_cmd(home: &Path, data_file: &str, out: &str, extra: &[&str]) -> Command {
+    let mut c = Command::new(ferrite_bin());
+    c.args(["finetune", "-m", model_path().to_str().unwrap()])
+        .args(["--data", data_file, "--out", out, "-t", "2"])
+        .args(extra)
+        .env("FERRITE_HOME", home)
+        .env_remove("FERRITE_LOG");
+    c
 }
 
 fn run_train(home: &Path, out: &str, extra: &[&str]) -> Output {
-    let d = data("facts.jsonl");
-    let args: Vec<&str> = train_args(out, extra)
-        .into_iter()
-        .map(|a| if a == "__DATA__" { d.as_str() } else { a })
-        .collect();
-    ferrite(home, &args)
+    train_cmd(home, &data("facts.jsonl"), out, extra)
+        .output()
+        .expect("run ferrite")
 }
 
 #[test]
@@ -325,14 +308,7 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
 
     // Second run: pause half-way through each checkpoint write; kill it
     // while the second checkpoint's temp file is half written.
-    let d = data("facts.jsonl");
-    let args: Vec<&str> = train_args("killed", &common)
-        .into_iter()
-        .map(|a| if a == "__DATA__" { d.as_str() } else { a })
-        .collect();
-    let mut child = Command::new(ferrite_bin())
-        .args(&args)
-        .env("FERRITE_HOME", home.path())
+    let mut child = train_cmd(home.path(), &data("facts.jsonl"), "killed", &common)
         .env("FERRITE_TEST_SLOW_WRITE_MS", "1500")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -411,64 +387,27 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
 fn bad_data_and_bad_adapters_give_clear_errors() {
     let home = tempfile::tempdir().unwrap();
     let bad = home.path().join("bad.jsonl");
+    // Train on `contents`: it must fail; its stderr.
+    let train_on = |contents: &str| {
+        std::fs::write(&bad, contents).unwrap();
+        let o = train_cmd(home.path(), bad.to_str().unwrap(), "x", &[])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
     let good = std::fs::read_to_string(data("facts.jsonl")).unwrap();
     let mut lines: Vec<&str> = good.lines().take(2).collect();
     lines.push("{\"messages\": [{\"role\": \"robot\", \"content\": \"hi\"}]}");
-    std::fs::write(&bad, lines.join("\n")).unwrap();
-    let m = model_path().to_str().unwrap();
-    let o = ferrite(
-        home.path(),
-        &[
-            "finetune",
-            "-m",
-            m,
-            "--data",
-            bad.to_str().unwrap(),
-            "--out",
-            "x",
-        ],
-    );
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && e.contains("bad.jsonl:3:") && e.contains("robot"),
-        "{e}"
-    );
-    std::fs::write(
-        &bad,
-        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
-    )
-    .unwrap();
-    let o = ferrite(
-        home.path(),
-        &[
-            "finetune",
-            "-m",
-            m,
-            "--data",
-            bad.to_str().unwrap(),
-            "--out",
-            "x",
-        ],
-    );
-    let e = String::from_utf8_lossy(&o.stderr);
+    let e = train_on(&lines.join("\n"));
+    assert!(e.contains("bad.jsonl:3:") && e.contains("robot"), "{e}");
+    let e = train_on("{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
     assert!(
         e.contains(":1:") && e.contains("no assistant message"),
         "{e}"
     );
-    std::fs::write(&bad, "not json\n").unwrap();
-    let o = ferrite(
-        home.path(),
-        &[
-            "finetune",
-            "-m",
-            m,
-            "--data",
-            bad.to_str().unwrap(),
-            "--out",
-            "x",
-        ],
-    );
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not valid JSON"));
+    assert!(train_on("not json\n").contains("not valid JSON"));
+    let m = model_path().to_str().unwrap();
 
     // An adapter for another base file.
     let other = home.path().join("other.gguf");

@@ -26,7 +26,9 @@ pub use status::rss_bytes;
 use crate::board::{Board, BoardError, Governor};
 use crate::console::{self, Channels, Connector, Input};
 use crate::gguf::GgufFile;
-use crate::llm::{Engine, Finish, GenParams, LlmError, LoadOptions, Session, SessionOptions};
+use crate::llm::{
+    AdapterId, Engine, Finish, GenParams, LlmError, LoadOptions, Session, SessionOptions,
+};
 use crate::models::{Manifest, ModelsError, Store};
 use crate::systemd::{self, Heartbeat};
 
@@ -95,7 +97,7 @@ enum End {
         name: String,
         path: PathBuf,
         scale: f32,
-        carry: Carry,
+        carry: Box<Carry>,
     },
 }
 
@@ -106,6 +108,11 @@ struct Carry {
     params: GenParams,
     /// Input already read after the `/lora use` line.
     pending: Vec<u8>,
+    /// The adapter to continue with: the requested one once it loaded,
+    /// else the one in use before.
+    adapter: Option<(AdapterId, f32)>,
+    /// What to tell the user about the load.
+    notice: Result<String, String>,
 }
 
 /// Open the link, waiting for it to appear when the connector reopens.
@@ -158,17 +165,23 @@ pub fn serve(
             &opts.sys_root,
         )?;
         let mut engine = Engine::from_gguf(&name, gguf, &opts.load)?;
-        let base_sha = store.model_sha256(&name, &path).ok();
-        let mut adapter = None;
+        // Hashed only if an adapter is loaded (a model outside the store
+        // has no receipt, and hashing gigabytes would slow every start).
+        let base_sha = std::cell::OnceCell::new();
+        let base_sha = || {
+            base_sha
+                .get_or_init(|| store.model_sha256(&name, &path).ok())
+                .clone()
+        };
+        // `--lora`: every new conversation starts with it.
+        let mut startup_adapter = None;
         if let Some(spec) = &opts.lora {
             let (spec, scale) = crate::llm::parse_adapter_spec(spec)?;
             let (aname, apath) = store.resolve_adapter(&spec, true)?;
-            adapter = Some((
-                engine.load_adapter(&aname, &apath, base_sha.as_deref())?,
-                scale,
-            ));
+            let id = engine.load_adapter(&aname, &apath, base_sha().as_deref())?;
+            startup_adapter = Some((id, scale));
         }
-        let mut carry: Option<Carry> = None;
+        let mut carry: Option<Box<Carry>> = None;
         loop {
             let ch = match link.take() {
                 Some(ch) if !ch.output.is_closed() => ch,
@@ -180,13 +193,19 @@ pub fn serve(
             }
             let mut conv =
                 Conversation::new(opts, &engine, store, manifest, &ch, &hb, &mut governor)?;
-            conv.session.set_adapter(adapter)?;
             if let Some(c) = carry.take() {
+                conv.session.set_adapter(c.adapter)?;
                 conv.session.restore(c.history);
                 conv.session.set_system(c.system);
                 conv.params = c.params;
                 conv.type_ahead = c.pending;
+                match c.notice {
+                    Ok(text) => conv.ok("lora", &text),
+                    Err(msg) => conv.error(&msg),
+                }
+                conv.prompt();
             } else {
+                conv.session.set_adapter(startup_adapter)?;
                 conv.banner();
             }
             let end = conv.run();
@@ -202,25 +221,24 @@ pub fn serve(
                     name: aname,
                     path: apath,
                     scale,
-                    carry: c,
+                    carry: mut c,
                 } => {
-                    link = Some(ch);
-                    carry = Some(c);
-                    match engine.load_adapter(&aname, &apath, base_sha.as_deref()) {
+                    match engine.load_adapter(&aname, &apath, base_sha().as_deref()) {
                         Ok(id) => {
-                            adapter = Some((id, scale));
-                            reply_to(link.as_ref(), opts.json, "lora", &format!("(adapter {aname} at scale {scale}; the conversation continues)"));
+                            c.adapter = Some((id, scale));
+                            c.notice = Ok(format!(
+                                "(adapter {aname} at scale {scale}; the conversation continues)"
+                            ));
                         }
                         Err(e) => {
                             tracing::warn!(adapter = %aname, error = %e, "adapter refused");
-                            reply_error(link.as_ref(), opts.json, &e.to_string());
+                            c.notice = Err(e.to_string());
                         }
                     }
+                    link = Some(ch);
+                    carry = Some(c);
                 }
                 End::Switch(n, p) => {
-                    if adapter.take().is_some() {
-                        tracing::info!("adapter dropped with the model switch");
-                    }
                     tracing::info!(model = %n, "switching model");
                     name = n;
                     path = p;
@@ -228,29 +246,6 @@ pub fn serve(
                     break;
                 }
             }
-        }
-    }
-}
-
-/// A reply outside a conversation (between two of them on the same link).
-fn reply_to(ch: Option<&Channels>, json: bool, cmd: &str, text: &str) {
-    if let Some(ch) = ch {
-        if json {
-            ch.output
-                .send_str(&format!("{}\n", json!({ "ok": cmd, "info": text })));
-        } else {
-            ch.output.send_str(&format!("{text}\n> "));
-        }
-    }
-}
-
-fn reply_error(ch: Option<&Channels>, json: bool, msg: &str) {
-    if let Some(ch) = ch {
-        if json {
-            ch.output
-                .send_str(&format!("{}\n", json!({ "error": msg })));
-        } else {
-            ch.output.send_str(&format!("error: {msg}\n> "));
         }
     }
 }
@@ -609,12 +604,14 @@ impl<'a, 'm> Conversation<'a, 'm> {
                             name,
                             path,
                             scale,
-                            carry: Carry {
+                            carry: Box::new(Carry {
                                 history: self.session.history().to_vec(),
                                 system: self.session.system().map(str::to_string),
                                 params: self.params.clone(),
                                 pending: Vec::new(),
-                            },
+                                adapter: self.session.adapter().map(|a| (a.id, a.scale)),
+                                notice: Ok(String::new()),
+                            }),
                         })
                     }
                     Err(e) => self.error(&e.to_string()),

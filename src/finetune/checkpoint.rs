@@ -12,7 +12,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::FinetuneError;
-use crate::gguf::{GgmlType, GgufFile, GgufWriter, Value};
+use crate::gguf::{GgufFile, GgufWriter, Value};
 
 /// Everything that decides a run's result besides the base model weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,19 +114,13 @@ pub(crate) fn load(path: &Path, n_vars: usize) -> Result<Checkpoint, FinetuneErr
     let read = |kind: &str| -> Result<Vec<Tensor>, FinetuneError> {
         (0..n_vars)
             .map(|i| {
-                let t = g
-                    .tensor(&format!("{kind}.{i}"))
-                    .filter(|t| t.ggml_type == GgmlType::F32)
-                    .ok_or_else(|| {
-                        bad(&format!(
-                            "tensor {kind}.{i} missing: the adapter shape changed?"
-                        ))
-                    })?;
-                let vals: Vec<f32> = g
-                    .tensor_data(t)
-                    .chunks_exact(4)
-                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
+                let missing = || {
+                    bad(&format!(
+                        "tensor {kind}.{i} missing: the adapter shape changed?"
+                    ))
+                };
+                let t = g.tensor(&format!("{kind}.{i}")).ok_or_else(missing)?;
+                let vals = g.tensor_f32(t).ok_or_else(missing)?;
                 let dims: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
                 Ok(Tensor::from_vec(vals, dims, &Device::Cpu)?)
             })

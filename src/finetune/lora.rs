@@ -12,6 +12,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::model::Config;
 use super::rng::Rng;
 use super::FinetuneError;
+use crate::adapter::{AdapterInfo, Pair};
 
 /// A projection an adapter can target, in the order layers store them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -154,6 +155,68 @@ impl Lora {
         Some((a.as_tensor(), b.as_tensor(), self.scale()))
     }
 
+    /// Draw every B uniformly from [-half_width, half_width] (tests: an
+    /// adapter that changes the model from the first step).
+    pub(crate) fn fill_b_uniform(
+        &self,
+        rng: &mut Rng,
+        half_width: f64,
+    ) -> Result<(), FinetuneError> {
+        for (_, _, _, b) in &self.pairs {
+            let vals: Vec<f64> = (0..b.elem_count())
+                .map(|_| (2.0 * rng.uniform() - 1.0) * half_width)
+                .collect();
+            b.set(&Tensor::from_vec(vals, b.dims(), b.device())?.to_dtype(b.dtype())?)?;
+        }
+        Ok(())
+    }
+
+    /// Write as llama.cpp's adapter GGUF (f32), naming the base it was
+    /// trained on.
+    pub(crate) fn write(
+        &self,
+        path: &std::path::Path,
+        name: &str,
+        cfg: &Config,
+        base_sha256: Option<&str>,
+        base_name: Option<&str>,
+    ) -> Result<(), FinetuneError> {
+        let f32s = |v: &Var| -> candle_core::Result<Vec<f32>> {
+            v.as_tensor()
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()
+        };
+        let data = self
+            .pairs
+            .iter()
+            .map(|(l, t, a, b)| Ok((t.tensor_name(*l), cfg.dims(*t), f32s(a)?, f32s(b)?)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let pairs: Vec<Pair<'_>> = data
+            .iter()
+            .map(|(base_tensor, (n_in, n_out), a, b)| Pair {
+                base_tensor: base_tensor.clone(),
+                n_in: *n_in,
+                n_out: *n_out,
+                a,
+                b,
+            })
+            .collect();
+        let info = AdapterInfo {
+            name: name.to_string(),
+            arch: cfg.arch.clone(),
+            alpha: self.alpha,
+            rank: self.rank as u64,
+            targets: Target::list_string(&self.targets),
+            base_sha256: base_sha256.map(str::to_string),
+            base_name: base_name.map(str::to_string),
+            n_pairs: pairs.len(),
+            n_params: self.n_params() as u64,
+        };
+        crate::adapter::write(path, &info, &pairs)?;
+        Ok(())
+    }
+
     pub(crate) fn vars(&self) -> Vec<&Var> {
         self.pairs.iter().flat_map(|(_, _, a, b)| [a, b]).collect()
     }
@@ -184,22 +247,14 @@ impl Lora {
                 ) else {
                     continue;
                 };
-                if ta.ggml_type != crate::gguf::GgmlType::F32
-                    || tb.ggml_type != crate::gguf::GgmlType::F32
-                {
+                let (Some(va), Some(vb)) = (g.tensor_f32(ta), g.tensor_f32(tb)) else {
                     return Err(FinetuneError::Unsupported(
                         "only f32 adapters can be read back".into(),
                     ));
-                }
-                let read = |ti: &crate::gguf::TensorInfo| -> Vec<f32> {
-                    g.tensor_data(ti)
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                        .collect()
                 };
                 let (n_in, n_out) = cfg.dims(t);
-                let a = Tensor::from_vec(read(ta), (rank, n_in), &Device::Cpu)?.to_dtype(dtype)?;
-                let b = Tensor::from_vec(read(tb), (n_out, rank), &Device::Cpu)?.to_dtype(dtype)?;
+                let a = Tensor::from_vec(va, (rank, n_in), &Device::Cpu)?.to_dtype(dtype)?;
+                let b = Tensor::from_vec(vb, (n_out, rank), &Device::Cpu)?.to_dtype(dtype)?;
                 if !targets.contains(&t) {
                     targets.push(t);
                 }

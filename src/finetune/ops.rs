@@ -471,27 +471,29 @@ fn rms_fwd<T: WithDType + Float>(
 }
 
 fn rms_bwd<T: WithDType + Float>(op: &RmsNorm, x: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let xs = to_vec::<T>(x)?;
-    let gs = to_vec::<T>(g)?;
-    let d = op.w.len();
-    let w: Vec<T> = op.w.iter().map(|&v| c(v)).collect();
-    let mut dx = vec![T::zero(); xs.len()];
-    dx.par_chunks_mut(d)
-        .zip(xs.par_chunks(d).zip(gs.par_chunks(d)))
-        .for_each(|(dx, (x, g))| {
-            let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / c(d as f64);
-            let r = T::one() / (ms + c(op.eps)).sqrt();
-            // dx = r·(g·w − y₀·mean(g·w·y₀)), y₀ = x·r
-            let mut dot = T::zero();
-            for i in 0..d {
-                dot += g[i] * w[i] * x[i] * r;
-            }
-            let mean = dot / c(d as f64);
-            for i in 0..d {
-                dx[i] = r * (g[i] * w[i] - x[i] * r * mean);
-            }
-        });
-    Tensor::from_vec(dx, x.shape(), x.device())
+    with_data::<T, _>(x, |xs| {
+        with_data::<T, _>(g, |gs| {
+            let d = op.w.len();
+            let w: Vec<T> = op.w.iter().map(|&v| c(v)).collect();
+            let mut dx = vec![T::zero(); xs.len()];
+            dx.par_chunks_mut(d)
+                .zip(xs.par_chunks(d).zip(gs.par_chunks(d)))
+                .for_each(|(dx, (x, g))| {
+                    let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) / c(d as f64);
+                    let r = T::one() / (ms + c(op.eps)).sqrt();
+                    // dx = r·(g·w − y₀·mean(g·w·y₀)), y₀ = x·r
+                    let mut dot = T::zero();
+                    for i in 0..d {
+                        dot += g[i] * w[i] * x[i] * r;
+                    }
+                    let mean = dot / c(d as f64);
+                    for i in 0..d {
+                        dx[i] = r * (g[i] * w[i] - x[i] * r * mean);
+                    }
+                });
+            Tensor::from_vec(dx, x.shape(), x.device())
+        })
+    })
 }
 
 impl CustomOp1 for RmsNorm {
@@ -586,7 +588,7 @@ fn rope_fwd<T: WithDType + Float>(
 fn rope_bwd<T: WithDType + Float>(op: &Rope, g: &Tensor) -> Result<Tensor> {
     let dims = g.dims();
     let t = dims[dims.len() - 2];
-    let dx = op.rotate(&to_vec::<T>(g)?, t, -1.0);
+    let dx = with_data::<T, _>(g, |gs| Ok(op.rotate(gs, t, -1.0)))?;
     Tensor::from_vec(dx, g.shape(), g.device())
 }
 
@@ -647,22 +649,24 @@ fn softmax_fwd<T: WithDType + Float>(
 }
 
 fn softmax_bwd<T: WithDType + Float>(op: &CausalSoftmax, y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let ys = to_vec::<T>(y)?;
-    let gs = to_vec::<T>(g)?;
-    let t = *y.dims().last().expect("rank ≥ 1");
-    let scale: T = c(op.scale);
-    let mut dx = vec![T::zero(); ys.len()];
-    dx.par_chunks_mut(t)
-        .zip(ys.par_chunks(t).zip(gs.par_chunks(t)))
-        .enumerate()
-        .for_each(|(row, (dx, (y, g)))| {
-            let n = row % t + 1;
-            let dot = (0..n).fold(T::zero(), |a, j| a + y[j] * g[j]);
-            for j in 0..n {
-                dx[j] = scale * y[j] * (g[j] - dot);
-            }
-        });
-    Tensor::from_vec(dx, y.shape(), y.device())
+    with_data::<T, _>(y, |ys| {
+        with_data::<T, _>(g, |gs| {
+            let t = *y.dims().last().expect("rank ≥ 1");
+            let scale: T = c(op.scale);
+            let mut dx = vec![T::zero(); ys.len()];
+            dx.par_chunks_mut(t)
+                .zip(ys.par_chunks(t).zip(gs.par_chunks(t)))
+                .enumerate()
+                .for_each(|(row, (dx, (y, g)))| {
+                    let n = row % t + 1;
+                    let dot = (0..n).fold(T::zero(), |a, j| a + y[j] * g[j]);
+                    for j in 0..n {
+                        dx[j] = scale * y[j] * (g[j] - dot);
+                    }
+                });
+            Tensor::from_vec(dx, y.shape(), y.device())
+        })
+    })
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -721,21 +725,23 @@ fn ce_fwd<T: WithDType + Float>(
 }
 
 fn ce_bwd<T: WithDType + Float>(op: &CrossEntropy, x: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let xs = to_vec::<T>(x)?;
-    let gs = to_vec::<T>(g)?;
-    let (_, v) = x.dims2()?;
-    let mut dx = vec![T::zero(); xs.len()];
-    dx.par_chunks_mut(v)
-        .zip(xs.par_chunks(v))
-        .zip(gs.par_iter().zip(op.targets.par_iter()))
-        .for_each(|((dx, row), (&g, &t))| {
-            let l = lse(row);
-            for j in 0..v {
-                dx[j] = (row[j] - l).exp() * g;
-            }
-            dx[t as usize] -= g;
-        });
-    Tensor::from_vec(dx, x.shape(), x.device())
+    with_data::<T, _>(x, |xs| {
+        with_data::<T, _>(g, |gs| {
+            let (_, v) = x.dims2()?;
+            let mut dx = vec![T::zero(); xs.len()];
+            dx.par_chunks_mut(v)
+                .zip(xs.par_chunks(v))
+                .zip(gs.par_iter().zip(op.targets.par_iter()))
+                .for_each(|((dx, row), (&g, &t))| {
+                    let l = lse(row);
+                    for j in 0..v {
+                        dx[j] = (row[j] - l).exp() * g;
+                    }
+                    dx[t as usize] -= g;
+                });
+            Tensor::from_vec(dx, x.shape(), x.device())
+        })
+    })
 }
 
 impl CustomOp1 for CrossEntropy {

@@ -10,7 +10,6 @@ use super::lora::{Lora, Target};
 use super::model::Base;
 use super::rng::Rng;
 use super::FinetuneError;
-use crate::adapter::{AdapterInfo, Pair};
 
 /// The trainer's logits [t][vocab] for `tokens`, with the adapter file
 /// applied at scale 1 when given.
@@ -40,46 +39,9 @@ pub fn write_random_adapter(
     let g = crate::gguf::GgufFile::open(model)?;
     let cfg = super::model::Config::from_gguf(&g)?;
     let mut rng = Rng::new(seed);
-    let mut data = Vec::new();
-    for l in 0..cfg.n_layer {
-        for t in Target::ALL {
-            let (n_in, n_out) = cfg.dims(t);
-            let bound = 1.0 / (n_in as f64).sqrt();
-            let a: Vec<f32> = (0..rank * n_in)
-                .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
-                .collect();
-            let b: Vec<f32> = (0..rank * n_out)
-                .map(|_| ((2.0 * rng.uniform() - 1.0) * b_std * 3f64.sqrt()) as f32)
-                .collect();
-            data.push((t.tensor_name(l), n_in, n_out, a, b));
-        }
-    }
-    let pairs: Vec<Pair<'_>> = data
-        .iter()
-        .map(|(n, i, o, a, b)| Pair {
-            base_tensor: n.clone(),
-            n_in: *i,
-            n_out: *o,
-            a,
-            b,
-        })
-        .collect();
-    crate::adapter::write(
-        out,
-        &AdapterInfo {
-            name: "random".into(),
-            arch: cfg.arch.clone(),
-            alpha,
-            rank: rank as u64,
-            targets: "q,k,v,o,gate,up,down".into(),
-            base_sha256: base_sha256.map(str::to_string),
-            base_name: None,
-            n_pairs: pairs.len(),
-            n_params: 0,
-        },
-        &pairs,
-    )?;
-    Ok(())
+    let lora = Lora::new(&cfg, rank, alpha, &Target::ALL, &mut rng, DType::F32)?;
+    lora.fill_b_uniform(&mut rng, b_std * 3f64.sqrt())?;
+    lora.write(out, "random", &cfg, base_sha256, None)
 }
 
 /// One checked coordinate of the gradient check.
@@ -103,11 +65,7 @@ pub fn gradient_check(
     let mut rng = Rng::new(seed);
     let lora = Lora::new(&base.cfg, 4, 8.0, &Target::ALL, &mut rng, DType::F64)?;
     // Non-zero B so that A's gradient is not trivially zero.
-    for (_, _, _, b) in &lora.pairs {
-        let n = b.elem_count();
-        let vals: Vec<f64> = (0..n).map(|_| (rng.uniform() - 0.5) * 0.2).collect();
-        b.set(&Tensor::from_vec(vals, b.dims(), b.device())?)?;
-    }
+    lora.fill_b_uniform(&mut rng, 0.1)?;
     let t = tokens.len();
     let batch = super::data::batch(&[&super::data::Example {
         tokens: tokens.to_vec(),

@@ -22,7 +22,6 @@ use super::model::Base;
 use super::optim::{lr_at, AdamW};
 use super::rng::Rng;
 use super::FinetuneError;
-use crate::adapter::{AdapterInfo, Pair};
 use crate::llm::Engine;
 
 /// `ferrite finetune`'s settings.
@@ -111,54 +110,6 @@ fn eval_loss(
         n += k;
     }
     Ok(sum / n.max(1) as f64)
-}
-
-fn write_adapter(
-    path: &Path,
-    name: &str,
-    base: &Base,
-    lora: &Lora,
-    cfg: &TrainConfig,
-    base_name: &str,
-) -> Result<(), FinetuneError> {
-    let mut data = Vec::new();
-    for (l, t, a, b) in &lora.pairs {
-        let (n_in, n_out) = base.cfg.dims(*t);
-        let a = a
-            .as_tensor()
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let b = b
-            .as_tensor()
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        data.push((t.tensor_name(*l), n_in, n_out, a, b));
-    }
-    let pairs: Vec<Pair<'_>> = data
-        .iter()
-        .map(|(name, n_in, n_out, a, b)| Pair {
-            base_tensor: name.clone(),
-            n_in: *n_in,
-            n_out: *n_out,
-            a,
-            b,
-        })
-        .collect();
-    let info = AdapterInfo {
-        name: name.to_string(),
-        arch: base.cfg.arch.clone(),
-        alpha: lora.alpha,
-        rank: lora.rank as u64,
-        targets: Target::list_string(&lora.targets),
-        base_sha256: Some(cfg.base_sha256.clone()),
-        base_name: Some(base_name.to_string()),
-        n_pairs: pairs.len(),
-        n_params: lora.n_params() as u64,
-    };
-    crate::adapter::write(path, &info, &pairs)?;
-    Ok(())
 }
 
 /// Optimizer moments as tensors shaped like their variables (checkpoints).
@@ -405,7 +356,13 @@ pub fn finetune(
             val_loss_end = Some(v);
         }
         if done % opts.save_every.max(1) == 0 || done == total {
-            write_adapter(&adapter_path, &opts.name, &base, &lora, &cfg, engine.name())?;
+            lora.write(
+                &adapter_path,
+                &opts.name,
+                &base.cfg,
+                Some(&cfg.base_sha256),
+                Some(engine.name()),
+            )?;
             checkpoint::save(
                 &ckpt_path,
                 &Checkpoint {

@@ -10,14 +10,12 @@ use std::sync::Mutex;
 use llama_cpp_2::model::LlamaLoraAdapter;
 
 use super::{Engine, LlmError, Session};
-use crate::adapter::AdapterInfo;
 use crate::gguf::GgufFile;
 
 /// An adapter loaded into an engine.
 pub(crate) struct Loaded {
     pub(crate) name: String,
     pub(crate) path: PathBuf,
-    pub(crate) info: AdapterInfo,
     pub(crate) handle: LlamaLoraAdapter,
 }
 
@@ -67,19 +65,9 @@ impl Engine {
         list.push(Loaded {
             name: name.to_string(),
             path: path.to_path_buf(),
-            info,
             handle,
         });
         Ok(AdapterId(list.len() - 1))
-    }
-
-    /// Loaded adapters: (id, name, what the file says).
-    pub fn loaded_adapters(&self) -> Vec<(AdapterId, String, AdapterInfo)> {
-        let list = self.adapters.0.lock().expect("adapter list");
-        list.iter()
-            .enumerate()
-            .map(|(i, a)| (AdapterId(i), a.name.clone(), a.info.clone()))
-            .collect()
     }
 
     /// The id of an adapter already loaded under `name`.

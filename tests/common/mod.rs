@@ -52,6 +52,16 @@ pub fn ferrite_bin() -> &'static str {
     env!("CARGO_BIN_EXE_ferrite")
 }
 
+/// Run the binary with `home` as its store and ferrite's log settings unset.
+pub fn ferrite(home: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(ferrite_bin())
+        .args(args)
+        .env("FERRITE_HOME", home)
+        .env_remove("FERRITE_LOG")
+        .output()
+        .expect("run ferrite")
+}
+
 /// Deterministic pseudo-random f32s in [-scale, scale].
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
