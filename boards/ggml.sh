@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Build the one ggml that both engines link: llama.cpp (llama-cpp-sys-2, feature
+# system-ggml-static) and whisper.cpp (whisper-rs-sys, WHISPER_USE_SYSTEM_GGML).
+# Each crate would otherwise compile and statically link its own ggml, and the
+# two copies collide at link time (duplicate ggml_*/gguf_* symbols). The source
+# is the ggml that llama-cpp-sys-2 vendors, so llama.cpp runs on exactly the ggml
+# it was released with; whisper.cpp compiles against it unchanged.
+#
+# Usage: boards/ggml.sh [host|BOARD] [--cuda]
+#   host   (default) this machine, -march=native: AVX2/AVX-512 on x86 hosts.
+#   BOARD  a boards/BOARD.toml profile: its target triple, cross compilers
+#          (aarch64-linux-gnu-gcc, ...) and GGML_CPU_ARM_ARCH (arm_arch).
+#   --cuda also build ggml's CUDA backend (Jetson, NVIDIA hosts).
+# Installs into target/ggml/NAME (headers, static libs, ggml's cmake package),
+# which is what .cargo/config.toml's CMAKE_PREFIX_PATH names for host builds and
+# boards/build.sh names for board builds. Quiet and quick when up to date.
+set -euo pipefail
+name="${1:-host}"
+cuda=OFF
+[ "${2:-}" = "--cuda" ] && cuda=ON
+root="$(cd "$(dirname "$0")/.." && pwd)"
+prefix="$root/target/ggml/$name"
+build="$root/target/ggml/build-$name"
+
+# llama-cpp-sys-2's vendored source, wherever cargo unpacked it.
+src="$(cd "$root" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
+import json, sys, os
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "llama-cpp-sys-2":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "llama.cpp", "ggml"))
+        break
+')"
+[ -f "$src/CMakeLists.txt" ] || { echo "ggml.sh: cannot find llama-cpp-sys-2's ggml source (cargo metadata)" >&2; exit 1; }
+
+args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON
+      -DGGML_OPENMP=ON -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_METAL=OFF
+      -DGGML_CUDA="$cuda" -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib)
+if [ "$name" = host ]; then
+  args+=(-DGGML_NATIVE=ON)
+else
+  profile="$root/boards/$name.toml"
+  [ -f "$profile" ] || { echo "ggml.sh: no profile $profile" >&2; exit 2; }
+  field() { sed -n "s/^$1 *= *\"\(.*\)\"/\1/p" "$profile" | head -1; }
+  target="$(field target)"
+  arch="$(field arm_arch)"
+  case "$target" in
+    aarch64-unknown-linux-gnu) cc=aarch64-linux-gnu; proc=aarch64 ;;
+    armv7-unknown-linux-gnueabihf) cc=arm-linux-gnueabihf; proc=armv7 ;;
+    *) cc=""; proc="" ;;
+  esac
+  args+=(-DGGML_NATIVE=OFF)
+  [ -n "$arch" ] && args+=(-DGGML_CPU_ARM_ARCH="$arch")
+  host_arch="$(uname -m)"
+  if [ -n "$cc" ] && [ "$host_arch" != "$proc" ] && command -v "$cc-gcc" >/dev/null; then
+    args+=(-DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR="$proc"
+           -DCMAKE_C_COMPILER="$cc-gcc" -DCMAKE_CXX_COMPILER="$cc-g++")
+  fi
+fi
+
+# Reconfigure only when the options or the source change.
+stamp="$(printf '%s\n' "$src" "${args[@]}" | sha256sum | cut -c1-16)"
+if [ -f "$prefix/.stamp" ] && [ "$(cat "$prefix/.stamp")" = "$stamp" ]; then
+  exit 0
+fi
+echo "building ggml for $name ($src)" >&2
+rm -rf "$build" "$prefix"
+mkdir -p "$root/target/ggml"
+cmake -S "$root/boards/ggml" -B "$build" -DGGML_SOURCE_DIR="$src" "${args[@]}" >"$root/target/ggml/cmake-$name.log" 2>&1 \
+  || { tail -30 "$root/target/ggml/cmake-$name.log" >&2; exit 1; }
+cmake --build "$build" --config Release -j "$(nproc)" >>"$root/target/ggml/cmake-$name.log" 2>&1 \
+  || { tail -30 "$root/target/ggml/cmake-$name.log" >&2; exit 1; }
+cmake --install "$build" >>"$root/target/ggml/cmake-$name.log" 2>&1
+echo "$stamp" >"$prefix/.stamp"
+echo "ggml for $name installed in $prefix" >&2

@@ -1,0 +1,241 @@
+//! Where utterance audio comes from: the `AudioSource` seam.
+//!
+//! `AlsaSource` captures from a microphone through ALSA's `libasound.so.2`,
+//! loaded at run time: the binary then cross-compiles for every board without
+//! an ALSA sysroot, and a box without ALSA gets a clear error only when it asks
+//! for a microphone. ALSA's `plug` layer converts the device's native format
+//! to 16 kHz mono S16, so no resampling happens here. `WavSource` plays a file
+//! through the same seam for `listen --wav` and the tests.
+
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CStr, CString};
+
+use super::{Pcm16k, SpeechError, SAMPLE_RATE};
+
+/// A stream of 16 kHz mono samples.
+pub trait AudioSource {
+    /// Fill `buf`; returns how many samples were written, 0 at the end.
+    fn read(&mut self, buf: &mut [f32]) -> Result<usize, SpeechError>;
+}
+
+/// Audio from memory (a WAV file already read), in chunks.
+pub struct WavSource {
+    pcm: Pcm16k,
+    pos: usize,
+}
+
+impl WavSource {
+    pub fn new(pcm: Pcm16k) -> WavSource {
+        WavSource { pcm, pos: 0 }
+    }
+}
+
+impl AudioSource for WavSource {
+    fn read(&mut self, buf: &mut [f32]) -> Result<usize, SpeechError> {
+        let n = buf.len().min(self.pcm.0.len() - self.pos);
+        buf[..n].copy_from_slice(&self.pcm.0[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+type PcmPtr = *mut c_void;
+
+struct Alsa {
+    _lib: libloading::Library,
+    open: unsafe extern "C" fn(*mut PcmPtr, *const c_char, c_int, c_int) -> c_int,
+    set_params: unsafe extern "C" fn(PcmPtr, c_int, c_int, c_uint, c_uint, c_int, c_uint) -> c_int,
+    readi: unsafe extern "C" fn(PcmPtr, *mut c_void, c_ulong) -> c_long,
+    recover: unsafe extern "C" fn(PcmPtr, c_int, c_int) -> c_int,
+    close: unsafe extern "C" fn(PcmPtr) -> c_int,
+    strerror: unsafe extern "C" fn(c_int) -> *const c_char,
+    name_hint: unsafe extern "C" fn(c_int, *const c_char, *mut *mut *mut c_void) -> c_int,
+    get_hint: unsafe extern "C" fn(*const c_void, *const c_char) -> *mut c_char,
+    free_hint: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
+}
+
+const SND_PCM_STREAM_CAPTURE: c_int = 1;
+const SND_PCM_FORMAT_S16_LE: c_int = 2;
+const SND_PCM_ACCESS_RW_INTERLEAVED: c_int = 3;
+
+extern "C" {
+    fn free(p: *mut c_void);
+}
+
+impl Alsa {
+    fn load() -> Result<Alsa, SpeechError> {
+        // SAFETY: libasound's initialisers have no preconditions; the symbols
+        // are looked up with their documented C signatures below.
+        unsafe {
+            let lib = libloading::Library::new("libasound.so.2").map_err(|e| {
+                SpeechError::Capture(format!(
+                    "cannot load ALSA (libasound.so.2): {e}; install the libasound2 package"
+                ))
+            })?;
+            macro_rules! sym {
+                ($name:literal) => {
+                    *lib.get($name).map_err(|e| {
+                        SpeechError::Capture(format!("libasound.so.2 lacks a symbol: {e}"))
+                    })?
+                };
+            }
+            Ok(Alsa {
+                open: sym!(b"snd_pcm_open\0"),
+                set_params: sym!(b"snd_pcm_set_params\0"),
+                readi: sym!(b"snd_pcm_readi\0"),
+                recover: sym!(b"snd_pcm_recover\0"),
+                close: sym!(b"snd_pcm_close\0"),
+                strerror: sym!(b"snd_strerror\0"),
+                name_hint: sym!(b"snd_device_name_hint\0"),
+                get_hint: sym!(b"snd_device_name_get_hint\0"),
+                free_hint: sym!(b"snd_device_name_free_hint\0"),
+                _lib: lib,
+            })
+        }
+    }
+
+    fn error(&self, code: c_int) -> String {
+        // SAFETY: snd_strerror returns a static string for any code.
+        unsafe { CStr::from_ptr((self.strerror)(code)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// One capture device as ALSA describes it.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: String,
+    pub description: String,
+}
+
+/// Capture devices (`ferrite listen --list-devices`).
+pub fn list_devices() -> Result<Vec<Device>, SpeechError> {
+    let alsa = Alsa::load()?;
+    let mut hints: *mut *mut c_void = std::ptr::null_mut();
+    let iface = CString::new("pcm").expect("no NUL");
+    // SAFETY: documented use of the hint API; every string it returns is
+    // freed with free(), the array with snd_device_name_free_hint.
+    unsafe {
+        let rc = (alsa.name_hint)(-1, iface.as_ptr(), &mut hints);
+        if rc < 0 {
+            return Err(SpeechError::Capture(alsa.error(rc)));
+        }
+        let take = |h: *const c_void, id: &str| -> Option<String> {
+            let id = CString::new(id).expect("no NUL");
+            let p = (alsa.get_hint)(h, id.as_ptr());
+            if p.is_null() {
+                return None;
+            }
+            let s = CStr::from_ptr(p).to_string_lossy().into_owned();
+            free(p as *mut c_void);
+            Some(s)
+        };
+        let mut out = Vec::new();
+        let mut i = 0;
+        while !(*hints.add(i)).is_null() {
+            let h = *hints.add(i);
+            i += 1;
+            // IOID is absent for devices that do both directions.
+            if take(h, "IOID").is_some_and(|d| d == "Output") {
+                continue;
+            }
+            if let Some(name) = take(h, "NAME") {
+                let description = take(h, "DESC").unwrap_or_default().replace('\n', " — ");
+                out.push(Device { name, description });
+            }
+        }
+        (alsa.free_hint)(hints);
+        Ok(out)
+    }
+}
+
+/// A microphone through ALSA, 16 kHz mono.
+pub struct AlsaSource {
+    alsa: Alsa,
+    pcm: PcmPtr,
+    buf: Vec<i16>,
+}
+
+// SAFETY: the PCM handle is used from one thread at a time (&mut self).
+unsafe impl Send for AlsaSource {}
+
+impl AlsaSource {
+    /// Open `device` (`default`, `plughw:1,0`, ...) for capture.
+    pub fn open(device: &str) -> Result<AlsaSource, SpeechError> {
+        let alsa = Alsa::load()?;
+        let name = CString::new(device)
+            .map_err(|_| SpeechError::Capture("device name contains NUL".into()))?;
+        let mut pcm: PcmPtr = std::ptr::null_mut();
+        // SAFETY: pcm receives a handle on success, closed in Drop.
+        let rc = unsafe { (alsa.open)(&mut pcm, name.as_ptr(), SND_PCM_STREAM_CAPTURE, 0) };
+        if rc < 0 {
+            return Err(SpeechError::Capture(format!(
+                "cannot open `{device}`: {}; `ferrite listen --list-devices` shows the devices",
+                alsa.error(rc)
+            )));
+        }
+        // 16 kHz mono S16 through the plug layer (soft_resample=1), 100 ms latency.
+        // SAFETY: pcm is a valid open handle.
+        let rc = unsafe {
+            (alsa.set_params)(
+                pcm,
+                SND_PCM_FORMAT_S16_LE,
+                SND_PCM_ACCESS_RW_INTERLEAVED,
+                1,
+                SAMPLE_RATE,
+                1,
+                100_000,
+            )
+        };
+        if rc < 0 {
+            // SAFETY: closing the handle opened above.
+            unsafe { (alsa.close)(pcm) };
+            return Err(SpeechError::Capture(format!(
+                "`{device}` cannot record 16 kHz mono: {}",
+                alsa.error(rc)
+            )));
+        }
+        Ok(AlsaSource {
+            alsa,
+            pcm,
+            buf: Vec::new(),
+        })
+    }
+}
+
+impl AudioSource for AlsaSource {
+    fn read(&mut self, out: &mut [f32]) -> Result<usize, SpeechError> {
+        self.buf.resize(out.len(), 0);
+        loop {
+            // SAFETY: buf holds out.len() frames of one S16 channel.
+            let n = unsafe {
+                (self.alsa.readi)(
+                    self.pcm,
+                    self.buf.as_mut_ptr() as *mut c_void,
+                    out.len() as c_ulong,
+                )
+            };
+            if n >= 0 {
+                let n = n as usize;
+                for (o, s) in out.iter_mut().zip(&self.buf[..n]) {
+                    *o = *s as f32 / 32768.0;
+                }
+                return Ok(n);
+            }
+            // An overrun (the loop fell behind) is recoverable; say so and go on.
+            // SAFETY: valid handle; recover takes the negative code readi gave.
+            let rc = unsafe { (self.alsa.recover)(self.pcm, n as c_int, 1) };
+            if rc < 0 {
+                return Err(SpeechError::Capture(self.alsa.error(n as c_int)));
+            }
+            tracing::warn!(error = %self.alsa.error(n as c_int), "capture overrun, recovered");
+        }
+    }
+}
+
+impl Drop for AlsaSource {
+    fn drop(&mut self) {
+        // SAFETY: the handle was opened in open() and is closed once.
+        unsafe { (self.alsa.close)(self.pcm) };
+    }
+}

@@ -1,0 +1,56 @@
+//! Speech: microphone or WAV → 16 kHz mono PCM → utterances → text.
+//!
+//! The stages follow the data: `wav` and `capture` produce audio, `resample`
+//! brings it to whisper's 16 kHz mono (`Pcm16k`), `vad` cuts it into
+//! utterances (and keeps silence and noise away from whisper, which invents
+//! words for them), `whisper` turns an utterance into a `Transcript` with
+//! whisper.cpp. `ct2` and `convert` turn the CTranslate2 Whisper models that
+//! registries ship into whisper.cpp's own format. whisper.cpp links the same
+//! ggml as llama.cpp (see boards/ggml.sh), so both run in one process.
+
+pub mod capture;
+pub mod convert;
+pub mod ct2;
+pub mod resample;
+pub mod vad;
+pub mod wav;
+pub mod whisper;
+
+use std::path::PathBuf;
+
+pub use capture::{AudioSource, WavSource};
+pub use convert::convert_whisper;
+pub use vad::{Vad, VadConfig};
+pub use whisper::{Transcriber, Transcript};
+
+/// Whisper's sample rate.
+pub const SAMPLE_RATE: u32 = 16_000;
+
+/// Mono f32 samples in [-1, 1] at 16 kHz: what whisper.cpp takes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pcm16k(pub Vec<f32>);
+
+impl Pcm16k {
+    pub fn seconds(&self) -> f64 {
+        self.0.len() as f64 / SAMPLE_RATE as f64
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeechError {
+    #[error("{path}: {msg}")]
+    Wav { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    Ct2 { path: PathBuf, msg: String },
+    #[error("{path}: {msg}")]
+    Model { path: PathBuf, msg: String },
+    #[error("whisper: {0}")]
+    Whisper(String),
+    #[error("audio capture: {0}")]
+    Capture(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}

@@ -1,0 +1,286 @@
+//! whisper.cpp through whisper-rs: a validated model file in, an utterance's
+//! `Transcript` out.
+//!
+//! The model file is walked before whisper.cpp sees it (header, filterbank,
+//! vocabulary, every tensor header and its data within the file), because
+//! whisper.cpp trusts the sizes it reads and a cut-off file makes it allocate
+//! garbage. Decoding is greedy with timestamps off (the assistant wants text,
+//! and a Pi wants speed); segments whisper itself calls non-speech are dropped,
+//! a second guard after the VAD against words invented from silence.
+
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+use super::convert::{Hparams, GGML_MAGIC};
+use super::{Pcm16k, SpeechError};
+
+/// Text of one utterance, and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transcript {
+    pub text: String,
+    pub audio_s: f64,
+    pub compute_s: f64,
+}
+
+impl Transcript {
+    /// Compute time over audio time: below 1 is faster than real time.
+    pub fn rtf(&self) -> f64 {
+        if self.audio_s > 0.0 {
+            self.compute_s / self.audio_s
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Segments whose no-speech probability is above this are dropped.
+const NO_SPEECH_DROP: f32 = 0.6;
+
+pub struct Transcriber {
+    ctx: WhisperContext,
+    path: PathBuf,
+    pub hparams: Hparams,
+    threads: usize,
+    language: String,
+}
+
+fn model_err(path: &Path, msg: impl Into<String>) -> SpeechError {
+    SpeechError::Model {
+        path: path.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+/// Walk a whisper.cpp model file; returns its hyper-parameters.
+pub fn check_model(path: &Path) -> Result<Hparams, SpeechError> {
+    let io = |e: std::io::Error| SpeechError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let f = std::fs::File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
+    let mut r = BufReader::new(f);
+    let cut = |what: &str| {
+        model_err(
+            path,
+            format!("truncated or not a whisper.cpp model: {what} runs past the end ({len} bytes); re-pull or re-convert it"),
+        )
+    };
+    let i32s =
+        |r: &mut BufReader<std::fs::File>, n: usize, what: &str| -> Result<Vec<i32>, SpeechError> {
+            let mut b = vec![0u8; 4 * n];
+            r.read_exact(&mut b).map_err(|_| cut(what))?;
+            Ok(b.chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect())
+        };
+    let magic = i32s(&mut r, 1, "magic")?[0] as u32;
+    if magic != GGML_MAGIC {
+        return Err(model_err(
+            path,
+            format!("not a whisper.cpp model (magic {magic:#x}); CTranslate2 models convert with `ferrite models convert-whisper`"),
+        ));
+    }
+    let hp = Hparams::from_array(
+        i32s(&mut r, 11, "hyper-parameters")?
+            .try_into()
+            .expect("11"),
+    );
+    let ok = |v: i32, lo: i32, hi: i32| (lo..=hi).contains(&v);
+    if !(ok(hp.n_vocab, 51864, 51866)
+        && ok(hp.n_audio_ctx, 1, 1500)
+        && ok(hp.n_audio_state, 64, 4096)
+        && ok(hp.n_audio_head, 1, 64)
+        && ok(hp.n_audio_layer, 1, 64)
+        && ok(hp.n_text_ctx, 1, 448)
+        && hp.n_text_state == hp.n_audio_state
+        && ok(hp.n_text_head, 1, 64)
+        && ok(hp.n_text_layer, 1, 64)
+        && ok(hp.n_mels, 1, 256)
+        && ok(hp.ftype, 0, 1))
+    {
+        return Err(model_err(
+            path,
+            format!("implausible hyper-parameters {hp:?}"),
+        ));
+    }
+    let mel = i32s(&mut r, 2, "mel filterbank")?;
+    if mel[0] != hp.n_mels || mel[1] != 201 {
+        return Err(model_err(
+            path,
+            format!(
+                "mel filterbank is {}×{}, expected {}×201",
+                mel[0], mel[1], hp.n_mels
+            ),
+        ));
+    }
+    r.seek_relative(4 * 201 * hp.n_mels as i64).map_err(io)?;
+    let n_tokens = i32s(&mut r, 1, "vocabulary")?[0];
+    if !ok(n_tokens, 0, hp.n_vocab) {
+        return Err(model_err(path, format!("vocabulary of {n_tokens} tokens")));
+    }
+    for _ in 0..n_tokens {
+        let l = i32s(&mut r, 1, "vocabulary")?[0];
+        if !ok(l, 0, 1024) {
+            return Err(model_err(path, format!("vocabulary entry of {l} bytes")));
+        }
+        r.seek_relative(l as i64).map_err(io)?;
+    }
+    let expected = 11 + hp.n_audio_layer * 15 + hp.n_text_layer * 24;
+    let mut n = 0;
+    loop {
+        let pos = r.stream_position().map_err(io)?;
+        if pos == len {
+            break;
+        }
+        if pos > len {
+            return Err(cut("the vocabulary"));
+        }
+        let h = i32s(&mut r, 3, "a tensor header")?;
+        let (n_dims, name_len, ttype) = (h[0], h[1], h[2]);
+        if !ok(n_dims, 1, 4) || !ok(name_len, 1, 256) || !ok(ttype, 0, 1) {
+            return Err(model_err(path, format!("bad tensor header at byte {pos}")));
+        }
+        let dims = i32s(&mut r, n_dims as usize, "a tensor header")?;
+        if dims.iter().any(|d| *d <= 0) {
+            return Err(model_err(
+                path,
+                format!("bad tensor shape {dims:?} at byte {pos}"),
+            ));
+        }
+        let mut name = vec![0u8; name_len as usize];
+        r.read_exact(&mut name).map_err(|_| cut("a tensor name"))?;
+        let numel: u64 = dims.iter().map(|d| *d as u64).product();
+        let bytes = numel * if ttype == 0 { 4 } else { 2 };
+        let end = r.stream_position().map_err(io)? + bytes;
+        if end > len {
+            return Err(cut(&format!("tensor `{}`", String::from_utf8_lossy(&name))));
+        }
+        r.seek(SeekFrom::Start(end)).map_err(io)?;
+        n += 1;
+    }
+    if n != expected {
+        return Err(model_err(
+            path,
+            format!("{n} tensors, a Whisper model of this shape has {expected}"),
+        ));
+    }
+    Ok(hp)
+}
+
+impl Transcriber {
+    /// Load a whisper.cpp model (validated first).
+    pub fn load(path: &Path, threads: usize, language: &str) -> Result<Transcriber, SpeechError> {
+        let hparams = check_model(path)?;
+        whisper_rs::install_logging_hooks();
+        let mut params = WhisperContextParameters::default();
+        params.use_gpu(cfg!(feature = "cuda"));
+        let ctx = WhisperContext::new_with_params(path, params)
+            .map_err(|e| model_err(path, format!("whisper.cpp could not load it: {e}")))?;
+        let multilingual = hparams.n_vocab >= 51865;
+        if !multilingual && language != "en" && language != "auto" {
+            return Err(SpeechError::Whisper(format!(
+                "{} is an English-only model; --language {language} needs a multilingual one (whisper-base)",
+                path.display()
+            )));
+        }
+        Ok(Transcriber {
+            ctx,
+            path: path.to_path_buf(),
+            hparams,
+            threads: threads.max(1),
+            language: language.to_string(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Transcribe one utterance (at most 30 s is one whisper window; longer
+    /// audio is windowed by whisper.cpp).
+    pub fn transcribe(&self, pcm: &Pcm16k) -> Result<Transcript, SpeechError> {
+        let start = Instant::now();
+        let span = tracing::info_span!("stt", audio_s = pcm.seconds());
+        let _g = span.enter();
+        let mut state = self
+            .ctx
+            .create_state()
+            .map_err(|e| SpeechError::Whisper(format!("cannot create a state: {e}")))?;
+        let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+        p.set_n_threads(self.threads as i32);
+        p.set_language(Some(if self.language == "auto" {
+            "auto"
+        } else {
+            &self.language
+        }));
+        p.set_no_timestamps(true);
+        p.set_print_special(false);
+        p.set_print_progress(false);
+        p.set_print_realtime(false);
+        p.set_print_timestamps(false);
+        p.set_suppress_blank(true);
+        p.set_suppress_nst(true);
+        p.set_no_context(true);
+        // whisper needs at least one second; pad short clips with silence.
+        let mut audio = pcm.0.clone();
+        if audio.len() < super::SAMPLE_RATE as usize + 1600 {
+            audio.resize(super::SAMPLE_RATE as usize + 1600, 0.0);
+        }
+        state
+            .full(p, &audio)
+            .map_err(|e| SpeechError::Whisper(format!("transcription failed: {e}")))?;
+        let mut text = String::new();
+        for seg in state.as_iter() {
+            if seg.no_speech_probability() > NO_SPEECH_DROP {
+                tracing::debug!(
+                    p = seg.no_speech_probability(),
+                    "dropped a non-speech segment"
+                );
+                continue;
+            }
+            let s = seg
+                .to_str_lossy()
+                .map_err(|e| SpeechError::Whisper(e.to_string()))?;
+            text.push_str(&s);
+        }
+        let text = clean(&text);
+        let t = Transcript {
+            text,
+            audio_s: pcm.seconds(),
+            compute_s: start.elapsed().as_secs_f64(),
+        };
+        tracing::info!(rtf = t.rtf(), chars = t.text.len(), "transcribed");
+        Ok(t)
+    }
+}
+
+/// Trim, and drop bracketed non-speech annotations whisper emits for
+/// sounds (`[BLANK_AUDIO]`, `(music)`).
+fn clean(s: &str) -> String {
+    let mut out = String::new();
+    let mut depth = 0;
+    for c in s.chars() {
+        match c {
+            '[' | '(' => depth += 1,
+            ']' | ')' if depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean;
+
+    #[test]
+    fn annotations_are_not_words() {
+        assert_eq!(clean(" [BLANK_AUDIO] "), "");
+        assert_eq!(clean(" Hello (coughs) world. "), "Hello world.");
+    }
+}
