@@ -17,6 +17,7 @@ pub mod board;
 pub mod console;
 pub mod finetune;
 pub mod gguf;
+pub mod hw;
 pub mod llm;
 pub mod models;
 pub mod speech;

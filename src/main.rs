@@ -75,43 +75,21 @@ enum Cmd {
     },
     /// Serve the assistant on a serial port (or stdin/stdout): one line in,
     /// a streamed answer out. See the README for the protocol.
-    Serve {
-        /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
-        #[arg(long, value_name = "NAME|PATH[:SCALE]")]
-        lora: Option<String>,
-        /// Serial port path (e.g. /dev/ttyUSB0, /dev/serial0); default: the board's.
-        #[arg(long, conflicts_with = "stdio")]
-        port: Option<String>,
-        /// Use stdin/stdout instead of a serial port.
-        #[arg(long)]
-        stdio: bool,
-        /// Baud rate (default: the board's, else 115200).
-        #[arg(long)]
-        baud: Option<u32>,
-        #[arg(long, value_enum)]
-        parity: Option<ferrite::console::serial::ParityOpt>,
-        #[arg(long = "flow-control", value_enum)]
-        flow_control: Option<ferrite::console::serial::FlowOpt>,
-        /// Do not echo typed characters (for terminals that echo locally).
-        #[arg(long)]
-        no_echo: bool,
-        /// One JSON object per line in ({"q":..} / {"cmd":..}) and out.
-        #[arg(long)]
-        json: bool,
-        /// Longest accepted input line, in bytes.
-        #[arg(long, default_value_t = 1024)]
-        max_line: usize,
-        #[arg(long)]
-        system: Option<String>,
-        #[command(flatten)]
-        model: ModelArgs,
-        #[command(flatten)]
-        gen: GenArgs,
-    },
+    Serve(ServeArgs),
+    /// Spoken queries: microphone (or WAV files) → whisper → the assistant,
+    /// answers streamed to the console (stdout unless --port). `serve --listen`
+    /// is the same with typed queries from a serial port too.
+    Listen(ServeArgs),
     /// Transcribe a WAV file (any rate and channel count) with whisper.cpp.
     Transcribe {
         /// The WAV file.
         file: PathBuf,
+        /// Whisper model (same as --whisper).
+        #[arg(short = 'm', long = "model")]
+        model: Option<String>,
+        /// CPU threads (same as --stt-threads).
+        #[arg(short = 't', long = "threads")]
+        threads: Option<usize>,
         #[command(flatten)]
         speech: SpeechArgs,
         /// Transcribe the whole file as one piece, without voice activity
@@ -265,6 +243,68 @@ enum ModelsCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+    #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+    lora: Option<String>,
+    /// Serial port path (e.g. /dev/ttyUSB0, /dev/serial0); default: the board's.
+    #[arg(long, conflicts_with = "stdio")]
+    port: Option<String>,
+    /// Use stdin/stdout instead of a serial port.
+    #[arg(long)]
+    stdio: bool,
+    /// Baud rate (default: the board's, else 115200).
+    #[arg(long)]
+    baud: Option<u32>,
+    #[arg(long, value_enum)]
+    parity: Option<ferrite::console::serial::ParityOpt>,
+    #[arg(long = "flow-control", value_enum)]
+    flow_control: Option<ferrite::console::serial::FlowOpt>,
+    /// Do not echo typed characters (for terminals that echo locally).
+    #[arg(long)]
+    no_echo: bool,
+    /// One JSON object per line in ({"q":..} / {"cmd":..}) and out.
+    #[arg(long)]
+    json: bool,
+    /// Longest accepted input line, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    max_line: usize,
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    gen: GenArgs,
+    /// Also take spoken queries (microphone, or --wav files).
+    #[arg(long)]
+    listen: bool,
+    #[command(flatten)]
+    ear: EarArgs,
+}
+
+#[derive(Args)]
+struct EarArgs {
+    /// ALSA capture device (default: the board's audio_device).
+    #[arg(long, conflicts_with = "wav")]
+    device: Option<String>,
+    /// Listen to these WAV files instead of a microphone, then stop.
+    #[arg(long, num_args = 1..)]
+    wav: Vec<PathBuf>,
+    /// Print the ALSA capture devices and exit.
+    #[arg(long)]
+    list_devices: bool,
+    /// Push-to-talk button GPIO (BCM; default: the board's ptt_pin). Without
+    /// one, voice activity detection cuts utterances.
+    #[arg(long)]
+    ptt_pin: Option<u8>,
+    /// Status LED GPIO (BCM; default: the board's led_pin).
+    #[arg(long)]
+    led_pin: Option<u8>,
+    #[command(flatten)]
+    speech: SpeechArgs,
 }
 
 #[derive(Args, Clone)]
@@ -576,10 +616,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Transcribe {
             file,
-            speech,
+            model,
+            threads,
+            mut speech,
             no_vad,
             stats,
         } => {
+            speech.whisper = model.unwrap_or(speech.whisper);
+            speech.stt_threads = threads.or(speech.stt_threads);
             let wav = ferrite::speech::wav::read(&file)?;
             let pcm = wav.to_pcm16k();
             let stt = ctx.transcriber(&speech)?;
@@ -670,51 +714,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Serve {
-            lora,
-            port,
-            stdio,
-            baud,
-            parity,
-            flow_control,
-            no_echo,
-            json,
-            max_line,
-            system,
-            model,
-            gen,
-        } => {
-            if max_line < 16 {
-                bail!("--max-line must be at least 16 bytes");
-            }
-            let opts = assistant::ServeOptions {
-                lora,
-                model: model.model.clone().or(ctx.board.default_model.clone()),
-                load: ctx.load_opts(&model),
-                session: ctx.session_opts(&model, gen.beams),
-                params: gen.params(),
-                system,
-                echo: !no_echo && !stdio,
-                json,
-                max_line_bytes: max_line,
-                board: ctx.board.clone(),
-                sys_root: assistant::default_sys_root(),
-            };
-            if stdio {
-                assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut Stdio::new())?;
-            } else {
-                let path = port
-                    .or(ctx.board.serial_port.clone())
-                    .context("no serial port: pass --port PATH (or --stdio), or set serial_port in the board profile")?;
-                let mut serial = Serial::new(SerialSettings {
-                    path,
-                    baud: baud.unwrap_or(ctx.board.baud),
-                    parity: parity.unwrap_or(ctx.board.parity),
-                    flow: flow_control.unwrap_or(ctx.board.flow_control),
-                });
-                assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut serial)?;
-            }
-        }
+        Cmd::Serve(a) => serve_cmd(&ctx, a, false)?,
+        Cmd::Listen(a) => serve_cmd(&ctx, a, true)?,
         Cmd::Models { cmd } => models_cmd(&ctx, cmd)?,
         Cmd::Finetune(args) => finetune_cmd(&ctx, args)?,
         Cmd::Board { cmd } => match cmd {
@@ -781,6 +782,108 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+/// `serve` and `listen`: the assistant loop on a console, with spoken queries
+/// when `--listen` (always for `listen`).
+fn serve_cmd(ctx: &Ctx, a: ServeArgs, listen: bool) -> anyhow::Result<()> {
+    use ferrite::hw;
+    use ferrite::speech::{self, AudioSource};
+    let listen = listen || a.listen;
+    if a.ear.list_devices {
+        for d in speech::capture::list_devices()? {
+            println!("{:<28} {}", d.name, d.description);
+        }
+        return Ok(());
+    }
+    if a.max_line < 16 {
+        bail!("--max-line must be at least 16 bytes");
+    }
+    // `listen` talks to the terminal unless a port is named.
+    let stdio = a.stdio
+        || (listen && a.port.is_none() && !a.ear.wav.is_empty())
+        || (listen && a.port.is_none() && ctx.board.serial_port.is_none());
+    let opts = assistant::ServeOptions {
+        lora: a.lora,
+        model: a.model.model.clone().or(ctx.board.default_model.clone()),
+        load: ctx.load_opts(&a.model),
+        session: ctx.session_opts(&a.model, a.gen.beams),
+        params: a.gen.params(),
+        system: a.system,
+        echo: !a.no_echo && !stdio,
+        json: a.json,
+        max_line_bytes: a.max_line,
+        board: ctx.board.clone(),
+        sys_root: assistant::default_sys_root(),
+    };
+    let mut led_stop = None;
+    let ear = if listen {
+        let e = &a.ear;
+        let stt = ctx.transcriber(&e.speech)?;
+        let source: Box<dyn AudioSource + Send> = if e.wav.is_empty() {
+            let dev = e.device.clone().unwrap_or(ctx.board.audio_device.clone());
+            Box::new(speech::capture::AlsaSource::open(&dev)?)
+        } else {
+            // The files one after another, a second of silence between.
+            let mut all = Vec::new();
+            for f in &e.wav {
+                all.extend(speech::wav::read(f)?.to_pcm16k().0);
+                all.extend(std::iter::repeat_n(0.0, speech::SAMPLE_RATE as usize));
+            }
+            Box::new(speech::WavSource::new(speech::Pcm16k(all)))
+        };
+        let ptt = e
+            .ptt_pin
+            .or(if e.wav.is_empty() {
+                ctx.board.ptt_pin
+            } else {
+                None
+            })
+            .map(hw::button)
+            .transpose()?;
+        let status = hw::StatusCell::default();
+        if let Some(pin) = e.led_pin.or(ctx.board.led_pin) {
+            match hw::led(pin) {
+                Ok(led) => {
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    hw::spawn_led(led, status.clone(), stop.clone());
+                    led_stop = Some(stop);
+                }
+                Err(err) if e.led_pin.is_none() => {
+                    tracing::warn!(error = %err, "no status LED")
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let heard = speech::listen::spawn(source, stt, e.speech.vad(), ptt, status.clone());
+        Some(assistant::Ear { heard, status })
+    } else {
+        None
+    };
+    let result = if stdio {
+        assistant::serve(
+            &opts,
+            &ctx.store,
+            &ctx.manifest,
+            &mut Stdio::new(),
+            ear.as_ref(),
+        )
+    } else {
+        let path = a.port.or(ctx.board.serial_port.clone()).context(
+            "no serial port: pass --port PATH (or --stdio), or set serial_port in the board profile",
+        )?;
+        let mut serial = Serial::new(SerialSettings {
+            path,
+            baud: a.baud.unwrap_or(ctx.board.baud),
+            parity: a.parity.unwrap_or(ctx.board.parity),
+            flow: a.flow_control.unwrap_or(ctx.board.flow_control),
+        });
+        assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut serial, ear.as_ref())
+    };
+    if let Some(stop) = led_stop {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(result?)
 }
 
 fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {

@@ -11,3 +11,4 @@ mod finetune;
 mod gguf_files;
 mod pull;
 mod serial;
+mod speech;

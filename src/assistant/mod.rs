@@ -26,11 +26,20 @@ pub use status::rss_bytes;
 use crate::board::{Board, BoardError, Governor};
 use crate::console::{self, Channels, Connector, Input};
 use crate::gguf::GgufFile;
+use crate::hw::{Status, StatusCell};
 use crate::llm::{
     AdapterId, Engine, Finish, GenParams, LlmError, LoadOptions, Session, SessionOptions,
 };
 use crate::models::{Manifest, ModelsError, Store};
+use crate::speech::listen::Heard;
 use crate::systemd::{self, Heartbeat};
+
+/// Spoken queries for the loop (`serve --listen`, `listen`): what the ear
+/// heard, and the status it shares with the LED.
+pub struct Ear {
+    pub heard: std::sync::mpsc::Receiver<Heard>,
+    pub status: StatusCell,
+}
 
 /// What `ferrite serve` was asked to do.
 #[derive(Debug, Clone)]
@@ -149,8 +158,10 @@ pub fn serve(
     store: &Store,
     manifest: &Manifest,
     connector: &mut dyn Connector,
+    ear: Option<&Ear>,
 ) -> Result<(), AssistantError> {
     let hb = systemd::watchdog();
+    let mut ear_done = ear.is_none();
     let (mut name, mut path) = store.resolve(opts.model.as_deref(), manifest, true)?;
     let mut link: Option<Channels> = None;
     let mut ready = false;
@@ -193,6 +204,7 @@ pub fn serve(
             }
             let mut conv =
                 Conversation::new(opts, &engine, store, manifest, &ch, &hb, &mut governor)?;
+            conv.ear = ear.filter(|_| !ear_done);
             if let Some(c) = carry.take() {
                 conv.session.set_adapter(c.adapter)?;
                 conv.session.restore(c.history);
@@ -209,6 +221,7 @@ pub fn serve(
                 conv.banner();
             }
             let end = conv.run();
+            ear_done |= conv.ear.is_none();
             drop(conv);
             match end {
                 End::LinkLost | End::InputEnded if connector.reopens() => {
@@ -265,6 +278,8 @@ struct Conversation<'a, 'm> {
     type_ahead: Vec<u8>,
     /// Input ended while an answer was streaming: finish, then stop.
     eof: bool,
+    /// Spoken queries, until the ear ends.
+    ear: Option<&'a Ear>,
 }
 
 impl<'a, 'm> Conversation<'a, 'm> {
@@ -296,6 +311,7 @@ impl<'a, 'm> Conversation<'a, 'm> {
             editor: LineEditor::new(opts.max_line_bytes, opts.echo && !opts.json),
             type_ahead: Vec::new(),
             eof: false,
+            ear: None,
         })
     }
 
@@ -343,16 +359,26 @@ impl<'a, 'm> Conversation<'a, 'm> {
     fn run(&mut self) -> End {
         loop {
             self.hb.beat();
+            if let Some(end) = self.hear() {
+                return end;
+            }
+            let wait = Duration::from_millis(if self.ear.is_some() { 40 } else { 500 });
             let chunk = if !self.type_ahead.is_empty() {
                 std::mem::take(&mut self.type_ahead)
             } else if self.eof {
+                if self.ear.is_some() {
+                    // Typed input is over, spoken input is not.
+                    std::thread::sleep(wait);
+                    continue;
+                }
                 return End::InputEnded;
             } else {
-                match self.ch.input.recv_timeout(Duration::from_millis(500)) {
+                match self.ch.input.recv_timeout(wait) {
                     Ok(Input::Bytes(b)) => b,
                     Ok(Input::Eof) => {
                         tracing::info!("console input ended");
-                        return End::InputEnded;
+                        self.eof = true;
+                        continue;
                     }
                     Ok(Input::Lost(why)) => {
                         tracing::warn!(reason = %why, "console link lost");
@@ -391,6 +417,48 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     self.type_ahead = rest;
                     break;
                 }
+            }
+        }
+    }
+
+    /// Answer what the ear heard since the last look, if anything.
+    fn hear(&mut self) -> Option<End> {
+        let ear = self.ear?;
+        let heard = match ear.heard.try_recv() {
+            Ok(h) => h,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Heard::End,
+        };
+        match heard {
+            Heard::Utterance(t) => {
+                if self.opts.json {
+                    self.send_json(json!({
+                        "heard": t.text, "audio_s": t.audio_s, "stt_s": t.compute_s
+                    }));
+                } else {
+                    // Start on a fresh line if something was being typed.
+                    if !self.editor.is_empty() {
+                        self.send("\n");
+                    }
+                    self.send(&format!("you said: {}\n", t.text));
+                }
+                ear.status.set(Status::Thinking);
+                let end = self.answer(&t.text);
+                ear.status.set(Status::Idle);
+                if end.is_none() {
+                    self.prompt();
+                }
+                end
+            }
+            Heard::Failed(e) => {
+                self.error(&format!("listening stopped: {e}"));
+                self.ear = None;
+                None
+            }
+            Heard::End => {
+                tracing::info!("audio input ended");
+                self.ear = None;
+                None
             }
         }
     }

@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod convert;
 pub mod ct2;
+pub mod listen;
 pub mod resample;
 pub mod vad;
 pub mod wav;
