@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own `llama-bench` and `llama-perplexity` from the very
-# llama.cpp tree that llama-cpp-sys-2 vendors (so both sides run the same
-# kernels), for the comparisons in benches/README.md.
+# llama.cpp tree that llama-cpp-sys-2 vendors, linked against the same shared
+# ggml ferrite links (target/ggml/host, from boards/ggml.sh), so both sides run
+# the very same kernels, for the comparisons in benches/README.md.
 #
 # llama-cpp-sys-2 ships llama.cpp without the tools' sources; they come from
 # the llama-cpp-python source package, whose tools build unchanged against
@@ -26,11 +27,10 @@ for t in llama-bench perplexity; do
   cp -r "$sdist_tools/$t" "$work/llama.cpp/tools/$t"
 done
 printf 'add_subdirectory(llama-bench)\nadd_subdirectory(perplexity)\n' > "$work/llama.cpp/tools/CMakeLists.txt"
-# Same CPU flags as llama-cpp-sys-2 uses: GGML_NATIVE=OFF, which on x86_64 still
-# enables AVX, AVX2, FMA and F16C (ggml's defaults when not native).
-native="${GGML_NATIVE:-OFF}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+[ -f "$root/target/ggml/host/lib/libggml.a" ] || bash "$root/boards/ggml.sh" host
 cmake -S "$work/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE="$native" -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_USE_SYSTEM_GGML=ON -DCMAKE_PREFIX_PATH="$root/target/ggml/host" -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
   -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=ON >/dev/null
 cmake --build "$work/build" --target llama-bench llama-perplexity -j "$(nproc)"
 cp "$work/build/bin/llama-bench" "$work/build/bin/llama-perplexity" "$out/"
