@@ -624,3 +624,47 @@ fn alsa_null_device_captures_silence() {
         .unwrap();
     assert!(err.to_string().contains("--list-devices"), "{err}");
 }
+
+/// `serve --listen` takes typed and spoken queries in one loop (JSON mode
+/// here, so both answers can be counted).
+#[test]
+fn serve_listen_answers_typed_and_spoken_queries() {
+    use std::io::Write;
+    let q = speak("What is the capital of France?", "serve-listen-q.wav");
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(crate::common::ferrite_bin())
+        .args(["serve", "--stdio", "--json", "--listen", "--wav"])
+        .arg(&q)
+        .args(["--whisper"])
+        .arg(whisper_path("whisper-tiny.en"))
+        .args(["-m"])
+        .arg(model_path())
+        .args(["--temp", "0", "-t", "2", "-n", "24"])
+        .env("FERRITE_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"q\": \"Name a color.\"}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let heard: Vec<&str> = lines.iter().filter_map(|v| v["heard"].as_str()).collect();
+    eqnice!("What is the capital of France?", heard.join(" | "));
+    let done = lines.iter().filter(|v| v["done"] == true).count();
+    assert_eq!(done, 2, "{text}");
+}
