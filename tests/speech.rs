@@ -100,13 +100,18 @@ fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
     (prev[h.len()], r.len())
 }
 
-const SENTENCES: [&str; 6] = [
+const SENTENCES: [&str; 11] = [
     "What is the capital of France?",
     "The weather today is sunny and warm.",
     "Please turn off the lights in the kitchen.",
     "My favorite color is blue.",
     "How many legs does a spider have?",
     "Set a timer for ten minutes.",
+    "Tell me a short story about a dragon.",
+    "Remind me to buy milk and bread tomorrow morning.",
+    "What time does the train leave for London?",
+    "Open the garage door and switch on the heater.",
+    "Can you recommend a good book to read?",
 ];
 
 fn corpus_wer(stt: &Transcriber) -> f64 {
