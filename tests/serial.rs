@@ -433,3 +433,56 @@ fn stdio_serves_until_end_of_input() {
     assert!(s.starts_with("ferrite ") && s.contains("model="), "{s}");
     assert!(s.contains("Paris") && s.contains("tok/s"), "{s}");
 }
+
+/// A question sent in the same write as `/model NAME` is answered by the new
+/// model, not lost with the old conversation.
+#[test]
+fn input_after_a_model_switch_is_kept() {
+    let home = tempfile::tempdir().unwrap();
+    let imported = crate::common::ferrite(
+        home.path(),
+        &[
+            "models",
+            "import",
+            model_path().to_str().unwrap(),
+            "--name",
+            "alt",
+        ],
+    );
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let mut child = Command::new(ferrite_bin())
+        .args([
+            "serve",
+            "--stdio",
+            "-m",
+            model_path().to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "32",
+        ])
+        .env("FERRITE_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"/model alt\nWhat is the capital of France?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    let after = s
+        .split("model=alt")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no switch: {s}"));
+    assert!(after.contains("Paris"), "{s}");
+}

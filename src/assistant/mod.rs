@@ -98,8 +98,8 @@ enum End {
     InputEnded,
     /// `/quit`.
     Quit,
-    /// `/model NAME`.
-    Switch(String, PathBuf),
+    /// `/model NAME`, with the input already read after its line.
+    Switch(String, PathBuf, Vec<u8>),
     /// `/lora use NAME` for an adapter not loaded yet: the engine loads it
     /// between conversations, then the conversation continues.
     Adapter {
@@ -162,6 +162,8 @@ pub fn serve(
 ) -> Result<(), AssistantError> {
     let hb = systemd::watchdog();
     let mut ear_done = ear.is_none();
+    // Input read after a `/model` line, for the conversation on the new model.
+    let mut switch_pending: Vec<u8> = Vec::new();
     let (mut name, mut path) = store.resolve(opts.model.as_deref(), manifest, true)?;
     let mut link: Option<Channels> = None;
     let mut ready = false;
@@ -218,6 +220,7 @@ pub fn serve(
                 conv.prompt();
             } else {
                 conv.session.set_adapter(startup_adapter)?;
+                conv.type_ahead = std::mem::take(&mut switch_pending);
                 conv.banner();
             }
             let end = conv.run();
@@ -251,10 +254,11 @@ pub fn serve(
                     link = Some(ch);
                     carry = Some(c);
                 }
-                End::Switch(n, p) => {
+                End::Switch(n, p, rest) => {
                     tracing::info!(model = %n, "switching model");
                     name = n;
                     path = p;
+                    switch_pending = rest;
                     link = Some(ch);
                     break;
                 }
@@ -399,12 +403,17 @@ impl<'a, 'm> Conversation<'a, 'm> {
                 };
                 let end = self.on_event(ev);
                 if let Some(mut end) = end {
-                    if let End::Adapter { carry, .. } = &mut end {
-                        // The conversation goes on after the load: keep
-                        // what was already read after this line.
-                        carry.pending = chunk[i + 1..].to_vec();
-                        carry.pending.append(&mut self.type_ahead);
-                        carry.pending.truncate(MAX_TYPE_AHEAD);
+                    // The conversation goes on after a load or model switch:
+                    // keep what was already read after this line.
+                    let pending = match &mut end {
+                        End::Adapter { carry, .. } => Some(&mut carry.pending),
+                        End::Switch(_, _, rest) => Some(rest),
+                        _ => None,
+                    };
+                    if let Some(pending) = pending {
+                        *pending = chunk[i + 1..].to_vec();
+                        pending.append(&mut self.type_ahead);
+                        pending.truncate(MAX_TYPE_AHEAD);
                     }
                     return end;
                 }
@@ -620,7 +629,7 @@ impl<'a, 'm> Conversation<'a, 'm> {
                             "model",
                             &format!("(loading {name}; a new conversation starts)"),
                         );
-                        return Some(End::Switch(name, p));
+                        return Some(End::Switch(name, p, Vec::new()));
                     }
                     Err(e) => self.error(&e.to_string()),
                 }
