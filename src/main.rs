@@ -994,6 +994,29 @@ fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {
                 Ok((_, p)) => p,
                 Err(e) => return Err(e.into()),
             };
+            if ferrite::speech::whisper::is_whisper_file(&path) {
+                let hp = ferrite::speech::whisper::check_model(&path)?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "path": path, "whisper": format!("{hp:?}") })
+                    );
+                } else {
+                    println!("path:           {}", path.display());
+                    println!(
+                        "whisper.cpp model: {} encoder + {} decoder layers, d={}, {} heads, vocab {} ({}), {} mels",
+                        hp.n_audio_layer,
+                        hp.n_text_layer,
+                        hp.n_audio_state,
+                        hp.n_audio_head,
+                        hp.n_vocab,
+                        if hp.n_vocab >= 51865 { "multilingual" } else { "English only" },
+                        hp.n_mels
+                    );
+                    println!("loadable:       yes");
+                }
+                return Ok(());
+            }
             let g = GgufFile::open(&path)?;
             let s = g.summary();
             let ready = g.check_model();

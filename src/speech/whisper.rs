@@ -54,6 +54,14 @@ fn model_err(path: &Path, msg: impl Into<String>) -> SpeechError {
     }
 }
 
+/// Whether `path` starts with whisper.cpp's magic (not proof it is valid).
+pub fn is_whisper_file(path: &Path) -> bool {
+    let mut b = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_ok_and(|()| u32::from_le_bytes(b) == GGML_MAGIC)
+}
+
 /// Walk a whisper.cpp model file; returns its hyper-parameters.
 pub fn check_model(path: &Path) -> Result<Hparams, SpeechError> {
     let io = |e: std::io::Error| SpeechError::Io {
