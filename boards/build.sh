@@ -25,5 +25,14 @@ case " $* " in *cuda*) cuda=--cuda ;; esac
 bash "$here/ggml.sh" "$board" $cuda
 root="$(cd "$here/.." && pwd)"
 export CMAKE_PREFIX_PATH="$root/target/ggml/$board"
+# Building on the board itself (a Pi or Jetson): .cargo/config.toml's cross
+# linker, qemu runner and bindgen sysroot are for x86 hosts; use the native ones.
+case "$(uname -m):$target" in
+  aarch64:aarch64-*|armv7l:armv7-*)
+    tvar="$(echo "$target" | tr 'a-z-' 'A-Z_')"
+    export "CARGO_TARGET_${tvar}_LINKER=cc" "CARGO_TARGET_${tvar}_RUNNER=env"
+    export "BINDGEN_EXTRA_CLANG_ARGS_$(echo "$target" | tr - _)="
+    ;;
+esac
 echo "board $board: target $target${arch:+, GGML_CPU_ARM_ARCH=$arch}" >&2
 exec cargo "$cmd" --release --target "$target" --target-dir "target/board-$board" "$@"
