@@ -42,6 +42,8 @@ pub enum Error {
     Finetune(#[from] finetune::FinetuneError),
     #[error(transparent)]
     Speech(#[from] speech::SpeechError),
+    #[error(transparent)]
+    Hw(#[from] hw::HwError),
 }
 
 /// The version in banners and `--version`.

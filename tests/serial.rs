@@ -404,30 +404,12 @@ fn two_hundred_queries_keep_memory_flat() {
 #[test]
 fn stdio_serves_until_end_of_input() {
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(ferrite_bin())
-        .args([
-            "serve",
-            "--stdio",
-            "-m",
-            model_path().to_str().unwrap(),
-            "--temp",
-            "0",
-            "-n",
-            "48",
-        ])
-        .env("FERRITE_HOME", home.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"What is the capital of France?\n/stats\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let model = model_path().to_str().unwrap();
+    let out = crate::common::ferrite_with_input(
+        home.path(),
+        &["serve", "--stdio", "-m", model, "--temp", "0", "-n", "48"],
+        b"What is the capital of France?\n/stats\n",
+    );
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.starts_with("ferrite ") && s.contains("model="), "{s}");
@@ -439,45 +421,19 @@ fn stdio_serves_until_end_of_input() {
 #[test]
 fn input_after_a_model_switch_is_kept() {
     let home = tempfile::tempdir().unwrap();
-    let imported = crate::common::ferrite(
-        home.path(),
-        &[
-            "models",
-            "import",
-            model_path().to_str().unwrap(),
-            "--name",
-            "alt",
-        ],
-    );
+    let model = model_path().to_str().unwrap();
+    let imported =
+        crate::common::ferrite(home.path(), &["models", "import", model, "--name", "alt"]);
     assert!(
         imported.status.success(),
         "{}",
         String::from_utf8_lossy(&imported.stderr)
     );
-    let mut child = Command::new(ferrite_bin())
-        .args([
-            "serve",
-            "--stdio",
-            "-m",
-            model_path().to_str().unwrap(),
-            "--temp",
-            "0",
-            "-n",
-            "32",
-        ])
-        .env("FERRITE_HOME", home.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"/model alt\nWhat is the capital of France?\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = crate::common::ferrite_with_input(
+        home.path(),
+        &["serve", "--stdio", "-m", model, "--temp", "0", "-n", "32"],
+        b"/model alt\nWhat is the capital of France?\n",
+    );
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
     let after = s

@@ -62,6 +62,33 @@ fn speak(text: &str, name: &str) -> PathBuf {
     p
 }
 
+/// `ferrite transcribe FILE` with tiny.en (or `model`); the finished process.
+fn transcribe_cli(file: &Path, model: Option<&Path>) -> std::process::Output {
+    let home = tempfile::tempdir().unwrap();
+    let tiny = whisper_path("whisper-tiny.en");
+    let model = model.unwrap_or(&tiny);
+    ferrite(
+        home.path(),
+        &[
+            "transcribe",
+            file.to_str().unwrap(),
+            "--whisper",
+            model.to_str().unwrap(),
+        ],
+    )
+}
+
+/// Its stdout, after checking it succeeded.
+fn transcribed(file: &Path) -> String {
+    let out = transcribe_cli(file, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn sox(args: &[&str]) {
     let st = Command::new("sox")
         .args(args)
@@ -187,7 +214,6 @@ fn whisper_and_llama_run_in_one_process() {
 
 #[test]
 fn silence_and_white_noise_transcribe_to_nothing() {
-    let home = tempfile::tempdir().unwrap();
     let silence = scratch("silence.wav");
     let noise = scratch("noise.wav");
     sox(&[
@@ -217,22 +243,7 @@ fn silence_and_white_noise_transcribe_to_nothing() {
         "0.3",
     ]);
     for f in [&silence, &noise] {
-        let out = ferrite(
-            home.path(),
-            &[
-                "transcribe",
-                f.to_str().unwrap(),
-                "--whisper",
-                whisper_path("whisper-tiny.en").to_str().unwrap(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        eqnice!("", text);
+        eqnice!("", transcribed(f));
     }
 }
 
@@ -243,7 +254,6 @@ fn transcribe_resamples_any_wav() {
         "Please turn off the lights in the kitchen.",
         "resample-src.wav",
     );
-    let home = tempfile::tempdir().unwrap();
     for (rate, ch) in [("44100", "2"), ("32000", "1")] {
         let f = scratch(&format!("resample-{rate}-{ch}.wav"));
         sox(&[
@@ -254,21 +264,7 @@ fn transcribe_resamples_any_wav() {
             ch,
             f.to_str().unwrap(),
         ]);
-        let out = ferrite(
-            home.path(),
-            &[
-                "transcribe",
-                f.to_str().unwrap(),
-                "--whisper",
-                whisper_path("whisper-tiny.en").to_str().unwrap(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = transcribed(&f);
         let (e, n) = wer("Please turn off the lights in the kitchen.", &text);
         assert!(e * 5 <= n, "{rate} Hz × {ch}: {text}");
     }
@@ -557,15 +553,7 @@ fn bad_audio_and_model_files_are_clear_errors() {
         (&empty, "empty file"),
         (&no_samples, "0 samples"),
     ] {
-        let out = ferrite(
-            home.path(),
-            &[
-                "transcribe",
-                f.to_str().unwrap(),
-                "--whisper",
-                tiny_model.to_str().unwrap(),
-            ],
-        );
+        let out = transcribe_cli(f, None);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{f:?}: {err}");
         assert!(err.contains(want), "{f:?}: {err}");
@@ -600,15 +588,7 @@ fn bad_audio_and_model_files_are_clear_errors() {
     let cut_model = scratch("bad-cut-ggml.bin");
     let m = std::fs::read(&tiny_model).unwrap();
     std::fs::write(&cut_model, &m[..m.len() / 3]).unwrap();
-    let out = ferrite(
-        home.path(),
-        &[
-            "transcribe",
-            good.to_str().unwrap(),
-            "--whisper",
-            cut_model.to_str().unwrap(),
-        ],
-    );
+    let out = transcribe_cli(&good, Some(&cut_model));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("truncated"), "{err}");
@@ -634,30 +614,31 @@ fn alsa_null_device_captures_silence() {
 /// here, so both answers can be counted).
 #[test]
 fn serve_listen_answers_typed_and_spoken_queries() {
-    use std::io::Write;
     let q = speak("What is the capital of France?", "serve-listen-q.wav");
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(crate::common::ferrite_bin())
-        .args(["serve", "--stdio", "--json", "--listen", "--wav"])
-        .arg(&q)
-        .args(["--whisper"])
-        .arg(whisper_path("whisper-tiny.en"))
-        .args(["-m"])
-        .arg(model_path())
-        .args(["--temp", "0", "-t", "2", "-n", "24"])
-        .env("FERRITE_HOME", home.path())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"q\": \"Name a color.\"}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let stt = whisper_path("whisper-tiny.en");
+    let out = crate::common::ferrite_with_input(
+        home.path(),
+        &[
+            "serve",
+            "--stdio",
+            "--json",
+            "--listen",
+            "--wav",
+            q.to_str().unwrap(),
+            "--whisper",
+            stt.to_str().unwrap(),
+            "-m",
+            model_path().to_str().unwrap(),
+            "--temp",
+            "0",
+            "-t",
+            "2",
+            "-n",
+            "24",
+        ],
+        b"{\"q\": \"Name a color.\"}\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -62,6 +62,23 @@ pub fn ferrite(home: &Path, args: &[&str]) -> std::process::Output {
         .expect("run ferrite")
 }
 
+/// Run `ferrite ARGS` (a `serve --stdio` or `listen`) with `input` written to
+/// its stdin, which then closes; returns the finished process.
+pub fn ferrite_with_input(home: &Path, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(ferrite_bin())
+        .args(args)
+        .env("FERRITE_HOME", home)
+        .env_remove("FERRITE_LOG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ferrite");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Deterministic pseudo-random f32s in [-scale, scale].
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
