@@ -342,9 +342,11 @@ impl Out {
         if self.f16 && v.dtype == Ct2Type::F16 {
             return put(&ct2.bytes(v)[a * 2..b * 2]);
         }
-        let vals = ct2.f32s(&self.src).map_err(std::io::Error::other)?;
+        let vals = ct2
+            .f32s_range(&self.src, a..b)
+            .map_err(std::io::Error::other)?;
         let mut buf = Vec::with_capacity(n * 4);
-        for &x in &vals[a..b] {
+        for &x in &vals {
             if self.f16 {
                 buf.extend_from_slice(&half::f16::from_f32(x).to_le_bytes());
             } else {
@@ -355,100 +357,180 @@ impl Out {
     }
 }
 
-/// Every tensor whisper.cpp loads, with where it comes from.
-fn plan(ct2: &Ct2Model, hp: &Hparams) -> Result<Vec<Out>, SpeechError> {
-    let d = hp.n_audio_state as usize;
-    let mut outs = Vec::new();
-    let mut whole = |name: &str, src: &str, f16: bool| -> Result<(), SpeechError> {
-        let v = ct2.get(src)?;
-        if matches!(v.dtype, Ct2Type::I8 | Ct2Type::I16 | Ct2Type::I32) {
+/// A whole variable as one tensor.
+fn whole(
+    outs: &mut Vec<Out>,
+    ct2: &Ct2Model,
+    name: &str,
+    src: &str,
+    f16: bool,
+) -> Result<(), SpeechError> {
+    let v = ct2.float(src)?;
+    outs.push(Out {
+        name: name.into(),
+        src: src.into(),
+        row_start: 0,
+        dims: v.dims.clone(),
+        f16,
+    });
+    Ok(())
+}
+
+/// A linear layer: its weight (f16) and bias (f32).
+fn linear(outs: &mut Vec<Out>, ct2: &Ct2Model, to: &str, from: &str) -> Result<(), SpeechError> {
+    whole(
+        outs,
+        ct2,
+        &format!("{to}.weight"),
+        &format!("{from}/weight"),
+        true,
+    )?;
+    whole(
+        outs,
+        ct2,
+        &format!("{to}.bias"),
+        &format!("{from}/bias"),
+        false,
+    )
+}
+
+/// A layer norm: gamma and beta as whisper.cpp's weight and bias (f32).
+fn norm(outs: &mut Vec<Out>, ct2: &Ct2Model, to: &str, from: &str) -> Result<(), SpeechError> {
+    whole(
+        outs,
+        ct2,
+        &format!("{to}.weight"),
+        &format!("{from}/gamma"),
+        false,
+    )?;
+    whole(
+        outs,
+        ct2,
+        &format!("{to}.bias"),
+        &format!("{from}/beta"),
+        false,
+    )
+}
+
+/// A fused projection `src`, split by rows into `parts` of `d` rows each;
+/// a part without bias must have a zero one in the source.
+fn split(
+    outs: &mut Vec<Out>,
+    ct2: &Ct2Model,
+    d: usize,
+    prefix: &str,
+    src: &str,
+    parts: &[(&str, bool)],
+) -> Result<(), SpeechError> {
+    let w = format!("{src}/weight");
+    let b = format!("{src}/bias");
+    let v = ct2.float(&w)?;
+    if v.dims != [parts.len() * d, d] {
+        return Err(bad(
+            ct2,
+            format!(
+                "`{w}` has shape {:?}, expected [{}, {d}]",
+                v.dims,
+                parts.len() * d
+            ),
+        ));
+    }
+    let bias = ct2.f32s(&b)?;
+    for (k, (part, has_bias)) in parts.iter().enumerate() {
+        outs.push(Out {
+            name: format!("{prefix}.{part}.weight"),
+            src: w.clone(),
+            row_start: k * d,
+            dims: vec![d, d],
+            f16: true,
+        });
+        if *has_bias {
+            outs.push(Out {
+                name: format!("{prefix}.{part}.bias"),
+                src: b.clone(),
+                row_start: k * d,
+                dims: vec![d],
+                f16: false,
+            });
+        } else if bias[k * d..(k + 1) * d].iter().any(|x| *x != 0.0) {
             return Err(bad(
                 ct2,
-                format!(
-                    "`{src}` is {:?}: only float16/float32 models convert (int8-quantized CTranslate2 models do not)",
-                    v.dtype
-                ),
+                format!("`{b}` has a non-zero {part} bias, which whisper.cpp cannot hold"),
             ));
         }
-        outs.push(Out {
-            name: name.into(),
-            src: src.into(),
-            row_start: 0,
-            dims: v.dims.clone(),
-            f16,
-        });
-        Ok(())
-    };
+    }
+    Ok(())
+}
+
+/// Every tensor whisper.cpp loads, with where it comes from. The order is
+/// the file's order, which the pinned sha256s depend on.
+fn plan(ct2: &Ct2Model, hp: &Hparams) -> Result<Vec<Out>, SpeechError> {
+    let d = hp.n_audio_state as usize;
+    let o = &mut Vec::new();
+    let pos = "position_encodings/encodings";
     whole(
+        o,
+        ct2,
         "encoder.positional_embedding",
-        "encoder/position_encodings/encodings",
+        &format!("encoder/{pos}"),
         false,
     )?;
-    whole("encoder.conv1.weight", "encoder/conv1/weight", true)?;
-    whole("encoder.conv2.weight", "encoder/conv2/weight", true)?;
-    whole("encoder.ln_post.weight", "encoder/layer_norm/gamma", false)?;
-    whole("encoder.ln_post.bias", "encoder/layer_norm/beta", false)?;
+    whole(o, ct2, "encoder.conv1.weight", "encoder/conv1/weight", true)?;
+    whole(o, ct2, "encoder.conv2.weight", "encoder/conv2/weight", true)?;
+    norm(o, ct2, "encoder.ln_post", "encoder/layer_norm")?;
     whole(
+        o,
+        ct2,
         "decoder.positional_embedding",
-        "decoder/position_encodings/encodings",
+        &format!("decoder/{pos}"),
         false,
     )?;
     whole(
+        o,
+        ct2,
         "decoder.token_embedding.weight",
         "decoder/embeddings/weight",
         true,
     )?;
-    whole("decoder.ln.weight", "decoder/layer_norm/gamma", false)?;
-    whole("decoder.ln.bias", "decoder/layer_norm/beta", false)?;
-    for (stack, n_layer) in [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)] {
+    norm(o, ct2, "decoder.ln", "decoder/layer_norm")?;
+    let stacks = [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)];
+    for (stack, n_layer) in stacks {
         for i in 0..n_layer {
-            let p = format!("{stack}/layer_{i}");
-            let q = format!("{stack}.blocks.{i}");
-            let mut norm = |to: &str, from: &str| -> Result<(), SpeechError> {
-                whole(
-                    &format!("{q}.{to}.weight"),
-                    &format!("{p}/{from}/gamma"),
-                    false,
-                )?;
-                whole(
-                    &format!("{q}.{to}.bias"),
-                    &format!("{p}/{from}/beta"),
-                    false,
-                )
-            };
-            norm("attn_ln", "self_attention/layer_norm")?;
-            norm("mlp_ln", "ffn/layer_norm")?;
-            if stack == "decoder" {
-                norm("cross_attn_ln", "attention/layer_norm")?;
-            }
-            for (to, from) in [("mlp.0", "ffn/linear_0"), ("mlp.2", "ffn/linear_1")] {
-                whole(
-                    &format!("{q}.{to}.weight"),
-                    &format!("{p}/{from}/weight"),
-                    true,
-                )?;
-                whole(
-                    &format!("{q}.{to}.bias"),
-                    &format!("{p}/{from}/bias"),
-                    false,
-                )?;
-            }
-            whole(
-                &format!("{q}.attn.out.weight"),
-                &format!("{p}/self_attention/linear_1/weight"),
-                true,
+            let (p, q) = (format!("{stack}/layer_{i}"), format!("{stack}.blocks.{i}"));
+            norm(
+                o,
+                ct2,
+                &format!("{q}.attn_ln"),
+                &format!("{p}/self_attention/layer_norm"),
             )?;
-            whole(
-                &format!("{q}.attn.out.bias"),
-                &format!("{p}/self_attention/linear_1/bias"),
-                false,
+            norm(
+                o,
+                ct2,
+                &format!("{q}.mlp_ln"),
+                &format!("{p}/ffn/layer_norm"),
+            )?;
+            if stack == "decoder" {
+                norm(
+                    o,
+                    ct2,
+                    &format!("{q}.cross_attn_ln"),
+                    &format!("{p}/attention/layer_norm"),
+                )?;
+            }
+            linear(o, ct2, &format!("{q}.mlp.0"), &format!("{p}/ffn/linear_0"))?;
+            linear(o, ct2, &format!("{q}.mlp.2"), &format!("{p}/ffn/linear_1"))?;
+            linear(
+                o,
+                ct2,
+                &format!("{q}.attn.out"),
+                &format!("{p}/self_attention/linear_1"),
             )?;
         }
     }
     // The conv biases are [d] in CTranslate2 and [d, 1] in whisper.cpp.
     for conv in ["conv1", "conv2"] {
-        ct2.get(&format!("encoder/{conv}/bias"))?;
-        outs.push(Out {
+        ct2.float(&format!("encoder/{conv}/bias"))?;
+        o.push(Out {
             name: format!("encoder.{conv}.bias"),
             src: format!("encoder/{conv}/bias"),
             row_start: 0,
@@ -456,104 +538,46 @@ fn plan(ct2: &Ct2Model, hp: &Hparams) -> Result<Vec<Out>, SpeechError> {
             f16: false,
         });
     }
-    // Fused projections, split by rows.
-    let split = |outs: &mut Vec<Out>,
-                 prefix: &str,
-                 src: &str,
-                 parts: &[(&str, bool)]|
-     -> Result<(), SpeechError> {
-        let w = format!("{src}/weight");
-        let b = format!("{src}/bias");
-        let v = ct2.get(&w)?;
-        if v.dims != [parts.len() * d, d] {
-            return Err(bad(
-                ct2,
-                format!(
-                    "`{w}` has shape {:?}, expected [{}, {d}]",
-                    v.dims,
-                    parts.len() * d
-                ),
-            ));
-        }
-        let bias = ct2.f32s(&b)?;
-        for (k, (part, has_bias)) in parts.iter().enumerate() {
-            outs.push(Out {
-                name: format!("{prefix}.{part}.weight"),
-                src: w.clone(),
-                row_start: k * d,
-                dims: vec![d, d],
-                f16: true,
-            });
-            if *has_bias {
-                outs.push(Out {
-                    name: format!("{prefix}.{part}.bias"),
-                    src: b.clone(),
-                    row_start: k * d,
-                    dims: vec![d],
-                    f16: false,
-                });
-            } else if bias[k * d..(k + 1) * d].iter().any(|x| *x != 0.0) {
-                return Err(bad(
-                    ct2,
-                    format!("`{b}` has a non-zero {part} bias, which whisper.cpp cannot hold"),
-                ));
-            }
-        }
-        Ok(())
-    };
-    for (stack, n_layer) in [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)] {
+    for (stack, n_layer) in stacks {
         for i in 0..n_layer {
-            let p = format!("{stack}/layer_{i}");
-            let q = format!("{stack}.blocks.{i}");
+            let (p, q) = (format!("{stack}/layer_{i}"), format!("{stack}.blocks.{i}"));
+            let qkv = [("query", true), ("key", false), ("value", true)];
             split(
-                &mut outs,
+                o,
+                ct2,
+                d,
                 &format!("{q}.attn"),
                 &format!("{p}/self_attention/linear_0"),
-                &[("query", true), ("key", false), ("value", true)],
+                &qkv,
             )?;
             if stack == "decoder" {
+                let cross = format!("{q}.cross_attn");
                 split(
-                    &mut outs,
-                    &format!("{q}.cross_attn"),
-                    &format!("{p}/attention/linear_0"),
-                    &[("query", true)],
-                )?;
-                split(
-                    &mut outs,
-                    &format!("{q}.cross_attn"),
-                    &format!("{p}/attention/linear_1"),
-                    &[("key", false), ("value", true)],
-                )?;
-                whole_into(
-                    &mut outs,
+                    o,
                     ct2,
-                    &format!("{q}.cross_attn.out"),
+                    d,
+                    &cross,
+                    &format!("{p}/attention/linear_0"),
+                    &qkv[..1],
+                )?;
+                split(
+                    o,
+                    ct2,
+                    d,
+                    &cross,
+                    &format!("{p}/attention/linear_1"),
+                    &qkv[1..],
+                )?;
+                linear(
+                    o,
+                    ct2,
+                    &format!("{cross}.out"),
                     &format!("{p}/attention/linear_2"),
                 )?;
             }
         }
     }
-    Ok(outs)
-}
-
-fn whole_into(
-    outs: &mut Vec<Out>,
-    ct2: &Ct2Model,
-    to: &str,
-    from: &str,
-) -> Result<(), SpeechError> {
-    for (suffix, f16) in [("weight", true), ("bias", false)] {
-        let src = format!("{from}/{suffix}");
-        let v = ct2.get(&src)?;
-        outs.push(Out {
-            name: format!("{to}.{suffix}"),
-            src,
-            row_start: 0,
-            dims: v.dims.clone(),
-            f16,
-        });
-    }
-    Ok(())
+    Ok(std::mem::take(o))
 }
 
 #[cfg(test)]

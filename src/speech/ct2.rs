@@ -216,10 +216,37 @@ impl Ct2Model {
         &self.map[v.offset..v.offset + v.nbytes]
     }
 
+    /// A floating-point variable (f32, f16 or bf16); integer ones are the
+    /// weights of int8-quantized models, which do not convert.
+    pub fn float(&self, name: &str) -> Result<&Variable, SpeechError> {
+        let v = self.get(name)?;
+        match v.dtype {
+            Ct2Type::F32 | Ct2Type::F16 | Ct2Type::Bf16 => Ok(v),
+            other => Err(SpeechError::Ct2 {
+                path: self.path.clone(),
+                msg: format!(
+                    "variable `{name}` is {other:?}: only float16/float32 models convert \
+                     (int8-quantized CTranslate2 models do not)"
+                ),
+            }),
+        }
+    }
+
     /// A variable's values as f32 (from f32, f16 or bf16).
     pub fn f32s(&self, name: &str) -> Result<Vec<f32>, SpeechError> {
-        let v = self.get(name)?;
-        let b = self.bytes(v);
+        let n = self.get(name)?.numel();
+        self.f32s_range(name, 0..n)
+    }
+
+    /// Elements `range` (row-major) of a variable as f32.
+    pub fn f32s_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<f32>, SpeechError> {
+        let v = self.float(name)?;
+        let size = v.dtype.size();
+        let b = &self.bytes(v)[range.start * size..range.end * size];
         Ok(match v.dtype {
             Ct2Type::F32 => b
                 .chunks_exact(4)
@@ -229,19 +256,10 @@ impl Ct2Model {
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            Ct2Type::Bf16 => b
+            _ => b
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            other => {
-                return Err(SpeechError::Ct2 {
-                    path: self.path.clone(),
-                    msg: format!(
-                        "variable `{name}` is {other:?}: only float16/float32 models convert \
-                         (int8-quantized CTranslate2 models do not)"
-                    ),
-                })
-            }
         })
     }
 
