@@ -627,8 +627,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let wav = ferrite::speech::wav::read(&file)?;
             let pcm = wav.to_pcm16k();
             let stt = ctx.transcriber(&speech)?;
+            let audio_s = pcm.seconds();
             let pieces = if no_vad {
-                vec![pcm.clone()]
+                vec![pcm]
             } else {
                 ferrite::speech::Vad::split(speech.vad(), &pcm)
             };
@@ -644,11 +645,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", texts.join(" "));
             if stats {
                 eprintln!(
-                    "audio {:.2} s | {} utterance(s) | compute {:.2} s | real-time factor {:.3}",
-                    pcm.seconds(),
+                    "audio {audio_s:.2} s | {} utterance(s) | compute {compute:.2} s | real-time factor {:.3}",
                     pieces.len(),
-                    compute,
-                    compute / pcm.seconds().max(1e-9)
+                    compute / audio_s.max(1e-9)
                 );
             }
         }
@@ -801,8 +800,9 @@ fn serve_cmd(ctx: &Ctx, a: ServeArgs, listen: bool) -> anyhow::Result<()> {
     }
     // `listen` talks to the terminal unless a port is named.
     let stdio = a.stdio
-        || (listen && a.port.is_none() && !a.ear.wav.is_empty())
-        || (listen && a.port.is_none() && ctx.board.serial_port.is_none());
+        || (listen
+            && a.port.is_none()
+            && (!a.ear.wav.is_empty() || ctx.board.serial_port.is_none()));
     let opts = assistant::ServeOptions {
         lora: a.lora,
         model: a.model.model.clone().or(ctx.board.default_model.clone()),
@@ -816,7 +816,7 @@ fn serve_cmd(ctx: &Ctx, a: ServeArgs, listen: bool) -> anyhow::Result<()> {
         board: ctx.board.clone(),
         sys_root: assistant::default_sys_root(),
     };
-    let mut led_stop = None;
+    let mut led = None;
     let ear = if listen {
         let e = &a.ear;
         let stt = ctx.transcriber(&e.speech)?;
@@ -844,10 +844,10 @@ fn serve_cmd(ctx: &Ctx, a: ServeArgs, listen: bool) -> anyhow::Result<()> {
         let status = hw::StatusCell::default();
         if let Some(pin) = e.led_pin.or(ctx.board.led_pin) {
             match hw::led(pin) {
-                Ok(led) => {
+                Ok(pin) => {
                     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    hw::spawn_led(led, status.clone(), stop.clone());
-                    led_stop = Some(stop);
+                    let thread = hw::spawn_led(pin, status.clone(), stop.clone());
+                    led = Some((stop, thread));
                 }
                 Err(err) if e.led_pin.is_none() => {
                     tracing::warn!(error = %err, "no status LED")
@@ -880,8 +880,10 @@ fn serve_cmd(ctx: &Ctx, a: ServeArgs, listen: bool) -> anyhow::Result<()> {
         });
         assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut serial, ear.as_ref())
     };
-    if let Some(stop) = led_stop {
+    // Leave the LED off, not in whatever state it was in.
+    if let Some((stop, thread)) = led {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
     }
     Ok(result?)
 }
@@ -999,7 +1001,9 @@ fn models_cmd(ctx: &Ctx, cmd: ModelsCmd) -> anyhow::Result<()> {
                 if json {
                     println!(
                         "{}",
-                        serde_json::json!({ "path": path, "whisper": format!("{hp:?}") })
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({ "path": path, "whisper": hp })
+                        )?
                     );
                 } else {
                     println!("path:           {}", path.display());

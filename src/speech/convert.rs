@@ -24,7 +24,7 @@ const N_FFT_BINS: usize = 201; // n_fft 400 / 2 + 1
 const SAMPLE_RATE: f64 = 16_000.0;
 
 /// Hyper-parameters in file order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Hparams {
     pub n_vocab: i32,
     pub n_audio_ctx: i32,

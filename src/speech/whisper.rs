@@ -236,11 +236,16 @@ impl Transcriber {
         p.set_suppress_blank(true);
         p.set_suppress_nst(true);
         p.set_no_context(true);
-        // whisper needs at least one second; pad short clips with silence.
-        let mut audio = pcm.0.clone();
-        if audio.len() < super::SAMPLE_RATE as usize + 1600 {
-            audio.resize(super::SAMPLE_RATE as usize + 1600, 0.0);
-        }
+        // whisper needs at least one second; pad short clips with silence
+        // (a copy only then).
+        let min_len = super::SAMPLE_RATE as usize + 1600;
+        let audio: std::borrow::Cow<[f32]> = if pcm.0.len() < min_len {
+            let mut a = pcm.0.clone();
+            a.resize(min_len, 0.0);
+            a.into()
+        } else {
+            pcm.0.as_slice().into()
+        };
         state
             .full(p, &audio)
             .map_err(|e| SpeechError::Whisper(format!("transcription failed: {e}")))?;
