@@ -15,9 +15,9 @@ case "${1:-}" in build|test) cmd="$1"; shift ;; esac
 here="$(cd "$(dirname "$0")" && pwd)"
 profile="$here/$board.toml"
 [ -f "$profile" ] || { echo "no profile $profile" >&2; exit 2; }
-field() { sed -n "s/^$1 *= *\"\(.*\)\"/\1/p" "$profile" | head -1; }
-target="$(field target)"
-arch="$(field arm_arch)"
+. "$here/profile.sh"
+target="$(profile_field "$profile" target)"
+arch="$(profile_field "$profile" arm_arch)"
 # The board's own ggml (GGML_CPU_ARM_ARCH from the profile), which llama.cpp and
 # whisper.cpp both link; --features cuda adds ggml's CUDA backend.
 cuda=""

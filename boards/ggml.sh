@@ -40,9 +40,9 @@ if [ "$name" = host ]; then
 else
   profile="$root/boards/$name.toml"
   [ -f "$profile" ] || { echo "ggml.sh: no profile $profile" >&2; exit 2; }
-  field() { sed -n "s/^$1 *= *\"\(.*\)\"/\1/p" "$profile" | head -1; }
-  target="$(field target)"
-  arch="$(field arm_arch)"
+  . "$root/boards/profile.sh"
+  target="$(profile_field "$profile" target)"
+  arch="$(profile_field "$profile" arm_arch)"
   case "$target" in
     aarch64-unknown-linux-gnu) cc=aarch64-linux-gnu; proc=aarch64 ;;
     armv7-unknown-linux-gnueabihf) cc=arm-linux-gnueabihf; proc=armv7 ;;
