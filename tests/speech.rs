@@ -476,10 +476,9 @@ fn ct2_folder(name: &str, pkgs: &[&str], members: &[&str], vocab: &str) -> PathB
     dir
 }
 
-/// Every tensor of a whisper.cpp file as f32 values and its shape
-/// (outermost first), read independently of the converter.
-fn read_ggml(path: &Path) -> std::collections::HashMap<String, (Vec<f32>, Vec<usize>)> {
-    let b = std::fs::read(path).unwrap();
+/// Where the tensors of a whisper.cpp file start: after the magic, the
+/// hyper-parameters, the mel filters and the vocabulary.
+fn ggml_tensors_start(b: &[u8]) -> usize {
     let mut pos = 0;
     let i32_at = |pos: &mut usize| {
         let v = i32::from_le_bytes(b[*pos..*pos + 4].try_into().unwrap());
@@ -496,6 +495,19 @@ fn read_ggml(path: &Path) -> std::collections::HashMap<String, (Vec<f32>, Vec<us
         let l = i32_at(&mut pos) as usize;
         pos += l;
     }
+    pos
+}
+
+/// Every tensor of a whisper.cpp file as f32 values and its shape
+/// (outermost first), read independently of the converter.
+fn read_ggml(path: &Path) -> std::collections::HashMap<String, (Vec<f32>, Vec<usize>)> {
+    let b = std::fs::read(path).unwrap();
+    let mut pos = ggml_tensors_start(&b);
+    let i32_at = |pos: &mut usize| {
+        let v = i32::from_le_bytes(b[*pos..*pos + 4].try_into().unwrap());
+        *pos += 4;
+        v
+    };
     let mut out = std::collections::HashMap::new();
     while pos < b.len() {
         let (n_dims, name_len, ttype) = (i32_at(&mut pos), i32_at(&mut pos), i32_at(&mut pos));
@@ -592,6 +604,19 @@ fn bad_audio_and_model_files_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("truncated"), "{err}");
+    // A tensor whose shape overflows a 64-bit size (4 x 2^16 x 2^16 x 2^16 x
+    // 2^14 bytes wraps to 0) is caught before whisper.cpp sees it.
+    let mut huge = m[..ggml_tensors_start(&m)].to_vec();
+    for v in [4i32, 4, 0, 1 << 16, 1 << 16, 1 << 16, 1 << 14] {
+        huge.extend_from_slice(&v.to_le_bytes());
+    }
+    huge.extend_from_slice(b"huge");
+    let huge_model = scratch("bad-huge-ggml.bin");
+    std::fs::write(&huge_model, &huge).unwrap();
+    let out = transcribe_cli(&good, Some(&huge_model));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("tensor `huge` runs past the end"), "{err}");
 }
 
 /// ALSA, loaded at run time, opens its `null` capture device and reads

@@ -161,9 +161,15 @@ pub fn check_model(path: &Path) -> Result<Hparams, SpeechError> {
         }
         let mut name = vec![0u8; name_len as usize];
         r.read_exact(&mut name).map_err(|_| cut("a tensor name"))?;
-        let numel: u64 = dims.iter().map(|d| *d as u64).product();
-        let bytes = numel * if ttype == 0 { 4 } else { 2 };
-        let end = r.stream_position().map_err(io)? + bytes;
+        // Checked: four dimensions up to 2^31 overflow u64, and a wrapped
+        // size would pass the bounds check below.
+        let bytes = dims
+            .iter()
+            .try_fold(if ttype == 0 { 4u64 } else { 2 }, |a, d| {
+                a.checked_mul(*d as u64)
+            });
+        let here = r.stream_position().map_err(io)?;
+        let end = bytes.and_then(|b| here.checked_add(b)).unwrap_or(u64::MAX);
         if end > len {
             return Err(cut(&format!("tensor `{}`", String::from_utf8_lossy(&name))));
         }
