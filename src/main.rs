@@ -748,7 +748,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "cpu"
                     }
                 );
-                println!("# neon (compile target): {}", cfg!(target_feature = "neon"));
+                // ggml's kernels are what matter (the next line); this is
+                // only the Rust side, which armv7's target leaves without NEON.
+                println!(
+                    "# rust code: {} with NEON {}",
+                    std::env::consts::ARCH,
+                    if cfg!(target_feature = "neon") {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                );
                 println!("# ggml: {}", llm::system_info()?);
                 let gpus = llm::gpu_devices()?;
                 if gpus.is_empty() {

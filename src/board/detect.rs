@@ -1,8 +1,10 @@
 //! Which profile fits the machine we run on: the device tree's model string
 //! (`/proc/device-tree/model`, NUL-terminated) names Raspberry Pis and
 //! Jetsons; `/etc/nv_tegra_release` marks a Jetson whose model string is
-//! unhelpful. Everything else is `host`. Reads from a root so tests can use a
-//! fake tree.
+//! unhelpful. Everything else is `host`. A 32-bit build (32-bit Raspberry Pi
+//! OS) runs the `rpi-armv7` profile on any Pi, since the 64-bit profiles'
+//! kernels and budgets do not apply to it. Reads from a root so tests can use
+//! a fake tree.
 
 use std::path::Path;
 
@@ -14,6 +16,11 @@ pub struct Detected {
 }
 
 pub fn detect(root: &Path) -> Detected {
+    detect_for(root, cfg!(target_pointer_width = "32"))
+}
+
+/// `detect` for a binary that is (`is_32bit`) or is not a 32-bit build.
+fn detect_for(root: &Path, is_32bit: bool) -> Detected {
     let model = std::fs::read(root.join("proc/device-tree/model"))
         .ok()
         .map(|b| {
@@ -25,7 +32,9 @@ pub fn detect(root: &Path) -> Detected {
         .filter(|s| !s.is_empty());
     let tegra = root.join("etc/nv_tegra_release").exists();
     let m = model.as_deref().unwrap_or("").to_ascii_lowercase();
-    let profile = if m.contains("raspberry pi 5") {
+    let profile = if is_32bit && m.contains("raspberry pi") {
+        "rpi-armv7"
+    } else if m.contains("raspberry pi 5") {
         "rpi5"
     } else if m.contains("raspberry pi 4") || m.contains("compute module 4") {
         "rpi4"
@@ -83,7 +92,22 @@ mod tests {
             (None, false, "host"),
         ] {
             let d = tree(model, tegra);
-            assert_eq!(detect(d.path()).profile, want, "{model:?}");
+            assert_eq!(detect_for(d.path(), false).profile, want, "{model:?}");
         }
+    }
+
+    #[test]
+    fn a_32bit_build_on_any_pi_is_rpi_armv7() {
+        for model in [
+            &b"Raspberry Pi 3 Model B Plus Rev 1.3\0"[..],
+            b"Raspberry Pi 4 Model B Rev 1.4\0",
+            b"Raspberry Pi Zero 2 W Rev 1.0\0",
+        ] {
+            let d = tree(Some(model), false);
+            assert_eq!(detect_for(d.path(), true).profile, "rpi-armv7");
+        }
+        // Not a Pi: still the host profile.
+        let d = tree(None, false);
+        assert_eq!(detect_for(d.path(), true).profile, "host");
     }
 }

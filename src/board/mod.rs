@@ -28,6 +28,7 @@ const BUILTIN: &[(&str, &str)] = &[
     ("rpi4", include_str!("../../boards/rpi4.toml")),
     ("rpi5", include_str!("../../boards/rpi5.toml")),
     ("rpi-zero2w", include_str!("../../boards/rpi-zero2w.toml")),
+    ("rpi-armv7", include_str!("../../boards/rpi-armv7.toml")),
     (
         "jetson-orin-nano",
         include_str!("../../boards/jetson-orin-nano.toml"),
