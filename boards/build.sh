@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build ferrite for a board profile: the profile's target triple, and a ggml
-# built for the board's cores (boards/ggml.sh: GGML_CPU_ARM_ARCH from the
+# built for the board's cores (boards/ggml.sh, GGML_CPU_ARM_ARCH from the
 # profile, so dotprod/fp16/i8mm on a Pi 5 or Orin; plain armv8-a on a Pi 4).
 # Each board gets its own target dir and ggml, since the flags differ.
 # Usage: boards/build.sh BOARD [build|test] [cargo args...]
@@ -19,12 +19,9 @@ profile="$here/$board.toml"
 target="$(profile_field "$profile" target)"
 arch="$(profile_field "$profile" arm_arch)"
 # The board's own ggml (GGML_CPU_ARM_ARCH from the profile), which llama.cpp and
-# whisper.cpp both link; --features cuda adds ggml's CUDA backend.
-cuda=""
-case " $* " in *cuda*) cuda=--cuda ;; esac
-bash "$here/ggml.sh" "$board" $cuda
-root="$(cd "$here/.." && pwd)"
-export CMAKE_PREFIX_PATH="$root/target/ggml/$board"
+# whisper.cpp both link: boards/ggml/hook.cmake builds it from inside cargo's
+# build (with ggml's CUDA backend under --features cuda) for the board named here.
+export FERRITE_GGML_BOARD="$board"
 # Building on the board itself (a Pi or Jetson): .cargo/config.toml's cross
 # linker, qemu runner and bindgen sysroot are for x86 hosts; use the native ones.
 case "$(uname -m):$target" in

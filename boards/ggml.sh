@@ -11,19 +11,26 @@
 #   BOARD  a boards/BOARD.toml profile: its target triple, cross compilers
 #          (aarch64-linux-gnu-gcc, ...) and GGML_CPU_ARM_ARCH (arm_arch).
 #   --cuda also build ggml's CUDA backend (Jetson, NVIDIA hosts).
-# Installs into target/ggml/NAME (headers, static libs, ggml's cmake package),
-# which is what .cargo/config.toml's CMAKE_PREFIX_PATH names for host builds and
-# boards/build.sh names for board builds. Quiet and quick when up to date.
+# Installs into target/ggml/NAME (NAME-cuda with --cuda): headers, static libs
+# and ggml's cmake package. cargo runs this itself: boards/ggml/hook.cmake
+# calls it from inside llama.cpp's and whisper.cpp's cmake builds, for the
+# target being built, and points find_package(ggml) at the result. By hand it
+# is only needed for the bench tools (benches/build-*-tools.sh). Quiet and quick
+# when up to date. FERRITE_GGML_SOURCE names the ggml source (the hook passes
+# it); without it, cargo metadata finds llama-cpp-sys-2's.
 set -euo pipefail
 name="${1:-host}"
 cuda=OFF
 [ "${2:-}" = "--cuda" ] && cuda=ON
 root="$(cd "$(dirname "$0")/.." && pwd)"
-prefix="$root/target/ggml/$name"
-build="$root/target/ggml/build-$name"
+suffix=""
+[ "$cuda" = ON ] && suffix=-cuda
+prefix="$root/target/ggml/$name$suffix"
+build="$root/target/ggml/build-$name$suffix"
 
 # llama-cpp-sys-2's vendored source, wherever cargo unpacked it.
-src="$(cd "$root" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
+src="${FERRITE_GGML_SOURCE:-}"
+[ -n "$src" ] || src="$(cd "$root" && cargo metadata --format-version 1 2>/dev/null | python3 -c '
 import json, sys, os
 for p in json.load(sys.stdin)["packages"]:
     if p["name"] == "llama-cpp-sys-2":
@@ -62,13 +69,13 @@ stamp="$(printf '%s\n' "$src" "${args[@]}" | sha256sum | cut -c1-16)"
 if [ -f "$prefix/.stamp" ] && [ "$(cat "$prefix/.stamp")" = "$stamp" ]; then
   exit 0
 fi
-echo "building ggml for $name ($src)" >&2
+echo "building ggml for $name$suffix ($src)" >&2
 rm -rf "$build" "$prefix"
 mkdir -p "$root/target/ggml"
-cmake -S "$root/boards/ggml" -B "$build" -DGGML_SOURCE_DIR="$src" "${args[@]}" >"$root/target/ggml/cmake-$name.log" 2>&1 \
-  || { tail -30 "$root/target/ggml/cmake-$name.log" >&2; exit 1; }
-cmake --build "$build" --config Release -j "$(nproc)" >>"$root/target/ggml/cmake-$name.log" 2>&1 \
-  || { tail -30 "$root/target/ggml/cmake-$name.log" >&2; exit 1; }
-cmake --install "$build" >>"$root/target/ggml/cmake-$name.log" 2>&1
+cmake -S "$root/boards/ggml" -B "$build" -DGGML_SOURCE_DIR="$src" "${args[@]}" >"$root/target/ggml/cmake-$name$suffix.log" 2>&1 \
+  || { tail -30 "$root/target/ggml/cmake-$name$suffix.log" >&2; exit 1; }
+cmake --build "$build" --config Release -j "$(nproc)" >>"$root/target/ggml/cmake-$name$suffix.log" 2>&1 \
+  || { tail -30 "$root/target/ggml/cmake-$name$suffix.log" >&2; exit 1; }
+cmake --install "$build" >>"$root/target/ggml/cmake-$name$suffix.log" 2>&1
 echo "$stamp" >"$prefix/.stamp"
-echo "ggml for $name installed in $prefix" >&2
+echo "ggml for $name$suffix installed in $prefix" >&2
