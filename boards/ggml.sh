@@ -6,11 +6,22 @@
 # is the ggml that llama-cpp-sys-2 vendors, so llama.cpp runs on exactly the ggml
 # it was released with; whisper.cpp compiles against it unchanged.
 #
-# Usage: boards/ggml.sh [host|BOARD] [--cuda]
-#   host   (default) this machine, -march=native: AVX2/AVX-512 on x86 hosts.
+# Usage: boards/ggml.sh [host|native|BOARD] [--cuda]
+#   host   (default) a portable build for this architecture, as llama.cpp's
+#          own CMake builds one (GGML_NATIVE=OFF): on x86_64 the AVX, AVX2,
+#          FMA, F16C and BMI2 kernels (x86-64-v3), so a binary built on one
+#          machine runs on any AVX2 machine and computes the same numbers
+#          there, whatever the build machine's CPU had (AVX-512 or not).
+#   native this machine's every instruction (-march=native, GGML_NATIVE=ON):
+#          faster prompt processing for Q4_K models on AVX-512 hosts
+#          (benches/README.md), but the binary needs this CPU, and greedy
+#          answers can differ from the portable build's in near-ties.
 #   BOARD  a boards/BOARD.toml profile: its target triple, cross compilers
 #          (aarch64-linux-gnu-gcc, ...) and GGML_CPU_ARM_ARCH (arm_arch).
 #   --cuda also build ggml's CUDA backend (Jetson, NVIDIA hosts).
+# Every build turns on llamafile's tinyBLAS matrix kernels (GGML_LLAMAFILE),
+# as llama.cpp's own CMake does: ggml built on its own leaves them off, which
+# measured 0.81-0.89x llama.cpp's prompt speed on Q5_0/Q8_0 tensors.
 # Installs into target/ggml/NAME (NAME-cuda with --cuda): headers, static libs
 # and ggml's cmake package. cargo runs this itself: boards/ggml/hook.cmake
 # calls it from inside llama.cpp's and whisper.cpp's cmake builds, for the
@@ -41,8 +52,10 @@ for p in json.load(sys.stdin)["packages"]:
 
 args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON
       -DGGML_OPENMP=ON -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_METAL=OFF
-      -DGGML_CUDA="$cuda" -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib)
+      -DGGML_LLAMAFILE=ON -DGGML_CUDA="$cuda" -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib)
 if [ "$name" = host ]; then
+  args+=(-DGGML_NATIVE=OFF)
+elif [ "$name" = native ]; then
   args+=(-DGGML_NATIVE=ON)
 else
   profile="$root/boards/$name.toml"

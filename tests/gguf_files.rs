@@ -140,3 +140,51 @@ fn empty_directory_and_foreign_files() {
         assert!(e.contains(expect), "{e}");
     }
 }
+
+/// The child side of `common::llama_cpp_probe`: a no-op unless the probe
+/// started it.
+#[test]
+#[ignore]
+fn llama_cpp_probe_child() {
+    use llama_cpp_2::context::params::LlamaContextParams;
+    use llama_cpp_2::llama_backend::LlamaBackend;
+    use llama_cpp_2::llama_batch::LlamaBatch;
+    use llama_cpp_2::model::params::LlamaModelParams;
+    use llama_cpp_2::model::LlamaModel;
+    let Some(path) = std::env::var_os(crate::common::PROBE_ENV) else {
+        return;
+    };
+    let mut backend = LlamaBackend::init().unwrap();
+    backend.void_logs();
+    let Ok(model) = LlamaModel::load_from_file(
+        &backend,
+        std::path::Path::new(&path),
+        &LlamaModelParams::default(),
+    ) else {
+        return; // a clean refusal
+    };
+    let vocab = model.vocab();
+    let text = "Hello, world! \u{e9}t\u{e9} \u{65e5}\u{672c} \u{1F600}\t\n\x01\x7f <s> 12345";
+    let tokens = vocab.tokenize(text.as_bytes(), true, true);
+    let mut piece = Vec::new();
+    for &t in &tokens {
+        piece.clear();
+        vocab.token_to_piece_into(t, &mut piece, true, None);
+    }
+    let params = LlamaContextParams::default()
+        .with_n_ctx(std::num::NonZeroU32::new(64))
+        .with_n_batch(64)
+        .with_n_ubatch(64)
+        .with_n_threads(1)
+        .with_n_threads_batch(1);
+    let Ok(mut ctx) = model.new_context(&backend, params) else {
+        return;
+    };
+    let mut batch = LlamaBatch::new(64, 1);
+    for (i, &t) in tokens.iter().take(32).enumerate() {
+        batch.add(t, i as i32, &[0], true).unwrap();
+    }
+    if batch.n_tokens() > 0 {
+        let _ = ctx.decode(&mut batch);
+    }
+}

@@ -12,3 +12,4 @@ mod gguf_files;
 mod pull;
 mod serial;
 mod speech;
+mod vocab;

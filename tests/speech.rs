@@ -187,9 +187,7 @@ fn whisper_and_llama_run_in_one_process() {
         )
         .unwrap();
     eqnice!(SENTENCES[0], heard.text);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/");
-    let inp = std::fs::read_to_string(format!("{dir}cpu.inp")).unwrap();
-    let want = std::fs::read_to_string(format!("{dir}cpu.out")).unwrap();
+    let (inp, want) = crate::common::golden("cpu");
     let mut s = engine()
         .session(ferrite::llm::SessionOptions {
             ctx_tokens: 1024,
@@ -204,7 +202,7 @@ fn whisper_and_llama_run_in_one_process() {
     let r = s
         .ask(&inp, &p, &mut |_| std::ops::ControlFlow::Continue(()))
         .unwrap();
-    eqnice!(want, r.text);
+    crate::common::check_golden(&inp, &want, &r.text);
     // And whisper again after llama ran: same words.
     let again = tiny()
         .transcribe(&wav::read(&scratch("one-process.wav")).unwrap().to_pcm16k())

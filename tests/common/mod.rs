@@ -93,7 +93,9 @@ fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// A complete one-layer llama model (SentencePiece-style vocabulary of 32
-/// tokens, 32-wide embeddings) that llama.cpp loads in milliseconds.
+/// tokens plus the 256 byte-fallback tokens `<0x00>`..`<0xFF>` every
+/// SentencePiece vocabulary has, 32-wide embeddings) that llama.cpp loads in
+/// milliseconds.
 pub fn tiny_llama() -> GgufWriter {
     let n_embd = 32u64;
     let n_ff = 64u64;
@@ -108,6 +110,8 @@ pub fn tiny_llama() -> GgufWriter {
     }
     tokens.push("\u{2581}a".into());
     tokens.push("\u{2581}b".into());
+    let n_words = tokens.len() as u64;
+    tokens.extend((0..=255u8).map(|b| format!("<0x{b:02X}>")));
     let n_vocab = tokens.len() as u64;
     let mut w = GgufWriter::new();
     w.kv("general.architecture", Value::Str("llama".into()))
@@ -145,6 +149,7 @@ pub fn tiny_llama() -> GgufWriter {
                         Value::I32(match i {
                             0 => 2,
                             1 | 2 => 3,
+                            i if i >= n_words => 6,
                             _ => 1,
                         })
                     })
@@ -185,4 +190,115 @@ pub fn write_tiny_llama(dir: &Path) -> PathBuf {
     let p = dir.join("tiny-llama.gguf");
     tiny_llama().write(&p).unwrap();
     p
+}
+
+/// How far two builds of ggml may put the same logit apart, in logit units
+/// (natural-log odds). Measured on the golden answers (tests/golden, every
+/// position, teacher-forced): see `benches/README.md`, "Goldens across
+/// builds". The margin is the largest difference seen between any two builds
+/// (portable AVX2 x86, native AVX-512 x86, Pi 5 NEON/dotprod under qemu),
+/// times four, rounded up.
+pub const LOGIT_MARGIN: f32 = 0.5;
+
+/// A golden greedy answer, checked the way that holds on any build:
+/// 1. teacher-forced, every golden token (and the end of the turn) is within
+///    `LOGIT_MARGIN` of the most likely token: the golden is this model's
+///    greedy answer up to rounding;
+/// 2. `greedy`, the answer this build produced, equals the golden exactly as
+///    far as every golden token leads its rival by more than the margin
+///    (all of it when the golden has no near-tie): past the first near-tie,
+///    another build may rightly go another way.
+pub fn check_golden(question: &str, golden: &str, greedy: &str) {
+    use ferrite::llm::{Message, Role};
+    let scores = ferrite::llm::score_answer(
+        engine(),
+        &[Message::new(Role::User, question)],
+        golden,
+        true,
+        2,
+    )
+    .unwrap();
+    let table = || {
+        scores
+            .iter()
+            .map(|s| format!("{:>16?} lead {:+.3}", s.piece, s.lead()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let worst = scores.iter().map(|s| s.deficit()).fold(0.0, f32::max);
+    assert!(
+        worst <= LOGIT_MARGIN,
+        "the golden {golden:?} is not a greedy answer of this build: a token is {worst} below \
+         the best (margin {LOGIT_MARGIN})\n{}",
+        table()
+    );
+    match scores.iter().position(|s| s.lead() <= LOGIT_MARGIN) {
+        None => eqnice!(golden, greedy),
+        Some(k) => {
+            let stable: String = scores[..k].iter().map(|s| s.piece.as_str()).collect();
+            assert!(
+                greedy.starts_with(&stable),
+                "greedy answer {greedy:?} differs from the golden before its first near-tie \
+                 (position {k}); stable prefix {stable:?}\n{}",
+                table()
+            );
+        }
+    }
+}
+
+/// The golden questions in tests/golden (NAME.inp, NAME.out).
+pub const GOLDENS: [&str; 3] = ["cpu", "planets", "capital"];
+
+/// A golden's question and answer.
+pub fn golden(name: &str) -> (String, String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/");
+    let read = |ext: &str| std::fs::read_to_string(format!("{dir}{name}.{ext}")).unwrap();
+    (read("inp"), read("out"))
+}
+
+/// Copy the GGUF `src` to `dst` with its key/value table edited by `edit`
+/// (tensors copied byte for byte; the key order may change, which GGUF
+/// allows).
+pub fn rewrite_gguf(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut std::collections::BTreeMap<String, Value>),
+) {
+    let g = ferrite::gguf::GgufFile::open(src).unwrap();
+    let mut kv = g.metadata.clone();
+    edit(&mut kv);
+    let mut w = GgufWriter::new();
+    for (k, v) in kv {
+        w.kv(&k, v);
+    }
+    for t in &g.tensors {
+        w.tensor(&t.name, &t.dims, t.ggml_type, g.tensor_data(t).to_vec());
+    }
+    w.write(dst).unwrap();
+}
+
+/// Environment variable through which `llama_cpp_probe` hands the child its
+/// model.
+pub const PROBE_ENV: &str = "FERRITE_TEST_PROBE_MODEL";
+
+/// Run llama.cpp itself on `model`, with no ferrite check in between, in a
+/// child process (this test binary running `gguf_files::llama_cpp_probe_child`):
+/// load, tokenize a text with ASCII, Latin-1, CJK, emoji and control bytes,
+/// turn every token back into text, and decode it. Returns the child's exit
+/// status: success when llama.cpp either loaded and ran it or refused it
+/// cleanly, a signal when llama.cpp aborted.
+pub fn llama_cpp_probe(model: &Path) -> std::process::ExitStatus {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "gguf_files::llama_cpp_probe_child",
+            "--ignored",
+            "--test-threads=1",
+            "-q",
+        ])
+        .env(PROBE_ENV, model)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
 }
