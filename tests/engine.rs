@@ -32,10 +32,10 @@ fn ask(s: &mut Session<'_>, q: &str, p: &GenParams) -> Reply {
 }
 
 #[test]
-fn capital_of_france_is_paris() {
+fn capital_of_japan_is_tokyo() {
     let mut s = session(0);
-    let r = ask(&mut s, "What is the capital of France?", &greedy(64));
-    assert!(r.text.contains("Paris"), "{}", r.text);
+    let r = ask(&mut s, "What is the capital of Japan?", &greedy(64));
+    assert!(r.text.contains("Tokyo"), "{}", r.text);
     assert_eq!(r.finish, Finish::EndOfGeneration);
     let st = &r.stats;
     assert!(st.prompt_tokens > 5 && st.gen_tokens > 0);
@@ -54,16 +54,18 @@ fn golden_greedy_answers() {
     }
 }
 
-/// The answers CI compares exactly between x86 and the boards (`.ci/run`:
-/// aarch64 and armv7 under qemu) must be provably stable: every token leads
-/// its rival by more than the margin two builds can differ by.
+/// The answer CI compares exactly between x86 and the boards (`.ci/run`:
+/// the first 6 tokens of the capital golden, aarch64 and armv7 under qemu)
+/// must be provably stable: each of those tokens leads its rival by more
+/// than the margin two builds can differ by.
 #[test]
 fn cross_build_smoke_answer_has_no_near_tie() {
+    const SMOKE_TOKENS: usize = 6;
     let (inp, want) = golden("capital");
     let scores =
         ferrite::llm::score_answer(engine(), &[Message::new(Role::User, &inp)], &want, true, 2)
             .unwrap();
-    for s in &scores {
+    for s in &scores[..SMOKE_TOKENS] {
         assert!(
             s.lead() > LOGIT_MARGIN,
             "{:?} leads by only {} (margin {LOGIT_MARGIN}): {scores:#?}",
@@ -71,8 +73,13 @@ fn cross_build_smoke_answer_has_no_near_tie() {
             s.lead()
         );
     }
-    let r = ask(&mut session(0), &inp, &greedy(48));
-    eqnice!(want, r.text);
+    let smoke: String = scores[..SMOKE_TOKENS]
+        .iter()
+        .map(|s| s.piece.as_str())
+        .collect();
+    assert_eq!(smoke, "The capital of Japan is Tokyo");
+    let r = ask(&mut session(0), &inp, &greedy(SMOKE_TOKENS));
+    eqnice!(smoke, r.text);
 }
 
 /// Not a check: writes every golden's teacher-forced scores as JSON to
@@ -173,7 +180,7 @@ fn multibyte_characters_are_held_until_whole() {
 
 #[test]
 fn beam_of_one_is_greedy_and_wider_beams_answer() {
-    for q in ["Name three colors.", "What is the capital of France?"] {
+    for q in ["Name three colors.", "What is the capital of Japan?"] {
         let g = ask(&mut session(1), q, &greedy(32));
         let b = ask(
             &mut session(1),
@@ -188,13 +195,13 @@ fn beam_of_one_is_greedy_and_wider_beams_answer() {
     let mut s = session(4);
     let r = ask(
         &mut s,
-        "What is the capital of France?",
+        "What is the capital of Japan?",
         &GenParams {
             beams: 4,
             ..greedy(48)
         },
     );
-    assert!(r.text.contains("Paris"), "{}", r.text);
+    assert!(r.text.contains("Tokyo"), "{}", r.text);
     // The session goes on normally after a beam search.
     let r2 = ask(&mut s, "And of Italy?", &greedy(32));
     assert!(r2.stats.cached_tokens > 0);
@@ -204,7 +211,7 @@ fn beam_of_one_is_greedy_and_wider_beams_answer() {
 fn follow_up_turns_reuse_the_cache() {
     let mut s = session(0);
     s.set_system(Some("You are a concise assistant.".into()));
-    let r1 = ask(&mut s, "What is the capital of France?", &greedy(32));
+    let r1 = ask(&mut s, "What is the capital of Japan?", &greedy(32));
     let r2 = ask(&mut s, "What about Germany?", &greedy(32));
     assert!(
         r2.stats.cached_tokens >= r1.stats.prompt_tokens,
@@ -214,7 +221,7 @@ fn follow_up_turns_reuse_the_cache() {
     assert_eq!(s.history().len(), 4);
     s.reset();
     assert!(s.history().is_empty());
-    let r3 = ask(&mut s, "What is the capital of France?", &greedy(32));
+    let r3 = ask(&mut s, "What is the capital of Japan?", &greedy(32));
     assert_eq!(r3.stats.cached_tokens, 0);
     eqnice!(r1.text, r3.text);
 }

@@ -217,9 +217,9 @@ fn start_pair(args: &[&str]) -> (tempfile::TempDir, PtyPair, Served, Term) {
 #[test]
 fn serial_query_commands_and_line_editing() {
     let (_d, _p, mut served, mut term) = start_pair(&["-n", "48"]);
-    term.send(b"What is the capital of France?\r");
+    term.send(b"What is the capital of Japan?\r");
     let answer = term.expect("\r\n> ", T);
-    assert!(answer.contains("Paris"), "{answer}");
+    assert!(answer.contains("Tokyo"), "{answer}");
 
     term.send(b"/stats\r");
     let stats = term.expect("\r\n> ", T);
@@ -241,6 +241,18 @@ fn serial_query_commands_and_line_editing() {
     assert!(reset.contains("(conversation forgotten)"), "{reset}");
     term.send(b"/help\x08p\r");
     assert!(term.expect("\r\n> ", T).contains("/reset"));
+    // A control character the terminal never showed, erased (a public bug
+    // report): the line is answered, and the echo erased nothing visible.
+    term.send(b"What is the capital of Japan\x1b\x7f?\r");
+    let answer = term.expect("\r\n> ", T);
+    assert!(
+        answer.starts_with("What is the capital of Japan?\r\n"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("Tokyo"), "{answer}");
+    // Arrow keys and Home/End as the terminal sends them edit the line.
+    term.send(b"stats\x1b[H/\x1b[F\r");
+    assert!(term.expect("\r\n> ", T).contains("tok/s"));
     // Nothing but our own commands: no shell, clear errors.
     term.send(b"/bin/sh -c reboot\r");
     assert!(term.expect("\r\n> ", T).contains("error: unknown command"));
@@ -286,8 +298,8 @@ fn ctrl_c_cancels_an_answer_within_a_second() {
 #[test]
 fn garbage_does_not_crash_or_grow_memory() {
     let (_d, _p, served, mut term) = start_pair(&["-n", "16"]);
-    term.send(b"What is the capital of France?\r");
-    assert!(term.expect("\r\n> ", T).contains("Paris"));
+    term.send(b"What is the capital of Japan?\r");
+    assert!(term.expect("\r\n> ", T).contains("Tokyo"));
     let before = served.rss_kib();
 
     // 1 MiB of random bytes, a 64 KiB line, invalid UTF-8, NULs.
@@ -321,9 +333,9 @@ fn garbage_does_not_crash_or_grow_memory() {
     term.send(b"/reset\r");
     term.expect("(conversation forgotten)", T);
     term.expect("> ", T);
-    term.send(b"What is the capital of France?\r");
+    term.send(b"What is the capital of Japan?\r");
     let answer = term.expect("\r\n> ", T);
-    assert!(answer.contains("Paris"), "{answer}");
+    assert!(answer.contains("Tokyo"), "{answer}");
     let after = served.rss_kib();
     assert!(
         after < before + 8 * 1024,
@@ -346,15 +358,15 @@ fn the_port_vanishing_and_returning_is_survived() {
     let mut term = Term::open(&pair2.term);
     term.expect("model=", T);
     term.expect("> ", T);
-    term.send(b"What is the capital of France?\r");
+    term.send(b"What is the capital of Japan?\r");
     let answer = term.expect("\r\n> ", T);
-    assert!(answer.contains("Paris"), "{answer}");
+    assert!(answer.contains("Tokyo"), "{answer}");
 }
 
 #[test]
 fn json_mode_round_trip() {
     let (_d, _p, _s, mut term) = start_pair(&["--json", "-n", "48"]);
-    term.send(b"{\"q\":\"What is the capital of France?\"}\n");
+    term.send(b"{\"q\":\"What is the capital of Japan?\"}\n");
     let mut text = String::new();
     let done = loop {
         let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
@@ -363,7 +375,7 @@ fn json_mode_round_trip() {
             None => break v,
         }
     };
-    assert!(text.contains("Paris"), "{text}");
+    assert!(text.contains("Tokyo"), "{text}");
     assert_eq!(done["done"], true);
     assert!(done["stats"]["gen_tokens"].as_u64().unwrap() > 0);
     assert_eq!(done["finish"], "end_of_generation");
@@ -408,12 +420,12 @@ fn stdio_serves_until_end_of_input() {
     let out = crate::common::ferrite_with_input(
         home.path(),
         &["serve", "--stdio", "-m", model, "--temp", "0", "-n", "48"],
-        b"What is the capital of France?\n/stats\n",
+        b"What is the capital of Japan?\n/stats\n",
     );
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.starts_with("ferrite ") && s.contains("model="), "{s}");
-    assert!(s.contains("Paris") && s.contains("tok/s"), "{s}");
+    assert!(s.contains("Tokyo") && s.contains("tok/s"), "{s}");
 }
 
 /// A question sent in the same write as `/model NAME` is answered by the new
@@ -432,7 +444,7 @@ fn input_after_a_model_switch_is_kept() {
     let out = crate::common::ferrite_with_input(
         home.path(),
         &["serve", "--stdio", "-m", model, "--temp", "0", "-n", "32"],
-        b"/model alt\nWhat is the capital of France?\n",
+        b"/model alt\nWhat is the capital of Japan?\n",
     );
     assert!(out.status.success());
     let s = String::from_utf8_lossy(&out.stdout);
@@ -440,5 +452,5 @@ fn input_after_a_model_switch_is_kept() {
         .split("model=alt")
         .nth(1)
         .unwrap_or_else(|| panic!("no switch: {s}"));
-    assert!(after.contains("Paris"), "{s}");
+    assert!(after.contains("Tokyo"), "{s}");
 }

@@ -270,7 +270,7 @@ fn transcribe_resamples_any_wav() {
 
 #[test]
 fn listen_answers_a_spoken_question() {
-    let q = speak("What is the capital of France?", "listen-q.wav");
+    let q = speak("What is the capital of Japan?", "listen-q.wav");
     let home = tempfile::tempdir().unwrap();
     let out = Command::new(crate::common::ferrite_bin())
         .args(["listen", "--wav"])
@@ -291,11 +291,11 @@ fn listen_answers_a_spoken_question() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("you said: What is the capital of France?"),
+        text.contains("you said: What is the capital of Japan?"),
         "{text}"
     );
     let answer = text.split("you said:").nth(1).unwrap();
-    assert!(answer.contains("Paris"), "{text}");
+    assert!(answer.contains("Tokyo"), "{text}");
 }
 
 /// Push-to-talk: only what is said while the (scripted) button is held is
@@ -637,7 +637,7 @@ fn alsa_null_device_captures_silence() {
 /// here, so both answers can be counted).
 #[test]
 fn serve_listen_answers_typed_and_spoken_queries() {
-    let q = speak("What is the capital of France?", "serve-listen-q.wav");
+    let q = speak("What is the capital of Japan?", "serve-listen-q.wav");
     let home = tempfile::tempdir().unwrap();
     let stt = whisper_path("whisper-tiny.en");
     let out = crate::common::ferrite_with_input(
@@ -673,7 +673,7 @@ fn serve_listen_answers_typed_and_spoken_queries() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect();
     let heard: Vec<&str> = lines.iter().filter_map(|v| v["heard"].as_str()).collect();
-    eqnice!("What is the capital of France?", heard.join(" | "));
+    eqnice!("What is the capital of Japan?", heard.join(" | "));
     let done = lines.iter().filter(|v| v["done"] == true).count();
     assert_eq!(done, 2, "{text}");
 }

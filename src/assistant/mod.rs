@@ -9,7 +9,7 @@
 //! one token; anything else typed meanwhile is kept, bounded, as type-ahead.
 
 mod commands;
-mod line;
+mod protocol;
 mod status;
 
 use std::ops::ControlFlow;
@@ -20,10 +20,11 @@ use std::time::Duration;
 use serde_json::json;
 
 pub use commands::{Command, Setting, HELP};
-pub use line::{Event, LineEditor};
+pub use protocol::{parse_json_line, Request};
 pub use status::rss_bytes;
 
 use crate::board::{Board, BoardError, Governor};
+use crate::console::line::{Event, LineEditor};
 use crate::console::{self, Channels, Connector, Input};
 use crate::gguf::GgufFile;
 use crate::hw::{Status, StatusCell};
@@ -168,16 +169,25 @@ pub fn serve(
     let mut link: Option<Channels> = None;
     let mut ready = false;
     let mut governor = Governor::new(&opts.board, opts.session.threads, &opts.sys_root);
+    // After `/model`: the model to fall back to if the new one fails to
+    // load, and what to tell the console about the switch.
+    let mut previous: Option<(String, PathBuf)> = None;
+    let mut notice: Option<String> = None;
     loop {
-        let gguf = GgufFile::open(&path)?;
-        crate::board::check_fits(
-            &opts.board,
-            &gguf,
-            opts.session.ctx_tokens,
-            opts.session.batch_tokens,
-            &opts.sys_root,
-        )?;
-        let mut engine = Engine::from_gguf(&name, gguf, &opts.load)?;
+        let mut engine = match load_engine(opts, &name, &path) {
+            Ok(e) => e,
+            Err(e) => match previous.take() {
+                // Nothing typed on the console may end the service: stay on
+                // the model that was running.
+                Some((pname, ppath)) => {
+                    tracing::warn!(model = %name, error = %e, "model switch failed");
+                    notice = Some(format!("cannot switch to {name}: {e}; staying on {pname}"));
+                    (name, path) = (pname, ppath);
+                    continue;
+                }
+                None => return Err(e),
+            },
+        };
         // Hashed only if an adapter is loaded (a model outside the store
         // has no receipt, and hashing gigabytes would slow every start).
         let base_sha = std::cell::OnceCell::new();
@@ -186,13 +196,25 @@ pub fn serve(
                 .get_or_init(|| store.model_sha256(&name, &path).ok())
                 .clone()
         };
-        // `--lora`: every new conversation starts with it.
+        // `--lora`: every new conversation starts with it. At start-up a bad
+        // adapter is an error; after a `/model` switch the new model simply
+        // runs without it (the adapter was trained for the other base).
         let mut startup_adapter = None;
         if let Some(spec) = &opts.lora {
-            let (spec, scale) = crate::llm::parse_adapter_spec(spec)?;
-            let (aname, apath) = store.resolve_adapter(&spec, true)?;
-            let id = engine.load_adapter(&aname, &apath, base_sha().as_deref())?;
-            startup_adapter = Some((id, scale));
+            let loaded = crate::llm::parse_adapter_spec(spec)
+                .map_err(AssistantError::from)
+                .and_then(|(spec, scale)| {
+                    let (aname, apath) = store.resolve_adapter(&spec, true)?;
+                    let id = engine.load_adapter(&aname, &apath, base_sha().as_deref())?;
+                    Ok((id, scale))
+                });
+            match loaded {
+                Ok(a) => startup_adapter = Some(a),
+                Err(e) if ready => {
+                    notice = Some(format!("--lora {spec} does not apply to {name}: {e}"))
+                }
+                Err(e) => return Err(e),
+            }
         }
         let mut carry: Option<Box<Carry>> = None;
         loop {
@@ -221,6 +243,9 @@ pub fn serve(
             } else {
                 conv.session.set_adapter(startup_adapter)?;
                 conv.type_ahead = std::mem::take(&mut switch_pending);
+                if let Some(msg) = notice.take() {
+                    conv.error(&msg);
+                }
                 conv.banner();
             }
             let end = conv.run();
@@ -256,8 +281,10 @@ pub fn serve(
                 }
                 End::Switch(n, p, rest) => {
                     tracing::info!(model = %n, "switching model");
-                    name = n;
-                    path = p;
+                    previous = Some((
+                        std::mem::replace(&mut name, n),
+                        std::mem::replace(&mut path, p),
+                    ));
                     switch_pending = rest;
                     link = Some(ch);
                     break;
@@ -265,6 +292,28 @@ pub fn serve(
             }
         }
     }
+}
+
+/// Validate `path` (GGUF, a model llama.cpp can run), check it fits the
+/// board's memory, and load it.
+fn load_engine(opts: &ServeOptions, name: &str, path: &Path) -> Result<Engine, AssistantError> {
+    let gguf = check_switchable(opts, path)?;
+    Ok(Engine::from_gguf(name, gguf, &opts.load)?)
+}
+
+/// What `/model` checks before it lets go of the running model: the file is a
+/// language model (not a whisper model or an adapter) and it fits the board.
+fn check_switchable(opts: &ServeOptions, path: &Path) -> Result<GgufFile, AssistantError> {
+    let gguf = GgufFile::open(path)?;
+    gguf.check_model()?;
+    crate::board::check_fits(
+        &opts.board,
+        &gguf,
+        opts.session.ctx_tokens,
+        opts.session.batch_tokens,
+        &opts.sys_root,
+    )?;
+    Ok(gguf)
 }
 
 /// One session on one link.
@@ -397,10 +446,22 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     Err(RecvTimeoutError::Disconnected) => return End::LinkLost,
                 }
             };
+            // Echo goes out once per chunk, not once per byte: a terminal
+            // pasting a long line must not fill the output queue with
+            // one-byte chunks (and push out what follows).
+            let mut echo = Vec::new();
             for (i, &b) in chunk.iter().enumerate() {
-                let Some(ev) = self.editor.feed(b) else {
-                    continue;
+                let ev = match self.editor.feed(b) {
+                    None => continue,
+                    Some(Event::Echo(e)) => {
+                        echo.extend(e);
+                        continue;
+                    }
+                    Some(ev) => ev,
                 };
+                if !echo.is_empty() {
+                    self.ch.output.send(&std::mem::take(&mut echo));
+                }
                 let end = self.on_event(ev);
                 if let Some(mut end) = end {
                     // The conversation goes on after a load or model switch:
@@ -426,6 +487,9 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     self.type_ahead = rest;
                     break;
                 }
+            }
+            if !echo.is_empty() {
+                self.ch.output.send(&echo);
             }
         }
     }
@@ -512,29 +576,14 @@ impl<'a, 'm> Conversation<'a, 'm> {
             return None;
         }
         if self.opts.json {
-            let v: serde_json::Value = match serde_json::from_str(line) {
-                Ok(v) => v,
+            return match protocol::parse_json_line(line) {
+                Ok(Request::Question(q)) => self.answer(&q),
+                Ok(Request::Command(cmd)) => self.command(cmd),
                 Err(e) => {
-                    self.error(&format!("not a JSON object: {e}"));
-                    return None;
+                    self.error(&e);
+                    None
                 }
             };
-            if let Some(q) = v.get("q").and_then(|q| q.as_str()) {
-                return self.answer(q);
-            }
-            if let Some(c) = v.get("cmd").and_then(|c| c.as_str()) {
-                let c = format!("/{}", c.trim_start_matches('/'));
-                return match Command::parse(&c) {
-                    Some(Ok(cmd)) => self.command(cmd),
-                    Some(Err(e)) => {
-                        self.error(&e);
-                        None
-                    }
-                    None => None,
-                };
-            }
-            self.error("expected {\"q\": \"question\"} or {\"cmd\": \"command\"}");
-            return None;
         }
         match Command::parse(line) {
             Some(Ok(cmd)) => self.command(cmd),
@@ -581,7 +630,7 @@ impl<'a, 'm> Conversation<'a, 'm> {
             Command::Set(s) => {
                 let mut p = self.params.clone();
                 s.apply(&mut p);
-                match p.validate() {
+                match p.validate_for(self.session.n_ctx(), self.engine.n_vocab()) {
                     Ok(()) => {
                         self.params = p;
                         self.ok("set", &s.to_string());
@@ -602,11 +651,13 @@ impl<'a, 'm> Conversation<'a, 'm> {
                 );
             }
             Command::Models => {
+                // Only what can answer: pulled language models, not the
+                // speech models that share the store.
                 let names: Vec<String> = self
                     .store
                     .list(self.manifest)
                     .into_iter()
-                    .filter(|l| l.pulled)
+                    .filter(|l| l.pulled && l.kind == crate::models::ModelKind::Gguf)
                     .map(|l| {
                         if l.name == self.engine.name() {
                             format!("{} (in use)", l.name)
@@ -623,7 +674,12 @@ impl<'a, 'm> Conversation<'a, 'm> {
                     self.error("/model takes a model name from /models, not a path");
                     return None;
                 }
-                match self.store.path(&name) {
+                let checked = self
+                    .store
+                    .path(&name)
+                    .map_err(AssistantError::from)
+                    .and_then(|p| check_switchable(self.opts, &p).map(|_| p));
+                match checked {
                     Ok(p) => {
                         self.ok(
                             "model",
@@ -631,7 +687,10 @@ impl<'a, 'm> Conversation<'a, 'm> {
                         );
                         return Some(End::Switch(name, p, Vec::new()));
                     }
-                    Err(e) => self.error(&e.to_string()),
+                    Err(e) => self.error(&format!(
+                        "cannot switch to {name}: {e}; staying on {}",
+                        self.engine.name()
+                    )),
                 }
             }
             Command::Quit => {

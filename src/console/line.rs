@@ -185,7 +185,10 @@ impl LineEditor {
                         self.pending = Pending::Utf8(bytes, want);
                         return None;
                     }
-                    return match std::str::from_utf8(&bytes).ok().and_then(|s| s.chars().next()) {
+                    return match std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|s| s.chars().next())
+                    {
                         Some(c) => self.insert(Cell::Char(c)),
                         None => self.insert_invalid(&bytes),
                     };
@@ -533,7 +536,10 @@ mod tests {
             lines(&mut ed, typed),
             vec![Event::Line("What is the capital of France?".into())]
         );
-        assert_eq!(screen(&typed[..typed.len() - 1]).0, "What is the capital of France?");
+        assert_eq!(
+            screen(&typed[..typed.len() - 1]).0,
+            "What is the capital of France?"
+        );
         // Not erased, it still makes the line an error.
         assert_eq!(
             lines(&mut ed, b"ab\x1bx\r"),
@@ -555,10 +561,14 @@ mod tests {
             (b"abc\x1b[A\x1b[B\r", "abc"),
             (b"x\x1b[1;5Dy\r", "yx"),
             (b"junk\x15ok\r", "ok"),
-            ("h\u{e9}llo\x1b[D\x1b[D\x1b[D\x1b[D\x7fe\r".as_bytes(), "hello"),
+            ("h\u{e9}llo\x1b[D\x1b[D\x1b[D\x7fe\r".as_bytes(), "hello"),
         ] {
             let mut ed = LineEditor::new(64, true);
-            assert_eq!(lines(&mut ed, typed), vec![Event::Line(want.into())], "{typed:?}");
+            assert_eq!(
+                lines(&mut ed, typed),
+                vec![Event::Line(want.into())],
+                "{typed:?}"
+            );
             // The terminal shows exactly the line, whatever the editing.
             assert_eq!(screen(&typed[..typed.len() - 1]).0, want, "{typed:?}");
         }

@@ -9,6 +9,7 @@
 //! control) so generation never does: when a stalled terminal lets the
 //! output queue fill, output is dropped with a warning instead of hanging.
 
+pub mod line;
 pub mod serial;
 pub mod stdio;
 

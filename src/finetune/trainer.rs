@@ -170,6 +170,11 @@ pub fn finetune(
     if !(0.0..1.0).contains(&opts.val) {
         return Err(FinetuneError::Param("--val must be in [0, 1)".into()));
     }
+    if opts.rank == 0 || !(opts.alpha > 0.0 && opts.alpha.is_finite()) {
+        return Err(FinetuneError::Param(
+            "--rank must be ≥ 1 and --alpha a positive number".into(),
+        ));
+    }
     if !(opts.lr > 0.0 && opts.lr.is_finite()) {
         return Err(FinetuneError::Param(
             "--lr must be a positive number".into(),

@@ -61,6 +61,7 @@ impl GgufFile {
                 "no tokenizer (`tokenizer.ggml.tokens`) in the file".into(),
             ));
         }
+        self.check_hparams(arch)?;
         self.check_vocab()?;
         if self.tensor("token_embd.weight").is_none() {
             return Err(foreign(

@@ -11,6 +11,7 @@
 //! (temp file, fsync, rename). The format: ggml's `docs/gguf.md`.
 
 mod check;
+mod hparams;
 mod reader;
 mod summary;
 mod types;

@@ -85,7 +85,7 @@ impl fmt::Display for ModelSummary {
             if self.chat_template {
                 "yes"
             } else {
-                "no (ChatML fallback)"
+                "no (prompts are completed as plain text)"
             }
         )?;
         write!(

@@ -9,8 +9,9 @@
 //! into Rust (also an abort). Each check below names the line of llama.cpp it
 //! stands in for:
 //! - tokens repeated in `tokenizer.ggml.tokens`: `GGML_ASSERT(id_to_token.size()
-//!   == token_to_id.size())` right after the vocabulary is read (an empty
-//!   token is renamed `[EMPTY_<id>]` first, so that name can collide too);
+//!   == token_to_id.size())` right after the vocabulary is read (each token
+//!   is read as a C string, so it ends at a NUL byte, and an empty token is
+//!   renamed `[EMPTY_<id>]`: both can make two tokens collide);
 //! - no vocabulary (`none`/`no_vocab`) or the `test` tokenizer: every
 //!   tokenize call asserts `type != LLAMA_VOCAB_TYPE_NONE` or aborts;
 //! - a SentencePiece (`llama`) or PLaMo-2 vocabulary without a token for
@@ -160,7 +161,12 @@ impl GgufFile {
         if n == 0 || n > i32::MAX as usize {
             return Err(bad(format!("{n} tokens")));
         }
-        let text = |i: usize| tokens[i].as_str().unwrap_or("");
+        // llama.cpp reads each token through `gguf_get_arr_str`, a C string:
+        // the text ends at its first NUL byte.
+        let text = |i: usize| {
+            let t = tokens[i].as_str().unwrap_or("");
+            t.split('\0').next().unwrap_or(t)
+        };
         // Unique texts, with llama.cpp's renaming of empty tokens.
         let mut seen: HashSet<std::borrow::Cow<'_, str>> = HashSet::with_capacity(n);
         for i in 0..n {
@@ -226,15 +232,15 @@ impl GgufFile {
             }
         }
         if kind.byte_fallback {
-            let mut have = [false; 256];
-            for t in seen.iter() {
-                if let Some(b) = byte_of(t) {
-                    have[b as usize] = true;
-                } else if t.len() == 1 && model == "llama" {
-                    have[t.as_bytes()[0] as usize] = true;
-                }
-            }
-            if let Some(b) = (0..256).find(|&b| !have[b]) {
+            // `byte_to_token` looks the byte up as `<0xXX>` with upper-case
+            // hex, then (SentencePiece) as the one-byte text itself.
+            let missing = (0..=255u8).find(|&b| {
+                !seen.contains(format!("<0x{b:02X}>").as_str())
+                    && !(model == "llama"
+                        && b.is_ascii()
+                        && seen.contains(&*(b as char).to_string()))
+            });
+            if let Some(b) = missing {
                 return Err(bad(format!(
                     "no token for byte 0x{b:02X} (`<0x{b:02X}>`): text containing it cannot be tokenized"
                 )));

@@ -144,6 +144,7 @@ pub fn write_atomic(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::{GgufFile, ValueType};
 
     #[test]
     fn nbytes_follow_blocks() {

@@ -194,6 +194,18 @@ pub fn run_bench(
     opts: &BenchOptions,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Vec<BenchResult>, LlmError> {
+    let train = engine.n_ctx_train() as usize;
+    if opts.reps == 0 || opts.threads < 1 || opts.n_batch == 0 || opts.n_ubatch == 0 {
+        return Err(LlmError::Param(
+            "repetitions, threads and batch sizes must be at least 1".into(),
+        ));
+    }
+    if train > 0 && opts.n_prompt.max(opts.n_gen) > train {
+        return Err(LlmError::Param(format!(
+            "a test of {} tokens is more than the model's trained context of {train}",
+            opts.n_prompt.max(opts.n_gen)
+        )));
+    }
     let mut tests = Vec::new();
     if opts.n_prompt > 0 {
         tests.push((opts.n_prompt, 0));

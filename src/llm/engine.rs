@@ -76,7 +76,7 @@ impl Engine {
             arch = %summary.arch,
             params = summary.n_params,
             load_ms = format!("{load_ms:.0}"),
-            chatml_fallback = template.is_fallback,
+            template = ?template.kind(),
             "model loaded"
         );
         Ok(Engine {
@@ -113,6 +113,12 @@ impl Engine {
         &self.name
     }
 
+    /// How prompts are rendered: the model's Jinja template, llama.cpp's
+    /// approximation of it, or plain text (no template).
+    pub fn template_kind(&self) -> super::TemplateKind {
+        self.template.kind()
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -130,9 +136,27 @@ impl Engine {
         self.model.n_ctx_train()
     }
 
+    /// Refuse a context the user asked for (`-c`) that is larger than the
+    /// model was trained on: llama.cpp would run past it without RoPE
+    /// scaling, and the answers degrade silently.
+    pub fn check_ctx(&self, ctx_tokens: u32) -> Result<(), LlmError> {
+        let train = self.n_ctx_train();
+        if train > 0 && ctx_tokens > train {
+            return Err(LlmError::Param(format!(
+                "a context of {ctx_tokens} tokens is more than the {train} the model was trained on: use -c {train} or less"
+            )));
+        }
+        Ok(())
+    }
+
     /// Bytes of weights, as llama.cpp counts them (llama-bench's `size`).
     pub fn size_bytes(&self) -> u64 {
         self.model.size()
+    }
+
+    /// Tokens in the model's vocabulary.
+    pub fn n_vocab(&self) -> i32 {
+        self.model.n_vocab()
     }
 
     pub fn n_params(&self) -> u64 {

@@ -26,7 +26,7 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 
 pub use adapters::{parse_adapter_spec, ActiveAdapter, AdapterId};
 pub use bench::{run_bench, BenchOptions, BenchResult};
-pub use chat::{Message, Role};
+pub use chat::{render_template, Message, Role, TemplateKind};
 pub use engine::{Engine, LoadOptions};
 pub use params::GenParams;
 pub use perplexity::{perplexity, PerplexityResult};

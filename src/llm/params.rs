@@ -26,7 +26,8 @@ pub struct GenParams {
     pub repeat_penalty: f32,
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
-    /// How many recent tokens the penalties look at.
+    /// How many recent tokens the penalties look at; -1 is the whole
+    /// context (llama.cpp's meaning), 0 turns the penalties off.
     pub repeat_last_n: i32,
     pub seed: u32,
     /// Beam width: 0 samples with the chain below; N ≥ 1 runs beam search
@@ -67,6 +68,28 @@ impl GenParams {
         self.temperature <= 0.0
     }
 
+    /// Check every value against what it means, before llama.cpp sees it:
+    /// `n_ctx` is the context the answer runs in, `n_vocab` the model's
+    /// vocabulary (llama.cpp would allocate a penalty window of any size it
+    /// is given, gigabytes for a typo, and abort when that fails).
+    pub fn validate_for(&self, n_ctx: u32, n_vocab: i32) -> Result<(), LlmError> {
+        self.validate()?;
+        if self.repeat_last_n < -1 || self.repeat_last_n as i64 > n_ctx as i64 {
+            return Err(LlmError::Param(format!(
+                "repeat-last-n must be from -1 (the whole context) to the context size {n_ctx}, not {}",
+                self.repeat_last_n
+            )));
+        }
+        if self.top_k > n_vocab {
+            return Err(LlmError::Param(format!(
+                "top-k {} is more than the vocabulary's {n_vocab} tokens",
+                self.top_k
+            )));
+        }
+        Ok(())
+    }
+
+    /// The checks that need no model (see `validate_for`).
     pub fn validate(&self) -> Result<(), LlmError> {
         let bad = |m: &str| Err(LlmError::Param(m.to_string()));
         if !self.temperature.is_finite() {
@@ -105,15 +128,21 @@ impl GenParams {
         }
     }
 
-    pub(crate) fn sampler(&self, n_vocab: i32) -> LlamaSampler {
+    /// The sampler chain; call `validate_for` with the same `n_ctx` and
+    /// `n_vocab` first.
+    pub(crate) fn sampler(&self, n_vocab: i32, n_ctx: u32) -> LlamaSampler {
         let mut chain = Vec::new();
         if self.repeat_penalty != 1.0
             || self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
         {
+            let last_n = match self.repeat_last_n {
+                -1 => n_ctx as i32,
+                n => n,
+            };
             chain.push(LlamaSampler::penalties(
                 n_vocab,
-                self.repeat_last_n,
+                last_n,
                 self.repeat_penalty,
                 self.frequency_penalty,
                 self.presence_penalty,

@@ -38,6 +38,13 @@ pub fn perplexity(
     on_chunk: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult, LlmError> {
     let t0 = Instant::now();
+    // Each chunk scores its second half: fewer than 16 tokens scores nothing
+    // useful (and 0 would divide by zero).
+    if ctx_tokens < 16 {
+        return Err(LlmError::Param(format!(
+            "perplexity needs a context of at least 16 tokens (-c), not {ctx_tokens}"
+        )));
+    }
     let n_ctx = ctx_tokens as usize;
     let vocab = engine.model.vocab();
     let add_bos = vocab.should_add_bos();

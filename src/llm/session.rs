@@ -85,6 +85,21 @@ impl<'m> Session<'m> {
         if opts.threads < 1 {
             return Err(LlmError::Param("threads must be at least 1".into()));
         }
+        // llama.cpp runs past the trained context only with RoPE scaling,
+        // which ferrite does not set: the answers would degrade silently. A
+        // default (the board's) is cut to what the model was trained on; an
+        // explicit -c larger than that is refused by the front end
+        // (`Engine::check_ctx`).
+        let mut opts = opts;
+        let train = engine.n_ctx_train();
+        if train > 0 && opts.ctx_tokens > train {
+            tracing::info!(
+                ctx = opts.ctx_tokens,
+                train,
+                "context cut to the model's trained context"
+            );
+            opts.ctx_tokens = train.max(16);
+        }
         let ctx = engine.context(context_params(&opts), opts.ctx_tokens)?;
         Ok(Session {
             engine,
@@ -182,7 +197,7 @@ impl<'m> Session<'m> {
         params: &GenParams,
         sink: Sink<'_>,
     ) -> Result<Reply, LlmError> {
-        params.validate()?;
+        params.validate_for(self.n_ctx(), self.engine.model.n_vocab())?;
         let n_ctx = self.n_ctx() as usize;
         let reserve = params.n_predict.unwrap_or(256).min(n_ctx / 2);
         let user_msg = Message::new(Role::User, user);
@@ -229,7 +244,7 @@ impl<'m> Session<'m> {
         params: &GenParams,
         sink: Sink<'_>,
     ) -> Result<Reply, LlmError> {
-        params.validate()?;
+        params.validate_for(self.n_ctx(), self.engine.model.n_vocab())?;
         let tokens = self.engine.tokenize(prompt);
         self.generate(&tokens, params, sink)
     }
@@ -361,7 +376,7 @@ impl<'m> Session<'m> {
     ) -> Result<(usize, Finish, f64), LlmError> {
         let model = &self.engine.model;
         let vocab = model.vocab();
-        let mut sampler = params.sampler(model.n_vocab());
+        let mut sampler = params.sampler(model.n_vocab(), self.n_ctx());
         // The penalties look at the prompt too, as in llama-cli.
         sampler.accept_many(self.cached.iter());
         let n_ctx = self.n_ctx() as usize;

@@ -53,6 +53,13 @@ pub enum ModelsError {
     NoSuchFile(PathBuf),
     #[error("no adapter `{name}` in the store: `ferrite models list` shows the trained ones; `ferrite finetune --out {name}` trains it")]
     NoAdapter { name: String },
+    #[error("{path}: `{name}` is pinned by the manifest to sha256 {expected}, but this file's is {actual}: import it under another name (--name)")]
+    PinnedName {
+        name: String,
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
     BadName(String),
     #[error("{path}: {source}")]
@@ -92,6 +99,8 @@ pub struct Listing {
     pub license: String,
     pub default: bool,
     pub description: String,
+    /// A language model or a speech model (imports are always GGUF).
+    pub kind: ModelKind,
 }
 
 pub struct Store {
@@ -175,16 +184,21 @@ impl Store {
 
     /// Path of a pulled model, or `NotPulled`.
     pub fn path(&self, name: &str) -> Result<PathBuf, ModelsError> {
-        let r = self.receipt(name).ok_or_else(|| ModelsError::NotPulled {
+        self.pulled(name).map(|(p, _)| p)
+    }
+
+    /// Path and receipt of a pulled model, read once (a concurrent `rm`
+    /// makes this `NotPulled`, never a half answer).
+    fn pulled(&self, name: &str) -> Result<(PathBuf, Receipt), ModelsError> {
+        let not_pulled = || ModelsError::NotPulled {
             name: name.to_string(),
-        })?;
+        };
+        let r = self.receipt(name).ok_or_else(not_pulled)?;
         let p = self.model_dir(name).join(&r.file);
         if p.is_file() {
-            Ok(p)
+            Ok((p, r))
         } else {
-            Err(ModelsError::NotPulled {
-                name: name.to_string(),
-            })
+            Err(not_pulled())
         }
     }
 
@@ -274,12 +288,17 @@ impl Store {
     /// Re-hash a pulled model against its receipt (and the manifest, when the
     /// model is in it).
     pub fn verify(&self, name: &str, manifest: &Manifest) -> Result<PathBuf, ModelsError> {
-        let p = self.path(name)?;
-        let r = self.receipt(name).expect("path() checked the receipt");
+        let (p, r) = self.pulled(name)?;
         let expected = manifest
             .get(name)
             .map_or(r.sha256.clone(), |e| e.sha256.clone());
-        let (actual, len) = sha256_file(&p)?;
+        let (actual, len) = sha256_file(&p).map_err(|e| match e {
+            // Removed while it was being hashed.
+            ModelsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ModelsError::NotPulled { name: name.into() }
+            }
+            e => e,
+        })?;
         if len != r.size {
             return Err(ModelsError::SizeMismatch {
                 name: name.into(),
@@ -316,10 +335,15 @@ impl Store {
     }
 
     /// Side-load a local GGUF into the store under `name`, validating it first.
+    /// A name the manifest pins takes only the pinned bytes: importing
+    /// another file under it is refused (`PinnedName`), so `models list` can
+    /// never describe the wrong file as that model; the pinned file itself
+    /// imports fine (a side-load for a board without a network).
     pub fn import(
         &self,
         file: &Path,
         name: Option<&str>,
+        manifest: &Manifest,
     ) -> Result<(String, PathBuf), ModelsError> {
         let g = crate::gguf::GgufFile::open(file)?;
         g.check_model()?;
@@ -335,6 +359,17 @@ impl Store {
         );
         if !manifest::is_safe_name(&name) || !manifest::is_safe_name(&file_name) {
             return Err(ModelsError::BadName(name));
+        }
+        if let Some(entry) = manifest.get(&name) {
+            let (actual, _) = sha256_file(file)?;
+            if entry.kind != ModelKind::Gguf || actual != entry.sha256 {
+                return Err(ModelsError::PinnedName {
+                    name,
+                    path: file.to_path_buf(),
+                    expected: entry.sha256.clone(),
+                    actual,
+                });
+            }
         }
         let dir = self.model_dir(&name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -368,6 +403,7 @@ impl Store {
                 license: m.license.clone(),
                 default: m.default,
                 description: m.description.clone(),
+                kind: m.kind,
             })
             .collect();
         if let Ok(rd) = std::fs::read_dir(self.root.join("models")) {
@@ -382,6 +418,7 @@ impl Store {
                     license: "?".into(),
                     default: false,
                     description: r.origin,
+                    kind: ModelKind::Gguf,
                 })
                 .collect();
             extra.sort_by(|a, b| a.name.cmp(&b.name));

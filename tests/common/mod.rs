@@ -192,13 +192,18 @@ pub fn write_tiny_llama(dir: &Path) -> PathBuf {
     p
 }
 
-/// How far two builds of ggml may put the same logit apart, in logit units
-/// (natural-log odds). Measured on the golden answers (tests/golden, every
-/// position, teacher-forced): see `benches/README.md`, "Goldens across
-/// builds". The margin is the largest difference seen between any two builds
-/// (portable AVX2 x86, native AVX-512 x86, Pi 5 NEON/dotprod under qemu),
-/// times four, rounded up.
-pub const LOGIT_MARGIN: f32 = 0.5;
+/// How far a golden token's lead over its rival (logit difference, in
+/// natural-log odds) may move between two runs of the same model that round
+/// differently: another build of ggml, or greedy decoding one token at a
+/// time against this one-batch teacher-forced pass. Measured on the goldens,
+/// every position (`benches/README.md`, "Goldens across builds"): the largest
+/// difference between any two of portable x86 (AVX2), native x86 (AVX-512)
+/// and a Pi 5 build (NEON, dotprod, fp16) under qemu is 0.70; on the build
+/// that wrote the goldens, a golden token is at most 0.23 below the best in
+/// the teacher-forced pass (one batch rounds differently from token-by-token
+/// decoding, and the golden text re-tokenizes canonically). Their sum,
+/// rounded up.
+pub const LOGIT_MARGIN: f32 = 1.0;
 
 /// A golden greedy answer, checked the way that holds on any build:
 /// 1. teacher-forced, every golden token (and the end of the turn) is within

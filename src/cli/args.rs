@@ -1,0 +1,467 @@
+//! The command line as clap parses it: every command, flag and range, named
+//! as llama.cpp names them where it has them. Nothing here reads the board
+//! profile or the environment (that is `settings`); values are checked for
+//! their type and fixed range here, and against the model (context,
+//! vocabulary) once it is loaded.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use ferrite::llm::GenParams;
+
+#[derive(Parser)]
+#[command(
+    name = "ferrite",
+    version,
+    about = "An offline assistant for Raspberry Pi and Jetson: 4-bit GGUF models through llama.cpp"
+)]
+pub(crate) struct Cli {
+    /// More logs on stderr (-v: info, llama.cpp included; -vv: debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+    /// Board profile: a name from boards/ or a path to a .toml file.
+    #[arg(long, global = true, env = "FERRITE_BOARD", default_value = "host")]
+    pub(crate) board: String,
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    /// Answer one prompt, streaming the answer to stdout.
+    Ask(AskArgs),
+    /// Interactive multi-turn chat on stdin/stdout (/reset forgets, /quit
+    /// ends; Ctrl-C stops an answer, and at the prompt ends the chat).
+    Chat(ChatArgs),
+    /// Serve the assistant on a serial port (or stdin/stdout): one line in,
+    /// a streamed answer out. See the README for the protocol.
+    Serve(ServeArgs),
+    /// Spoken queries: microphone (or WAV files) → whisper → the assistant,
+    /// answers streamed to the console (stdout unless --port). `serve --listen`
+    /// is the same with typed queries from a serial port too.
+    Listen(ServeArgs),
+    /// Transcribe a WAV file (any rate and channel count) with whisper.cpp.
+    Transcribe(TranscribeArgs),
+    /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
+    Perplexity(PerplexityArgs),
+    /// Prompt-processing and generation speed, in llama-bench's format.
+    Bench(BenchArgs),
+    /// Board profiles: which one this machine is, and what it sets.
+    Board {
+        #[command(subcommand)]
+        cmd: BoardCmd,
+    },
+    /// Train a LoRA adapter on this device from a JSONL file (chats or text).
+    Finetune(FinetuneArgs),
+    /// Manage the model store.
+    Models {
+        #[command(subcommand)]
+        cmd: ModelsCmd,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct AskArgs {
+    /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+    #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+    pub(crate) lora: Option<String>,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    #[command(flatten)]
+    pub(crate) gen: GenArgs,
+    /// System prompt.
+    #[arg(long)]
+    pub(crate) system: Option<String>,
+    /// Print load time, tokens/s and time-to-first-token to stderr.
+    #[arg(long)]
+    pub(crate) stats: bool,
+    /// Continue the text as is, without the chat template.
+    #[arg(long)]
+    pub(crate) raw: bool,
+    /// The question.
+    #[arg(required = true, num_args = 1..)]
+    pub(crate) prompt: Vec<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct ChatArgs {
+    /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+    #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+    pub(crate) lora: Option<String>,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    #[command(flatten)]
+    pub(crate) gen: GenArgs,
+    /// System prompt.
+    #[arg(long)]
+    pub(crate) system: Option<String>,
+    /// Print each answer's tokens/s and time-to-first-token to stderr.
+    #[arg(long)]
+    pub(crate) stats: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct TranscribeArgs {
+    /// The WAV file.
+    pub(crate) file: PathBuf,
+    /// Whisper model (same as --whisper).
+    #[arg(short = 'm', long = "model")]
+    pub(crate) model: Option<String>,
+    /// CPU threads (same as --stt-threads).
+    #[arg(short = 't', long = "threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) threads: Option<u32>,
+    #[command(flatten)]
+    pub(crate) speech: SpeechArgs,
+    /// Transcribe the whole file as one piece, without voice activity
+    /// detection (silence may then come out as invented words).
+    #[arg(long)]
+    pub(crate) no_vad: bool,
+    /// Print audio length, compute time and real-time factor to stderr.
+    #[arg(long)]
+    pub(crate) stats: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct PerplexityArgs {
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// The text file.
+    #[arg(short = 'f', long)]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[arg(short = 'm', long)]
+    pub(crate) model: Option<String>,
+    /// Prompt tokens (pp test); 0 skips it.
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512, value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
+    pub(crate) n_prompt: u32,
+    /// Generated tokens (tg test); 0 skips it.
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
+    pub(crate) n_gen: u32,
+    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub(crate) threads: Option<i32>,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) reps: u32,
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1 << 16))]
+    pub(crate) n_batch: u32,
+    #[arg(long = "ubatch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1 << 16))]
+    pub(crate) n_ubatch: u32,
+    /// Print llama-bench's JSON (a list of objects) instead of the table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct FinetuneArgs {
+    /// Training data: JSONL, each line {"messages":[{"role":..,"content":..}]} or {"text":..}.
+    #[arg(long)]
+    pub(crate) data: PathBuf,
+    /// Adapter name; it is stored under the store's adapters/NAME/.
+    #[arg(long)]
+    pub(crate) out: String,
+    /// Base model name or GGUF path (default: the board's/manifest's default).
+    #[arg(short = 'm', long)]
+    pub(crate) model: Option<String>,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) rank: u32,
+    /// LoRA alpha (the update is scaled by alpha/rank).
+    #[arg(long, default_value_t = 16.0)]
+    pub(crate) alpha: f32,
+    /// Projections to adapt: any of q,k,v,o,gate,up,down, or `all`.
+    #[arg(long, default_value = "q,k,v,o,gate,up,down")]
+    pub(crate) targets: String,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = 3, conflicts_with = "steps", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) epochs: u32,
+    /// Optimizer steps (instead of --epochs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub(crate) steps: Option<u32>,
+    /// Peak learning rate (warm-up, then cosine decay to a tenth).
+    #[arg(long, default_value_t = 2e-4)]
+    pub(crate) lr: f64,
+    /// Examples per step.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) batch: u32,
+    /// Longest example in tokens (longer ones are cut).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(2..=1 << 20))]
+    pub(crate) seq: u32,
+    /// Fraction of examples held out for validation loss.
+    #[arg(long, default_value_t = 0.1)]
+    pub(crate) val: f64,
+    /// Validation examples from their own JSONL file (instead of --val).
+    #[arg(long)]
+    pub(crate) val_data: Option<PathBuf>,
+    /// Seed for adapter initialisation and data order.
+    #[arg(long, default_value_t = 42)]
+    pub(crate) seed: u64,
+    /// Continue from the adapter's last checkpoint (same data and settings).
+    #[arg(long)]
+    pub(crate) resume: bool,
+    /// Write a checkpoint every this many steps (and at the end).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) save_every: u32,
+    /// CPU threads (default: the board's, else all cores).
+    #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) threads: Option<u32>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum BoardCmd {
+    /// Name the profile that fits this machine (device tree, Jetson release file).
+    Detect,
+    /// Print a profile (default: --board) and the CPU/GPU features ggml sees.
+    Show { name: Option<String> },
+    /// List the shipped profiles.
+    List,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ModelsCmd {
+    /// The manifest's models and imported ones, with what is pulled.
+    List,
+    /// Fetch a model (default: the default model) and verify its sha256.
+    Pull { name: Option<String> },
+    /// Re-hash pulled models (default: all) against their pinned sha256.
+    Verify { name: Option<String> },
+    /// Print the path of a pulled model.
+    Path { name: String },
+    /// Delete a model from the store.
+    Rm { name: String },
+    /// Copy a local GGUF into the store under a name, recording its hash.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Convert a CTranslate2 Whisper model folder (model.bin, vocabulary.txt)
+    /// to whisper.cpp's ggml format.
+    ConvertWhisper {
+        /// Folder with model.bin and vocabulary.txt.
+        ct2_dir: PathBuf,
+        /// Output file (e.g. ggml-tiny.en.bin).
+        out: PathBuf,
+    },
+    /// Validate a GGUF file (or pulled model) and print what it holds.
+    Info {
+        /// A file path or a model name.
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub(crate) struct ServeArgs {
+    /// LoRA adapter: a name from the store or a .gguf path, optionally :SCALE (default 1).
+    #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+    pub(crate) lora: Option<String>,
+    /// Serial port path (e.g. /dev/ttyUSB0, /dev/serial0); default: the board's.
+    #[arg(long, conflicts_with = "stdio")]
+    pub(crate) port: Option<String>,
+    /// Use stdin/stdout instead of a serial port.
+    #[arg(long)]
+    pub(crate) stdio: bool,
+    /// Baud rate (default: the board's, else 115200).
+    #[arg(long)]
+    pub(crate) baud: Option<u32>,
+    #[arg(long, value_enum)]
+    pub(crate) parity: Option<ferrite::console::serial::ParityOpt>,
+    #[arg(long = "flow-control", value_enum)]
+    pub(crate) flow_control: Option<ferrite::console::serial::FlowOpt>,
+    /// Do not echo typed characters (for terminals that echo locally).
+    #[arg(long)]
+    pub(crate) no_echo: bool,
+    /// One JSON object per line in ({"q":..} / {"cmd":..}) and out.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Longest accepted input line, in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
+    pub(crate) max_line: u32,
+    #[arg(long)]
+    pub(crate) system: Option<String>,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    #[command(flatten)]
+    pub(crate) gen: GenArgs,
+    /// Also take spoken queries (microphone, or --wav files).
+    #[arg(long)]
+    pub(crate) listen: bool,
+    #[command(flatten)]
+    pub(crate) ear: EarArgs,
+}
+
+#[derive(Args)]
+pub(crate) struct EarArgs {
+    /// ALSA capture device (default: the board's audio_device).
+    #[arg(long, conflicts_with = "wav")]
+    pub(crate) device: Option<String>,
+    /// Listen to these WAV files instead of a microphone, then stop.
+    #[arg(long, num_args = 1..)]
+    pub(crate) wav: Vec<PathBuf>,
+    /// Print the ALSA capture devices and exit.
+    #[arg(long)]
+    pub(crate) list_devices: bool,
+    /// Push-to-talk button GPIO (BCM; default: the board's ptt_pin). Without
+    /// one, voice activity detection cuts utterances.
+    #[arg(long)]
+    pub(crate) ptt_pin: Option<u8>,
+    /// Status LED GPIO (BCM; default: the board's led_pin).
+    #[arg(long)]
+    pub(crate) led_pin: Option<u8>,
+    #[command(flatten)]
+    pub(crate) speech: SpeechArgs,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct SpeechArgs {
+    /// Whisper model name (whisper-tiny.en, whisper-base) or a ggml .bin path.
+    #[arg(
+        long = "whisper",
+        visible_alias = "stt-model",
+        default_value = "whisper-tiny.en"
+    )]
+    pub(crate) whisper: String,
+    /// Spoken language (`auto` detects; English-only models take `en`).
+    #[arg(long, default_value = "en")]
+    pub(crate) language: String,
+    /// CPU threads for whisper (default: the board's, else all cores).
+    #[arg(long = "stt-threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) stt_threads: Option<u32>,
+    /// VAD: frames quieter than this (dBFS) are never speech.
+    #[arg(long = "vad-db", default_value_t = -45.0, allow_negative_numbers = true)]
+    pub(crate) vad_db: f32,
+    /// VAD: silence that ends an utterance, in ms.
+    #[arg(long = "vad-hangover-ms", default_value_t = 700, value_parser = clap::value_parser!(u32).range(50..=10_000))]
+    pub(crate) vad_hangover_ms: u32,
+    /// VAD: frames with a spectral flatness above this are noise (0..1).
+    #[arg(long = "vad-flatness", default_value_t = 0.40)]
+    pub(crate) vad_flatness: f32,
+}
+
+impl SpeechArgs {
+    /// The VAD settings, range-checked.
+    pub(crate) fn vad(&self) -> anyhow::Result<ferrite::speech::VadConfig> {
+        if !(-120.0..=0.0).contains(&self.vad_db) {
+            anyhow::bail!("--vad-db must be from -120 to 0 dBFS, not {}", self.vad_db);
+        }
+        if !(0.0..=1.0).contains(&self.vad_flatness) {
+            anyhow::bail!(
+                "--vad-flatness must be from 0 to 1, not {}",
+                self.vad_flatness
+            );
+        }
+        Ok(ferrite::speech::VadConfig {
+            threshold_db: self.vad_db,
+            hangover_ms: self.vad_hangover_ms,
+            max_flatness: self.vad_flatness,
+            ..Default::default()
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct ModelArgs {
+    /// Model name (see `ferrite models list`) or GGUF file path.
+    #[arg(short = 'm', long)]
+    pub(crate) model: Option<String>,
+    /// CPU threads (default: the board's, else all cores).
+    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub(crate) threads: Option<i32>,
+    /// Context size in tokens (default: the board's; at most what the model
+    /// was trained on).
+    #[arg(short = 'c', long = "ctx-size", value_parser = clap::value_parser!(u32).range(16..=1 << 24))]
+    pub(crate) ctx_size: Option<u32>,
+    /// Layers to offload to the GPU (CUDA builds).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl")]
+    pub(crate) gpu_layers: Option<u32>,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct GenArgs {
+    /// Tokens to generate at most; -1 (or -2, llama.cpp's "until the context
+    /// is full"): until the model stops or the context is full.
+    #[arg(
+        short = 'n',
+        long = "n-predict",
+        default_value_t = 256,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(-2..=1 << 24)
+    )]
+    pub(crate) n_predict: i64,
+    /// Temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub(crate) temp: f32,
+    /// Keep only the K most likely tokens (0 = off; at most the vocabulary).
+    #[arg(long = "top-k", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..))]
+    pub(crate) top_k: i32,
+    #[arg(long = "top-p", default_value_t = 0.95)]
+    pub(crate) top_p: f32,
+    #[arg(long = "min-p", default_value_t = 0.05)]
+    pub(crate) min_p: f32,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub(crate) repeat_penalty: f32,
+    /// Tokens the penalties look back over (-1: the whole context; at most
+    /// the context size).
+    #[arg(
+        long = "repeat-last-n",
+        default_value_t = 64,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i32).range(-1..)
+    )]
+    pub(crate) repeat_last_n: i32,
+    #[arg(
+        long = "frequency-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub(crate) frequency_penalty: f32,
+    #[arg(
+        long = "presence-penalty",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
+    pub(crate) presence_penalty: f32,
+    /// Random seed (default, or -1: a fresh one each run).
+    #[arg(
+        short = 's',
+        long,
+        allow_negative_numbers = true,
+        value_parser = clap::value_parser!(i64).range(-1..=u32::MAX as i64)
+    )]
+    pub(crate) seed: Option<i64>,
+    /// Beam search of this width instead of sampling (short answers).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub(crate) beams: u32,
+    /// Stop when this text appears (repeatable).
+    #[arg(long = "stop")]
+    pub(crate) stop: Vec<String>,
+}
+
+impl GenArgs {
+    pub(crate) fn params(&self) -> GenParams {
+        GenParams {
+            // -1 and -2: no limit but the context.
+            n_predict: usize::try_from(self.n_predict).ok(),
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed: self
+                .seed
+                .and_then(|s| u32::try_from(s).ok())
+                .unwrap_or(0xFFFF_FFFF),
+            beams: self.beams as usize,
+            stop: self.stop.clone(),
+        }
+    }
+}

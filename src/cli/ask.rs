@@ -1,0 +1,33 @@
+//! `ferrite ask`: one prompt, the answer streamed to stdout.
+
+use std::io::Write;
+
+use super::args::AskArgs;
+use super::{Ctx, Out};
+
+pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
+    let mut engine = ctx.load(&a.model)?;
+    let adapter = a.lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;
+    let mut sess = engine.session(ctx.session_opts(&a.model, a.gen.beams as usize))?;
+    sess.set_adapter(adapter)?;
+    sess.set_system(a.system);
+    let prompt = a.prompt.join(" ");
+    let params = a.gen.params();
+    let mut broken = false;
+    let reply = {
+        let mut sink = out.sink(&mut broken);
+        if a.raw {
+            sess.complete(&prompt, &params, &mut sink)?
+        } else {
+            sess.ask(&prompt, &params, &mut sink)?
+        }
+    };
+    if broken {
+        return Ok(());
+    }
+    writeln!(out)?;
+    if a.stats {
+        eprintln!("{} | finish {:?}", reply.stats, reply.finish);
+    }
+    Ok(())
+}

@@ -1,0 +1,57 @@
+//! `ferrite finetune`: train a LoRA adapter on this device.
+
+use std::io::{IsTerminal, Write};
+
+use ferrite::llm::{Engine, LoadOptions};
+
+use super::args::FinetuneArgs;
+use super::{Ctx, Out};
+
+pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<()> {
+    let threads = a
+        .threads
+        .map_or_else(|| ctx.board.threads() as usize, |t| t as usize)
+        .max(1);
+    // candle sizes its work by RAYON_NUM_THREADS; set while this process has
+    // no other thread yet, then size rayon's pool, which candle's matmuls and
+    // ferrite's kernels share.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .ok();
+    let targets = ferrite::finetune::Target::parse_list(&a.targets).map_err(anyhow::Error::msg)?;
+    let dir = ctx.store.adapter_dir(&a.out)?;
+    let (name, path) = ctx.resolve(a.model.as_deref())?;
+    let sha = ctx.store.model_sha256(&name, &path)?;
+    let engine = Engine::load(&name, &path, &LoadOptions::default())?;
+    let opts = ferrite::finetune::FinetuneOptions {
+        data: a.data,
+        val_data: a.val_data,
+        name: a.out.clone(),
+        rank: a.rank as usize,
+        alpha: a.alpha,
+        targets,
+        epochs: a.epochs as usize,
+        steps: a.steps.map(|s| s as usize),
+        lr: a.lr,
+        batch: a.batch as usize,
+        seq: a.seq as usize,
+        val: a.val,
+        seed: a.seed,
+        resume: a.resume,
+        save_every: a.save_every as usize,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir)?;
+    let val = match (s.val_loss_start, s.val_loss_end) {
+        (Some(a), Some(b)) => format!(", validation loss {a:.4} -> {b:.4}"),
+        _ => String::new(),
+    };
+    eprintln!(
+        "trained `{}` on {name}: {} steps ({} examples, {} trainable parameters), last loss {:.4}{val}; {:.2} s/step, {:.0} tokens/s",
+        a.out, s.steps, s.train_examples, s.trainable_params, s.last_loss, s.s_per_step, s.tokens_per_s
+    );
+    writeln!(out, "{}", s.adapter.display())?;
+    Ok(())
+}

@@ -1,0 +1,126 @@
+//! `ferrite serve` and `ferrite listen`: the assistant loop on a serial port
+//! or stdio, with spoken queries from a microphone or WAV files.
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use ferrite::assistant;
+use ferrite::console::serial::{Serial, SerialSettings};
+use ferrite::console::stdio::Stdio;
+
+use super::args::ServeArgs;
+use super::{Ctx, Out};
+
+/// `serve` and `listen`: the assistant loop on a console, with spoken queries
+/// when `--listen` (always for `listen`).
+pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyhow::Result<()> {
+    use ferrite::hw;
+    use ferrite::speech::{self, AudioSource};
+    let listen = listen || a.listen;
+    if a.ear.list_devices {
+        for d in speech::capture::list_devices()? {
+            writeln!(out, "{:<28} {}", d.name, d.description)?;
+        }
+        return Ok(());
+    }
+    // An explicit -c is held against the model's trained context before the
+    // service starts (a default is cut to fit, as for every command).
+    if let Some(c) = a.model.ctx_size {
+        let (_, path) = ctx.resolve(a.model.model.as_deref())?;
+        let g = ferrite::gguf::GgufFile::open(&path)?;
+        let train = g.summary().context_length.unwrap_or(0);
+        if train > 0 && u64::from(c) > train {
+            anyhow::bail!(
+                "a context of {c} tokens is more than the {train} the model was trained on: use -c {train} or less"
+            );
+        }
+    }
+    // `listen` talks to the terminal unless a port is named.
+    let stdio = a.stdio
+        || (listen
+            && a.port.is_none()
+            && (!a.ear.wav.is_empty() || ctx.board.serial_port.is_none()));
+    let opts = assistant::ServeOptions {
+        lora: a.lora,
+        model: a.model.model.clone().or(ctx.board.default_model.clone()),
+        load: ctx.load_opts(&a.model),
+        session: ctx.session_opts(&a.model, a.gen.beams as usize),
+        params: a.gen.params(),
+        system: a.system,
+        echo: !a.no_echo && !stdio,
+        json: a.json,
+        max_line_bytes: a.max_line as usize,
+        board: ctx.board.clone(),
+        sys_root: assistant::default_sys_root(),
+    };
+    let mut led = None;
+    let ear = if listen {
+        let e = &a.ear;
+        let stt = ctx.transcriber(&e.speech)?;
+        let source: Box<dyn AudioSource + Send> = if e.wav.is_empty() {
+            let dev = e.device.clone().unwrap_or(ctx.board.audio_device.clone());
+            Box::new(speech::capture::AlsaSource::open(&dev)?)
+        } else {
+            // The files one after another, a second of silence between.
+            let mut all = Vec::new();
+            for f in &e.wav {
+                all.extend(speech::wav::read(f)?.to_pcm16k().0);
+                all.extend(std::iter::repeat_n(0.0, speech::SAMPLE_RATE as usize));
+            }
+            Box::new(speech::WavSource::new(speech::Pcm16k(all)))
+        };
+        let ptt = e
+            .ptt_pin
+            .or(if e.wav.is_empty() {
+                ctx.board.ptt_pin
+            } else {
+                None
+            })
+            .map(hw::button)
+            .transpose()?;
+        let status = hw::StatusCell::default();
+        if let Some(pin) = e.led_pin.or(ctx.board.led_pin) {
+            match hw::led(pin) {
+                Ok(pin) => {
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let thread = hw::spawn_led(pin, status.clone(), stop.clone());
+                    led = Some((stop, thread));
+                }
+                Err(err) if e.led_pin.is_none() => {
+                    tracing::warn!(error = %err, "no status LED")
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        let heard = speech::listen::spawn(source, stt, e.speech.vad()?, ptt, status.clone());
+        Some(assistant::Ear { heard, status })
+    } else {
+        None
+    };
+    let result = if stdio {
+        assistant::serve(
+            &opts,
+            &ctx.store,
+            &ctx.manifest,
+            &mut Stdio::new(),
+            ear.as_ref(),
+        )
+    } else {
+        let path = a.port.or(ctx.board.serial_port.clone()).context(
+            "no serial port: pass --port PATH (or --stdio), or set serial_port in the board profile",
+        )?;
+        let mut serial = Serial::new(SerialSettings {
+            path,
+            baud: a.baud.unwrap_or(ctx.board.baud),
+            parity: a.parity.unwrap_or(ctx.board.parity),
+            flow: a.flow_control.unwrap_or(ctx.board.flow_control),
+        });
+        assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut serial, ear.as_ref())
+    };
+    // Leave the LED off, not in whatever state it was in.
+    if let Some((stop, thread)) = led {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
+    Ok(result?)
+}

@@ -1,0 +1,98 @@
+//! Settings resolved once, before any command runs: the board profile
+//! (`--board`/`FERRITE_BOARD`), the manifest, the model store, and what the
+//! command line leaves to them (model, threads, context, GPU layers).
+
+use std::path::{Path, PathBuf};
+
+use ferrite::board::{self, Board};
+use ferrite::gguf::GgufFile;
+use ferrite::llm::{self, Engine, LoadOptions, SessionOptions};
+use ferrite::models::{self, Manifest, Store};
+
+use super::args::{ModelArgs, SpeechArgs};
+
+pub(crate) struct Ctx {
+    pub(crate) board: Board,
+    pub(crate) manifest: Manifest,
+    pub(crate) store: Store,
+}
+
+impl Ctx {
+    pub(crate) fn new(board: &str) -> anyhow::Result<Ctx> {
+        let board = Board::load(board)?;
+        let manifest = Manifest::load()?;
+        let store = Store::new(models::home_dir(board.store_dir.as_deref()));
+        Ok(Ctx {
+            board,
+            manifest,
+            store,
+        })
+    }
+
+    pub(crate) fn resolve(&self, spec: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
+        let spec = spec.or(self.board.default_model.as_deref());
+        Ok(self.store.resolve(spec, &self.manifest, true)?)
+    }
+
+    pub(crate) fn load(&self, m: &ModelArgs) -> anyhow::Result<Engine> {
+        let (name, path) = self.resolve(m.model.as_deref())?;
+        let opts = self.session_opts(m, 0);
+        let gguf = GgufFile::open(&path)?;
+        board::check_fits(
+            &self.board,
+            &gguf,
+            opts.ctx_tokens,
+            opts.batch_tokens,
+            Path::new("/"),
+        )?;
+        let engine = Engine::from_gguf(&name, gguf, &self.load_opts(m))?;
+        if let Some(c) = m.ctx_size {
+            engine.check_ctx(c)?;
+        }
+        Ok(engine)
+    }
+
+    /// Load `--lora NAME|PATH[:SCALE]` into the engine, checked against it.
+    pub(crate) fn load_lora(
+        &self,
+        engine: &mut Engine,
+        spec: &str,
+    ) -> anyhow::Result<(llm::AdapterId, f32)> {
+        let (spec, scale) = llm::parse_adapter_spec(spec)?;
+        let (name, path) = self.store.resolve_adapter(&spec, true)?;
+        let sha = self.store.model_sha256(engine.name(), engine.path())?;
+        let id = engine.load_adapter(&name, &path, Some(&sha))?;
+        Ok((id, scale))
+    }
+
+    /// Load the whisper model `--whisper` names (pulling it when missing).
+    pub(crate) fn transcriber(
+        &self,
+        a: &SpeechArgs,
+    ) -> anyhow::Result<ferrite::speech::Transcriber> {
+        let (_, path) = self.store.resolve(Some(&a.whisper), &self.manifest, true)?;
+        let threads = a
+            .stt_threads
+            .map_or_else(|| self.board.threads() as usize, |t| t as usize);
+        Ok(ferrite::speech::Transcriber::load(
+            &path,
+            threads,
+            &a.language,
+        )?)
+    }
+
+    pub(crate) fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
+        LoadOptions {
+            gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
+        }
+    }
+
+    pub(crate) fn session_opts(&self, m: &ModelArgs, beams: usize) -> SessionOptions {
+        SessionOptions {
+            ctx_tokens: m.ctx_size.unwrap_or(self.board.ctx_tokens),
+            threads: m.threads.unwrap_or_else(|| self.board.threads()),
+            max_beams: beams,
+            ..SessionOptions::default()
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! `ferrite transcribe`: a WAV file to text with whisper.cpp.
+
+use std::io::Write;
+
+use super::args::TranscribeArgs;
+use super::{Ctx, Out};
+
+pub(crate) fn run(ctx: &Ctx, a: TranscribeArgs, out: &mut Out) -> anyhow::Result<()> {
+    let mut speech = a.speech;
+    speech.whisper = a.model.unwrap_or(speech.whisper);
+    speech.stt_threads = a.threads.or(speech.stt_threads);
+    let vad = speech.vad()?;
+    let wav = ferrite::speech::wav::read(&a.file)?;
+    let pcm = wav.to_pcm16k();
+    let stt = ctx.transcriber(&speech)?;
+    let audio_s = pcm.seconds();
+    let pieces = if a.no_vad {
+        vec![pcm]
+    } else {
+        ferrite::speech::Vad::split(vad, &pcm)
+    };
+    let mut texts = Vec::new();
+    let mut compute = 0.0;
+    for p in &pieces {
+        let t = stt.transcribe(p)?;
+        compute += t.compute_s;
+        if !t.text.is_empty() {
+            texts.push(t.text);
+        }
+    }
+    writeln!(out, "{}", texts.join(" "))?;
+    if a.stats {
+        eprintln!(
+            "audio {audio_s:.2} s | {} utterance(s) | compute {compute:.2} s | real-time factor {:.3}",
+            pieces.len(),
+            compute / audio_s.max(1e-9)
+        );
+    }
+    Ok(())
+}
