@@ -134,7 +134,8 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
                     )?;
                 } else {
                     writeln!(out, "path:           {}", path.display())?;
-                    writeln!(out, 
+                    writeln!(
+                        out,
                         "whisper.cpp model: {} encoder + {} decoder layers, d={}, {} heads, vocab {} ({}), {} mels",
                         hp.n_audio_layer,
                         hp.n_text_layer,
