@@ -234,12 +234,13 @@ impl GgufFile {
         if kind.byte_fallback {
             // `byte_to_token` looks the byte up as `<0xXX>` with upper-case
             // hex, then (SentencePiece) as the one-byte text itself.
-            let missing = (0..=255u8).find(|&b| {
-                !seen.contains(format!("<0x{b:02X}>").as_str())
-                    && !(model == "llama"
+            let covered = |b: u8| {
+                seen.contains(format!("<0x{b:02X}>").as_str())
+                    || (model == "llama"
                         && b.is_ascii()
                         && seen.contains(&*(b as char).to_string()))
-            });
+            };
+            let missing = (0..=255u8).find(|&b| !covered(b));
             if let Some(b) = missing {
                 return Err(bad(format!(
                     "no token for byte 0x{b:02X} (`<0x{b:02X}>`): text containing it cannot be tokenized"
