@@ -13,9 +13,17 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferrite::llm::{Engine, GenParams, LoadOptions, SessionOptions};
 use ferrite::models::{self, Manifest, Store};
 
+/// The default model from the store `ferrite` uses without `FERRITE_HOME`.
 fn engine() -> Engine {
     let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
-    let store = Store::new(models::home_dir(None));
+    let root = std::env::var_os("FERRITE_HOME").map_or_else(
+        || {
+            std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".local/share/ferrite")
+        },
+        std::path::PathBuf::from,
+    );
+    let store = Store::new(root);
     let (name, path) = store.resolve(None, &manifest, true).unwrap();
     Engine::load(&name, &path, &LoadOptions::default()).unwrap()
 }

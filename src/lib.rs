@@ -20,8 +20,8 @@ pub mod gguf;
 pub mod hw;
 pub mod llm;
 pub mod models;
+pub mod progress;
 pub mod speech;
-pub mod systemd;
 
 /// Any error from any stage, for front ends that handle them alike.
 #[derive(Debug, thiserror::Error)]

@@ -306,10 +306,14 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
     let o = run_train(home.path(), "straight", &common);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    // Second run: pause half-way through each checkpoint write; kill it
-    // while the second checkpoint's temp file is half written.
+    // Second run: a preloaded shim (tests/data/slow_write.c) pauses each
+    // checkpoint write half-way (checkpoints hold the adapter and both AdamW
+    // moments: the only writes over 20 MB); kill it while the second
+    // checkpoint's temp file is half written.
     let mut child = train_cmd(home.path(), &data("facts.jsonl"), "killed", &common)
-        .env("FERRITE_TEST_SLOW_WRITE_MS", "1500")
+        .env("LD_PRELOAD", slow_write_shim(home.path()))
+        .env("SLOW_WRITE_MS", "1500")
+        .env("SLOW_WRITE_MIN_BYTES", "20000000")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -443,4 +447,21 @@ fn bad_data_and_bad_adapters_give_clear_errors() {
     }
     let o = ferrite(home.path(), &["ask", "-m", m, "--lora", "nosuch", "hi"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no adapter `nosuch`"));
+}
+
+/// Build the fault-injection shim `tests/data/slow_write.c` (a C compiler is
+/// a build dependency anyway) and return its path.
+fn slow_write_shim(dir: &Path) -> PathBuf {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/slow_write.c");
+    let out = dir.join("slow_write.so");
+    let ok = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&out)
+        .arg(src)
+        .arg("-ldl")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cc could not build {src}");
+    out
 }

@@ -330,7 +330,7 @@ fn numeric_flags_are_range_checked() {
 fn every_manifest_model_answers_with_default_flags() {
     let manifest = ferrite::models::Manifest::parse(ferrite::models::BUILTIN, "builtin").unwrap();
     let home = tempfile::tempdir().unwrap();
-    let store = ferrite::models::Store::new(ferrite::models::home_dir(None));
+    let store = crate::common::store();
     for m in manifest
         .models
         .iter()

@@ -454,3 +454,59 @@ fn input_after_a_model_switch_is_kept() {
         .unwrap_or_else(|| panic!("no switch: {s}"));
     assert!(after.contains("Tokyo"), "{s}");
 }
+
+/// Run `serve --stdio` on a recorded input (`tests/golden/NAME.inp`, `-n 6`
+/// greedy) and compare with the recorded output, numbers masked by `mask`.
+fn replay(name: &str, extra: &[&str], mask: fn(&str) -> String) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/");
+    let input = std::fs::read(format!("{dir}{name}.inp")).unwrap();
+    let want = std::fs::read_to_string(format!("{dir}{name}.out")).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let model = model_path().to_str().unwrap();
+    let mut args = vec![
+        "serve", "--stdio", "-m", model, "--temp", "0", "-n", "6", "-t", "2",
+    ];
+    args.extend_from_slice(extra);
+    let out = crate::common::ferrite_with_input(home.path(), &args, &input);
+    assert!(out.status.success());
+    crate::eqnice!(mask(&want), mask(&String::from_utf8_lossy(&out.stdout)));
+}
+
+/// The JSON line protocol's wire format, byte for byte: a session recorded
+/// before the assistant core was rebuilt on typed events
+/// (`tests/golden/json-session.{inp,out}`: every reply kind, every command,
+/// every error) is replayed, only the measured numbers (times, sizes) masked:
+/// a number right after a key (`"ttft_ms":12.5`) becomes `#`.
+#[test]
+fn json_protocol_wire_format_is_unchanged() {
+    fn mask(s: &str) -> String {
+        let mut o = String::with_capacity(s.len());
+        let mut it = s.chars().peekable();
+        while let Some(c) = it.next() {
+            o.push(c);
+            if o.ends_with("\":") && it.peek().is_some_and(|d| d.is_ascii_digit() || *d == '-') {
+                while it
+                    .peek()
+                    .is_some_and(|d| d.is_ascii_digit() || matches!(d, '.' | '-' | '+' | 'e' | 'E'))
+                {
+                    it.next();
+                }
+                o.push('#');
+            }
+        }
+        o
+    }
+    replay("json-session", &["--json"], mask);
+}
+
+/// The same for the text console (`tests/golden/text-session.{inp,out}`),
+/// every digit masked.
+#[test]
+fn text_console_output_is_unchanged() {
+    fn mask(s: &str) -> String {
+        s.chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect()
+    }
+    replay("text-session", &[], mask);
+}

@@ -18,7 +18,7 @@ use crate::eqnice;
 
 fn store() -> (Store, Manifest) {
     (
-        Store::new(models::home_dir(None)),
+        crate::common::store(),
         Manifest::parse(models::BUILTIN, "builtin").unwrap(),
     )
 }
@@ -394,7 +394,7 @@ fn converted_tensors_match_the_ct2_source() {
             String::from_utf8_lossy(&run.stderr)
         );
         let (_, manifest) = store();
-        let (sha, _) = models::sha256_file(&out).unwrap();
+        let (sha, _) = models::sha256_file(&out, &ferrite::progress::Quiet).unwrap();
         eqnice!(manifest.get(name).unwrap().sha256, sha);
 
         let ct2 = Ct2Model::open(&dir.join("model.bin")).unwrap();

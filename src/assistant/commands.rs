@@ -23,6 +23,8 @@ pub enum Command {
     LoraUse(String, f32),
     /// `/lora off`.
     LoraOff,
+    /// Stop the answer in progress (the JSON protocol's Ctrl-C).
+    Cancel,
     Quit,
 }
 
@@ -77,6 +79,7 @@ impl Command {
             "show" => no_arg(Command::Show),
             "quit" | "exit" => no_arg(Command::Quit),
             "models" => no_arg(Command::Models),
+            "cancel" => no_arg(Command::Cancel),
             "system" => Ok(Command::System((!arg.is_empty()).then(|| arg.to_string()))),
             "model" if !arg.is_empty() => Ok(Command::Model(arg.to_string())),
             "model" => Err("usage: /model NAME (see /models)".into()),

@@ -1,34 +1,55 @@
-//! The JSON line protocol's requests: one JSON object per line, either a
-//! question (`{"q": "..."}`) or a console command without its slash
-//! (`{"cmd": "set temp 0.5"}`). Parsing is a pure function of the line, so
-//! it is tested and fuzzed on its own; the replies' wire format lives with
-//! the loop that sends them.
+//! Requests to the assistant, as the consoles receive them: a typed line
+//! (a slash command, or else a question) or a JSON line (`{"q": "..."}` or
+//! `{"cmd": "set temp 0.5"}`, a command without its slash). Parsing is a
+//! pure function of the line, so it is tested and fuzzed on its own.
 
 use super::commands::Command;
 
-/// What one JSON line asks for.
+/// What one line asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Question(String),
     Command(Command),
 }
 
+const EXPECTED: &str = "expected {\"q\": \"question\"} or {\"cmd\": \"command\"}";
+
+impl Request {
+    /// A typed line: a command when it starts with `/`, else a question.
+    pub fn from_text(line: &str) -> Result<Request, String> {
+        match Command::parse(line) {
+            Some(cmd) => cmd.map(Request::Command),
+            None => Ok(Request::Question(line.to_string())),
+        }
+    }
+}
+
 /// Parse one line of the JSON protocol. The error is the message sent back
-/// as `{"error": ...}`.
+/// as `{"error": ...}`. A request with a field besides the one it uses is
+/// refused, not half read.
 pub fn parse_json_line(line: &str) -> Result<Request, String> {
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
-    if let Some(q) = v.get("q").and_then(|q| q.as_str()) {
-        return Ok(Request::Question(q.to_string()));
-    }
-    if let Some(c) = v.get("cmd").and_then(|c| c.as_str()) {
+    let (key, req) = if let Some(q) = v.get("q").and_then(|q| q.as_str()) {
+        ("q", Request::Question(q.to_string()))
+    } else if let Some(c) = v.get("cmd").and_then(|c| c.as_str()) {
         let c = format!("/{}", c.trim_start_matches('/'));
-        return match Command::parse(&c) {
-            Some(r) => r.map(Request::Command),
-            None => Err("expected {\"q\": \"question\"} or {\"cmd\": \"command\"}".into()),
-        };
+        match Command::parse(&c) {
+            Some(r) => ("cmd", Request::Command(r?)),
+            None => return Err(EXPECTED.into()),
+        }
+    } else {
+        return Err(EXPECTED.into());
+    };
+    if let Some(other) = v
+        .as_object()
+        .and_then(|o| o.keys().find(|k| k.as_str() != key))
+    {
+        return Err(format!(
+            "unknown field `{other}` in the request: {EXPECTED}"
+        ));
     }
-    Err("expected {\"q\": \"question\"} or {\"cmd\": \"command\"}".into())
+    Ok(req)
 }
 
 #[cfg(test)]
@@ -49,6 +70,10 @@ mod tests {
             parse_json_line(r#"{"cmd": "/stats"}"#),
             Ok(Request::Command(Command::Stats))
         );
+        assert_eq!(
+            parse_json_line(r#"{"cmd": "cancel"}"#),
+            Ok(Request::Command(Command::Cancel))
+        );
         assert!(parse_json_line("nope")
             .unwrap_err()
             .starts_with("not a JSON object"));
@@ -58,5 +83,20 @@ mod tests {
         assert!(parse_json_line(r#"{"cmd": "rm -rf /"}"#)
             .unwrap_err()
             .contains("unknown command"));
+        let e = parse_json_line(r#"{"q": "hi", "temperature": 2}"#).unwrap_err();
+        assert!(e.starts_with("unknown field `temperature`"), "{e}");
+    }
+
+    #[test]
+    fn typed_lines() {
+        assert_eq!(
+            Request::from_text("hello"),
+            Ok(Request::Question("hello".into()))
+        );
+        assert_eq!(
+            Request::from_text("/reset"),
+            Ok(Request::Command(Command::Reset))
+        );
+        assert!(Request::from_text("/nope").is_err());
     }
 }

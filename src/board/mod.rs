@@ -20,7 +20,31 @@ pub(crate) use memory::proc_kib_field;
 pub use memory::{available_bytes, check_fits, estimate, MemoryEstimate};
 pub use thermal::Governor;
 
-use crate::console::serial::{FlowOpt, ParityOpt};
+/// Serial parity (the console's UART settings live in the profile).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Odd,
+    Even,
+}
+
+/// Serial flow control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowControl {
+    /// No flow control.
+    None,
+    /// XON/XOFF in band.
+    Software,
+    /// RTS/CTS lines.
+    Hardware,
+}
+
+/// Threads to use when none are configured: every online core, as llama.cpp.
+pub fn default_threads() -> i32 {
+    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
+}
 
 /// Profiles shipped in `boards/`, by name.
 const BUILTIN: &[(&str, &str)] = &[
@@ -78,8 +102,8 @@ pub struct Board {
     /// The console's serial port for `ferrite serve` without `--port`.
     pub serial_port: Option<String>,
     pub baud: u32,
-    pub parity: ParityOpt,
-    pub flow_control: FlowOpt,
+    pub parity: Parity,
+    pub flow_control: FlowControl,
     /// Push-to-talk input and status LED output (BCM GPIO numbers).
     pub ptt_pin: Option<u8>,
     pub led_pin: Option<u8>,
@@ -107,8 +131,8 @@ impl Default for Board {
             store_dir: None,
             serial_port: None,
             baud: 115_200,
-            parity: ParityOpt::None,
-            flow_control: FlowOpt::None,
+            parity: Parity::None,
+            flow_control: FlowControl::None,
             ptt_pin: None,
             led_pin: None,
             audio_device: "default".into(),
@@ -153,7 +177,7 @@ impl Board {
     /// Threads to use: the profile's, or every online core.
     pub fn threads(&self) -> i32 {
         if self.threads == 0 {
-            crate::llm::default_threads()
+            default_threads()
         } else {
             self.threads as i32
         }

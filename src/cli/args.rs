@@ -270,9 +270,9 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) baud: Option<u32>,
     #[arg(long, value_enum)]
-    pub(crate) parity: Option<ferrite::console::serial::ParityOpt>,
+    pub(crate) parity: Option<ParityArg>,
     #[arg(long = "flow-control", value_enum)]
-    pub(crate) flow_control: Option<ferrite::console::serial::FlowOpt>,
+    pub(crate) flow_control: Option<FlowArg>,
     /// Do not echo typed characters (for terminals that echo locally).
     #[arg(long)]
     pub(crate) no_echo: bool,
@@ -462,6 +462,45 @@ impl GenArgs {
                 .unwrap_or(0xFFFF_FFFF),
             beams: self.beams as usize,
             stop: self.stop.clone(),
+        }
+    }
+}
+
+/// `--parity` (the library's `board::Parity`, which knows nothing of clap).
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ParityArg {
+    None,
+    Odd,
+    Even,
+}
+
+impl From<ParityArg> for ferrite::board::Parity {
+    fn from(p: ParityArg) -> Self {
+        match p {
+            ParityArg::None => Self::None,
+            ParityArg::Odd => Self::Odd,
+            ParityArg::Even => Self::Even,
+        }
+    }
+}
+
+/// `--flow-control`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum FlowArg {
+    /// No flow control.
+    None,
+    /// XON/XOFF in band.
+    Software,
+    /// RTS/CTS lines.
+    Hardware,
+}
+
+impl From<FlowArg> for ferrite::board::FlowControl {
+    fn from(f: FlowArg) -> Self {
+        match f {
+            FlowArg::None => Self::None,
+            FlowArg::Software => Self::Software,
+            FlowArg::Hardware => Self::Hardware,
         }
     }
 }

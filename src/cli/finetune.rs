@@ -1,6 +1,6 @@
 //! `ferrite finetune`: train a LoRA adapter on this device.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 use ferrite::llm::{Engine, LoadOptions};
 
@@ -12,9 +12,12 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         .threads
         .map_or_else(|| ctx.board.threads() as usize, |t| t as usize)
         .max(1);
-    // candle sizes its work by RAYON_NUM_THREADS; set while this process has
-    // no other thread yet, then size rayon's pool, which candle's matmuls and
-    // ferrite's kernels share.
+    // Set while this process has no other thread yet (see
+    // `ferrite::finetune::finetune`): candle's elementwise pool off, rayon's
+    // pool (candle's matmuls and ferrite's kernels) sized to the threads.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -41,9 +44,9 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         seed: a.seed,
         resume: a.resume,
         save_every: a.save_every as usize,
-        progress: std::io::stderr().is_terminal(),
     };
-    let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir)?;
+    let bars = super::progress::Bars::default();
+    let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir, &bars)?;
     let val = match (s.val_loss_start, s.val_loss_end) {
         (Some(a), Some(b)) => format!(", validation loss {a:.4} -> {b:.4}"),
         _ => String::new(),

@@ -14,7 +14,9 @@ mod logging;
 mod models;
 mod out;
 mod perplexity;
+mod progress;
 mod serve;
+mod service;
 mod settings;
 mod transcribe;
 

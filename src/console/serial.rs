@@ -9,36 +9,17 @@
 use std::io::{ErrorKind, Write};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serialport::{DataBits, FlowControl, Parity, SerialPort, StopBits};
+use serialport::{DataBits, SerialPort, StopBits};
 
 use super::{Connector, Link};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum ParityOpt {
-    None,
-    Odd,
-    Even,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum FlowOpt {
-    /// No flow control.
-    None,
-    /// XON/XOFF in band.
-    Software,
-    /// RTS/CTS lines.
-    Hardware,
-}
+use crate::board::{FlowControl, Parity};
 
 #[derive(Debug, Clone)]
 pub struct SerialSettings {
     pub path: String,
     pub baud: u32,
-    pub parity: ParityOpt,
-    pub flow: FlowOpt,
+    pub parity: Parity,
+    pub flow: FlowControl,
 }
 
 pub struct Serial {
@@ -83,14 +64,14 @@ impl Connector for Serial {
             .data_bits(DataBits::Eight)
             .stop_bits(StopBits::One)
             .parity(match s.parity {
-                ParityOpt::None => Parity::None,
-                ParityOpt::Odd => Parity::Odd,
-                ParityOpt::Even => Parity::Even,
+                Parity::None => serialport::Parity::None,
+                Parity::Odd => serialport::Parity::Odd,
+                Parity::Even => serialport::Parity::Even,
             })
             .flow_control(match s.flow {
-                FlowOpt::None => FlowControl::None,
-                FlowOpt::Software => FlowControl::Software,
-                FlowOpt::Hardware => FlowControl::Hardware,
+                FlowControl::None => serialport::FlowControl::None,
+                FlowControl::Software => serialport::FlowControl::Software,
+                FlowControl::Hardware => serialport::FlowControl::Hardware,
             })
             .timeout(POLL)
             .open()

@@ -5,7 +5,6 @@
 //! stored with it; `--resume` refuses a checkpoint made with different data
 //! or settings, because that could not give the uninterrupted run's result.
 
-use std::io::Write;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
@@ -50,15 +49,6 @@ fn f32s(t: &Tensor) -> candle_core::Result<Vec<f32>> {
         .to_vec1::<f32>()
 }
 
-/// Milliseconds to pause half-way through writing a checkpoint, so a test
-/// can kill the trainer while the temp file is half written.
-fn test_pause_ms() -> Option<u64> {
-    std::env::var("FERRITE_TEST_SLOW_WRITE_MS")
-        .ok()?
-        .parse()
-        .ok()
-}
-
 pub(crate) fn save(path: &Path, ck: &Checkpoint) -> Result<(), FinetuneError> {
     let mut w = GgufWriter::new();
     w.kv(
@@ -76,17 +66,7 @@ pub(crate) fn save(path: &Path, ck: &Checkpoint) -> Result<(), FinetuneError> {
             w.tensor_f32(&format!("{kind}.{i}"), &ggml_dims(t), &f32s(t)?);
         }
     }
-    let bytes = w.to_bytes();
-    crate::gguf::write_atomic(path, |out| {
-        let (a, b) = bytes.split_at(bytes.len() / 2);
-        out.write_all(a)?;
-        if let Some(ms) = test_pause_ms() {
-            out.flush()?;
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-        out.write_all(b)
-    })
-    .map_err(|source| FinetuneError::Io {
+    w.write(path).map_err(|source| FinetuneError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -23,6 +23,7 @@ use super::optim::{lr_at, AdamW};
 use super::rng::Rng;
 use super::FinetuneError;
 use crate::llm::Engine;
+use crate::progress::{Progress, Unit};
 
 /// `ferrite finetune`'s settings.
 #[derive(Debug, Clone)]
@@ -46,7 +47,6 @@ pub struct FinetuneOptions {
     pub resume: bool,
     /// Checkpoint every this many steps (and always at the end).
     pub save_every: usize,
-    pub progress: bool,
 }
 
 impl Default for FinetuneOptions {
@@ -67,7 +67,6 @@ impl Default for FinetuneOptions {
             seed: 42,
             resume: false,
             save_every: 50,
-            progress: true,
         }
     }
 }
@@ -148,20 +147,22 @@ impl Log {
 }
 
 /// Train an adapter for `engine`'s model into `dir` (the adapter's folder in
-/// the store). `base_sha256` identifies the base file.
+/// the store). `base_sha256` identifies the base file; steps are reported to
+/// `progress`.
+///
+/// Threads: every matmul and ferrite's own kernels run on rayon's global
+/// pool. candle runs elementwise ops on a spinning pool of its own, which on
+/// a 2-4 core board fights rayon for the cores (measured on 2 cores: 4.4
+/// s/step with it, 3.3 s without): callers set `CANDLE_NUM_THREADS=1` (and
+/// `RAYON_NUM_THREADS`) before their process starts any thread, as `ferrite
+/// finetune` does; the library never changes the environment.
 pub fn finetune(
     engine: &Engine,
     base_sha256: &str,
     opts: &FinetuneOptions,
     dir: &Path,
+    progress: &dyn Progress,
 ) -> Result<TrainSummary, FinetuneError> {
-    // candle runs elementwise ops on its own spinning thread pool; on a
-    // 2-4 core board it fights gemm's rayon threads for the cores (measured
-    // on 2 cores: 4.4 s/step with it, 3.3 s without). ferrite's own kernels
-    // and every matmul use rayon, so candle's pool is kept to the caller.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
     if opts.batch == 0 || opts.seq < 2 {
         return Err(FinetuneError::Param(
             "--batch must be ≥ 1 and --seq ≥ 2".into(),
@@ -303,19 +304,8 @@ pub fn finetune(
         Some(v)
     };
 
-    let pb = if opts.progress {
-        indicatif::ProgressBar::new(total as u64)
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    pb.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} step {pos}/{len} [{bar:30}] {msg} eta {eta}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    pb.set_position(start as u64);
+    progress.start(&opts.name, total as u64, Unit::Steps);
+    progress.position(start as u64);
     let t_run = Instant::now();
     let mut tokens_run = 0usize;
     let mut last_loss = f64::NAN;
@@ -343,8 +333,8 @@ pub fn finetune(
         let dt = t0.elapsed().as_secs_f64();
         tokens_run += n_tokens;
         let tps = tokens_run as f64 / t_run.elapsed().as_secs_f64();
-        pb.set_message(format!("loss {loss_v:.4}  {tps:.0} tok/s  {dt:.2} s/step"));
-        pb.inc(1);
+        progress.status(&format!("loss {loss_v:.4}  {tps:.0} tok/s  {dt:.2} s/step"));
+        progress.advance(1);
         log.write(json!({
             "event": "step", "step": step + 1, "epoch": step / per_epoch, "loss": loss_v,
             "lr": opt.lr, "grad_norm": gnorm, "tokens": n_tokens, "s": dt,
@@ -353,7 +343,7 @@ pub fn finetune(
         let epoch_end = done % per_epoch == 0 || done == total;
         if epoch_end && !ds.val.is_empty() {
             let v = eval_loss(&base, &lora, &ds.val, opts.batch)?;
-            pb.println(format!(
+            progress.note(&format!(
                 "epoch {}: train loss {loss_v:.4}, validation loss {v:.4}",
                 (done - 1) / per_epoch + 1
             ));
@@ -382,7 +372,7 @@ pub fn finetune(
             log.write(json!({"event": "checkpoint", "step": done}));
         }
     }
-    pb.finish_and_clear();
+    progress.finish();
     let ran = total - start;
     let secs = t_run.elapsed().as_secs_f64();
     let summary = TrainSummary {

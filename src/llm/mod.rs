@@ -116,7 +116,4 @@ pub fn gpu_devices() -> Result<Vec<String>, LlmError> {
         .collect())
 }
 
-/// Threads to use when none are configured: all online cores, as llama.cpp.
-pub fn default_threads() -> i32 {
-    std::thread::available_parallelism().map_or(4, |n| n.get() as i32)
-}
+pub use crate::board::default_threads;

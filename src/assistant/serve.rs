@@ -1,0 +1,692 @@
+//! The serial console front end behind `ferrite serve` and `listen`: lines
+//! arrive from a console link, are edited and parsed into requests for the
+//! core, and the core's events go back rendered as text or JSON lines.
+//!
+//! The loop owns the link and the model: the link comes from a `Connector`
+//! (serial port, pseudo-terminal, stdio) and may vanish and come back, in
+//! which case the loop waits, reopens it and starts a new conversation; a
+//! `/model` switch or an adapter load reloads the engine between
+//! conversations. While an answer streams, the loop keeps reading the link
+//! so that Ctrl-C (or BREAK, which a raw serial line delivers as NUL, or
+//! `{"cmd":"cancel"}` in JSON mode) cancels within one token; anything else
+//! typed meanwhile is kept, bounded, as type-ahead.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+use std::time::Duration;
+
+use super::commands::Command;
+use super::core::{check_switchable, Carry, Core, Outcome};
+use super::event::Event;
+use super::protocol::{parse_json_line, Request};
+use super::{render, AssistantError, Ear, ServeOptions, Service};
+use crate::board::Governor;
+use crate::console::line::{self, LineEditor};
+use crate::console::{self, Channels, Connector, Input};
+use crate::hw::Status;
+use crate::llm::{AdapterId, Engine};
+use crate::models::{Manifest, Store};
+use crate::speech::listen::Heard;
+
+/// Bytes typed during an answer that are kept for afterwards.
+const MAX_TYPE_AHEAD: usize = 64 * 1024;
+const CTRL_C: u8 = 0x03;
+/// A BREAK on a raw serial line reads as NUL.
+const BREAK: u8 = 0x00;
+
+/// How one conversation ended.
+enum End {
+    /// The link is gone (unplugged, closed).
+    LinkLost,
+    /// stdin reached its end.
+    InputEnded,
+    /// `/quit`.
+    Quit,
+    /// `/model NAME`, with the input already read after its line.
+    Switch(String, PathBuf, Vec<u8>),
+    /// `/lora use NAME` for an adapter not loaded yet: the engine loads it
+    /// between conversations, then the conversation continues.
+    Adapter {
+        name: String,
+        path: PathBuf,
+        scale: f32,
+        carry: Box<Carry>,
+        pending: Vec<u8>,
+    },
+}
+
+/// How the next conversation starts.
+enum Resume {
+    /// A fresh conversation with a banner, after this input.
+    Fresh(Vec<u8>),
+    /// The conversation goes on after an adapter load, with what to say.
+    Carried {
+        carry: Box<Carry>,
+        adapter: Option<(AdapterId, f32)>,
+        said: Event,
+        pending: Vec<u8>,
+    },
+}
+
+/// Open the link, waiting for it to appear when the connector reopens.
+fn connect(
+    connector: &mut dyn Connector,
+    service: &dyn Service,
+) -> Result<Channels, AssistantError> {
+    let mut warned = false;
+    loop {
+        service.heartbeat();
+        match connector.open() {
+            Ok(link) => {
+                tracing::info!(port = %connector.describe(), "console open");
+                return Ok(console::start(link));
+            }
+            Err(e) if connector.reopens() => {
+                if !warned {
+                    tracing::warn!(port = %connector.describe(), error = %e, "console not available; waiting for it");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            Err(source) => {
+                return Err(AssistantError::Link {
+                    what: connector.describe(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Validate `path` (GGUF, a model llama.cpp can run), check it fits the
+/// board's memory, and load it.
+fn load_engine(opts: &ServeOptions, name: &str, path: &Path) -> Result<Engine, AssistantError> {
+    let gguf = check_switchable(opts, path)?;
+    Ok(Engine::from_gguf(name, gguf, &opts.load)?)
+}
+
+/// The model a conversation runs on, with the `--lora` every new
+/// conversation starts with.
+struct Loaded {
+    engine: Engine,
+    startup_adapter: Option<(AdapterId, f32)>,
+    base_sha: Option<String>,
+}
+
+/// Load the model, and `--lora` onto it. At start-up (`first`) a failure is
+/// the service's error; after a `/model` switch the caller falls back.
+fn load_model(
+    opts: &ServeOptions,
+    store: &Store,
+    name: &str,
+    path: &Path,
+    first: bool,
+    notice: &mut Option<String>,
+) -> Result<Loaded, AssistantError> {
+    let mut engine = load_engine(opts, name, path)?;
+    // Hashed only if an adapter is loaded (a model outside the store has no
+    // receipt, and hashing gigabytes would slow every start).
+    let base_sha = opts
+        .lora
+        .as_ref()
+        .and_then(|_| store.model_sha256(name, path).ok());
+    let mut startup_adapter = None;
+    if let Some(spec) = &opts.lora {
+        let loaded = crate::llm::parse_adapter_spec(spec)
+            .map_err(AssistantError::from)
+            .and_then(|(spec, scale)| {
+                let (aname, apath) = store.resolve_adapter(&spec, true)?;
+                let id = engine.load_adapter(&aname, &apath, base_sha.as_deref())?;
+                Ok((id, scale))
+            });
+        match loaded {
+            Ok(a) => startup_adapter = Some(a),
+            // After a `/model` switch the new model runs without it (the
+            // adapter was trained for the other base).
+            Err(e) if !first => {
+                *notice = Some(format!("--lora {spec} does not apply to {name}: {e}"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Loaded {
+        engine,
+        startup_adapter,
+        base_sha,
+    })
+}
+
+/// Run the assistant on `connector` until stdin ends (stdio) or forever
+/// (serial: unplugging the port waits for it to come back). `service` hears
+/// when the assistant is ready and that its loop is alive.
+pub fn serve(
+    opts: &ServeOptions,
+    store: &Store,
+    manifest: &Manifest,
+    connector: &mut dyn Connector,
+    ear: Option<&Ear>,
+    service: &dyn Service,
+) -> Result<(), AssistantError> {
+    let mut ear_done = ear.is_none();
+    let (mut name, mut path) = store.resolve(opts.model.as_deref(), manifest, true)?;
+    let mut link: Option<Channels> = None;
+    let mut ready = false;
+    let mut governor = Governor::new(&opts.board, opts.session.threads, &opts.sys_root);
+    // After `/model`: the model to fall back to, and what to tell the console.
+    let mut previous: Option<(String, PathBuf)> = None;
+    let mut notice: Option<String> = None;
+    let mut resume = Resume::Fresh(Vec::new());
+    // The link's input ended (stdin closed): a property of the link, which
+    // outlives the conversations on it.
+    let mut input_ended = false;
+    loop {
+        let mut loaded = match load_model(opts, store, &name, &path, !ready, &mut notice) {
+            Ok(l) => l,
+            Err(e) => match previous.take() {
+                // Nothing typed on the console may end the service: stay on
+                // the model that was running.
+                Some((pname, ppath)) => {
+                    tracing::warn!(model = %name, error = %e, "model switch failed");
+                    notice = Some(format!("cannot switch to {name}: {e}; staying on {pname}"));
+                    (name, path) = (pname, ppath);
+                    continue;
+                }
+                None => return Err(e),
+            },
+        };
+        loop {
+            let ch = match link.take() {
+                Some(ch) if !ch.output.is_closed() => ch,
+                _ => {
+                    input_ended = false;
+                    connect(connector, service)?
+                }
+            };
+            if !ready {
+                service.ready();
+                ready = true;
+            }
+            let core = Core::new(opts, &loaded.engine, store, manifest, &mut governor)?;
+            let mut con = Console::new(opts, core, &ch, service, ear.filter(|_| !ear_done));
+            con.eof = input_ended;
+            con.start(
+                std::mem::replace(&mut resume, Resume::Fresh(Vec::new())),
+                &loaded,
+                notice.take(),
+            )?;
+            let end = con.run();
+            ear_done |= con.ear.is_none();
+            input_ended = con.eof;
+            drop(con);
+            match end {
+                End::LinkLost | End::InputEnded if connector.reopens() => {
+                    tracing::warn!(port = %connector.describe(), "console link lost; waiting for it to come back");
+                }
+                End::LinkLost | End::InputEnded => return Ok(()),
+                End::Quit if connector.reopens() => link = Some(ch),
+                End::Quit => return Ok(()),
+                End::Adapter {
+                    name: aname,
+                    path: apath,
+                    scale,
+                    carry,
+                    pending,
+                } => {
+                    let base = loaded
+                        .base_sha
+                        .clone()
+                        .or_else(|| store.model_sha256(&name, &path).ok());
+                    loaded.base_sha = base.clone();
+                    let (adapter, said) = match loaded.engine.load_adapter(&aname, &apath, base.as_deref()) {
+                        Ok(id) => (
+                            Some((id, scale)),
+                            Event::info("lora", format!("(adapter {aname} at scale {scale}; the conversation continues)")),
+                        ),
+                        Err(e) => {
+                            tracing::warn!(adapter = %aname, error = %e, "adapter refused");
+                            (carry.adapter, Event::error(e.to_string()))
+                        }
+                    };
+                    link = Some(ch);
+                    resume = Resume::Carried {
+                        carry,
+                        adapter,
+                        said,
+                        pending,
+                    };
+                }
+                End::Switch(n, p, rest) => {
+                    tracing::info!(model = %n, "switching model");
+                    previous = Some((
+                        std::mem::replace(&mut name, n),
+                        std::mem::replace(&mut path, p),
+                    ));
+                    resume = Resume::Fresh(rest);
+                    link = Some(ch);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One conversation on one link: the line editor, the type-ahead, the ear,
+/// and the core they feed.
+struct Console<'a, 'm> {
+    opts: &'a ServeOptions,
+    core: Core<'a, 'm>,
+    ch: &'a Channels,
+    service: &'a dyn Service,
+    editor: LineEditor,
+    type_ahead: Vec<u8>,
+    /// Input ended while an answer was streaming: finish, then stop.
+    eof: bool,
+    /// Spoken queries, until the ear ends.
+    ear: Option<&'a Ear>,
+}
+
+impl<'a, 'm> Console<'a, 'm> {
+    fn new(
+        opts: &'a ServeOptions,
+        core: Core<'a, 'm>,
+        ch: &'a Channels,
+        service: &'a dyn Service,
+        ear: Option<&'a Ear>,
+    ) -> Self {
+        Console {
+            opts,
+            core,
+            ch,
+            service,
+            editor: LineEditor::new(opts.max_line_bytes, opts.echo && !opts.json),
+            type_ahead: Vec::new(),
+            eof: false,
+            ear,
+        }
+    }
+
+    /// Begin the conversation: a fresh one with its banner, or one carried
+    /// over an adapter load.
+    fn start(
+        &mut self,
+        resume: Resume,
+        loaded: &Loaded,
+        notice: Option<String>,
+    ) -> Result<(), AssistantError> {
+        match resume {
+            Resume::Carried {
+                carry,
+                adapter,
+                said,
+                pending,
+            } => {
+                self.core.restore(*carry, adapter)?;
+                self.type_ahead = pending;
+                self.show(&said);
+                self.prompt();
+            }
+            Resume::Fresh(pending) => {
+                self.core.set_adapter(loaded.startup_adapter)?;
+                self.type_ahead = pending;
+                if let Some(msg) = notice {
+                    self.show(&Event::error(msg));
+                }
+                self.show(&self.core.ready());
+                self.prompt();
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, s: &str) {
+        self.ch.output.send_str(s);
+    }
+
+    /// Render one event on the link (an empty answer piece shows nothing).
+    fn show(&self, ev: &Event) {
+        send_event(self.ch, self.opts.json, ev);
+    }
+
+    fn prompt(&self) {
+        if !self.opts.json {
+            self.send("> ");
+        }
+    }
+
+    fn run(&mut self) -> End {
+        loop {
+            self.service.heartbeat();
+            if let Some(end) = self.hear() {
+                return end;
+            }
+            let chunk = match self.next_chunk() {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            if let Some(end) = self.feed(&chunk) {
+                return end;
+            }
+        }
+    }
+
+    /// The next bytes to edit: type-ahead first, then the link. `Ok(None)`
+    /// when nothing came in time.
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, End> {
+        let wait = Duration::from_millis(if self.ear.is_some() { 40 } else { 500 });
+        if !self.type_ahead.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.type_ahead)));
+        }
+        if self.eof {
+            if self.ear.is_some() {
+                // Typed input is over, spoken input is not.
+                std::thread::sleep(wait);
+                return Ok(None);
+            }
+            return Err(End::InputEnded);
+        }
+        match self.ch.input.recv_timeout(wait) {
+            Ok(Input::Bytes(b)) => Ok(Some(b)),
+            Ok(Input::Eof) => {
+                tracing::info!("console input ended");
+                self.eof = true;
+                Ok(None)
+            }
+            Ok(Input::Lost(why)) => {
+                tracing::warn!(reason = %why, "console link lost");
+                Err(End::LinkLost)
+            }
+            Err(RecvTimeoutError::Timeout) if self.ch.output.is_closed() => Err(End::LinkLost),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(End::LinkLost),
+        }
+    }
+
+    /// Edit `chunk` into lines and act on them. Echo goes out once per
+    /// chunk, not once per byte: a terminal pasting a long line must not
+    /// fill the output queue with one-byte chunks (and push out what follows).
+    fn feed(&mut self, chunk: &[u8]) -> Option<End> {
+        let mut echo = Vec::new();
+        for (i, &b) in chunk.iter().enumerate() {
+            let ev = match self.editor.feed(b) {
+                None => continue,
+                Some(line::Event::Echo(e)) => {
+                    echo.extend(e);
+                    continue;
+                }
+                Some(ev) => ev,
+            };
+            if !echo.is_empty() {
+                self.ch.output.send(&std::mem::take(&mut echo));
+            }
+            if let Some(mut end) = self.on_edit(ev) {
+                // The conversation goes on after a load or model switch:
+                // keep what was already read after this line.
+                let pending = match &mut end {
+                    End::Adapter { pending, .. } => Some(pending),
+                    End::Switch(_, _, rest) => Some(rest),
+                    _ => None,
+                };
+                if let Some(pending) = pending {
+                    *pending = chunk[i + 1..].to_vec();
+                    pending.append(&mut self.type_ahead);
+                    pending.truncate(MAX_TYPE_AHEAD);
+                }
+                return Some(end);
+            }
+            if !self.type_ahead.is_empty() {
+                // Keep the order: the rest of this chunk goes before what
+                // was typed during the answer.
+                let mut rest = chunk[i + 1..].to_vec();
+                rest.append(&mut self.type_ahead);
+                rest.truncate(MAX_TYPE_AHEAD);
+                self.type_ahead = rest;
+                break;
+            }
+        }
+        if !echo.is_empty() {
+            self.ch.output.send(&echo);
+        }
+        None
+    }
+
+    /// Answer what the ear heard since the last look, if anything.
+    fn hear(&mut self) -> Option<End> {
+        let ear = self.ear?;
+        let heard = match ear.heard.try_recv() {
+            Ok(h) => h,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Heard::End,
+        };
+        match heard {
+            Heard::Utterance(t) => {
+                // Start on a fresh line if something was being typed.
+                if !self.opts.json && !self.editor.is_empty() {
+                    self.send("\n");
+                }
+                self.show(&Event::Heard {
+                    text: t.text.clone(),
+                    audio_s: t.audio_s,
+                    stt_s: t.compute_s,
+                });
+                ear.status.set(Status::Thinking);
+                let end = self.dispatch(Request::Question(t.text));
+                ear.status.set(Status::Idle);
+                if end.is_none() {
+                    self.prompt();
+                }
+                end
+            }
+            Heard::Failed(e) => {
+                self.show(&Event::error(format!("listening stopped: {e}")));
+                self.ear = None;
+                None
+            }
+            Heard::End => {
+                tracing::info!("audio input ended");
+                self.ear = None;
+                None
+            }
+        }
+    }
+
+    fn on_edit(&mut self, ev: line::Event) -> Option<End> {
+        let echo = self.opts.echo && !self.opts.json;
+        match ev {
+            line::Event::Echo(b) => {
+                self.ch.output.send(&b);
+                None
+            }
+            line::Event::Cleared => {
+                if echo {
+                    self.send("^C\n");
+                }
+                self.prompt();
+                None
+            }
+            line::Event::Rejected(msg) => {
+                if echo {
+                    self.send("\n");
+                }
+                self.show(&Event::error(msg));
+                self.prompt();
+                None
+            }
+            line::Event::Line(line) => {
+                if echo {
+                    self.send("\n");
+                }
+                let end = self.on_line(line.trim());
+                if end.is_none() {
+                    self.prompt();
+                }
+                end
+            }
+        }
+    }
+
+    fn on_line(&mut self, line: &str) -> Option<End> {
+        if line.is_empty() {
+            return None;
+        }
+        let req = if self.opts.json {
+            parse_json_line(line)
+        } else {
+            Request::from_text(line)
+        };
+        match req {
+            Ok(req) => self.dispatch(req),
+            Err(e) => {
+                self.show(&Event::error(e));
+                None
+            }
+        }
+    }
+
+    /// Hand a request to the core, rendering what it emits while watching
+    /// the link for a cancel.
+    fn dispatch(&mut self, req: Request) -> Option<End> {
+        let mut watch = Watch {
+            ch: self.ch,
+            json: self.opts.json,
+            service: self.service,
+            type_ahead: &mut self.type_ahead,
+            eof: &mut self.eof,
+            link_lost: false,
+        };
+        let outcome = self.core.handle(req, &mut |ev| watch.emit(ev));
+        if watch.link_lost {
+            return Some(End::LinkLost);
+        }
+        match outcome {
+            Outcome::Continue => None,
+            Outcome::Quit => Some(End::Quit),
+            Outcome::Switch { name, path } => Some(End::Switch(name, path, Vec::new())),
+            Outcome::LoadAdapter {
+                name,
+                path,
+                scale,
+                carry,
+            } => Some(End::Adapter {
+                name,
+                path,
+                scale,
+                carry,
+                pending: Vec::new(),
+            }),
+        }
+    }
+}
+
+/// Render `ev` on the link.
+fn send_event(ch: &Channels, json: bool, ev: &Event) {
+    let mut ev = ev.clone();
+    match &mut ev {
+        Event::Token { text } if text.is_empty() => return,
+        Event::Stats(s) => s.output_dropped_bytes = Some(ch.output.dropped()),
+        _ => {}
+    }
+    if json {
+        ch.output.send_str(&format!("{}\n", render::json(&ev)));
+    } else {
+        ch.output.send_str(&render::text(&ev));
+    }
+}
+
+/// What an answer's events pass through: rendered on the link, and the link
+/// read between tokens for Ctrl-C, BREAK or `{"cmd":"cancel"}` (cancel) and
+/// for type-ahead (kept, bounded).
+struct Watch<'w> {
+    ch: &'w Channels,
+    json: bool,
+    service: &'w dyn Service,
+    type_ahead: &'w mut Vec<u8>,
+    eof: &'w mut bool,
+    link_lost: bool,
+}
+
+impl Watch<'_> {
+    fn emit(&mut self, ev: Event) -> ControlFlow<()> {
+        self.service.heartbeat();
+        send_event(self.ch, self.json, &ev);
+        while !*self.eof {
+            match self.ch.input.try_recv() {
+                Ok(Input::Bytes(b)) => {
+                    if self.take_input(&b) {
+                        return ControlFlow::Break(());
+                    }
+                }
+                // No more input, but this answer is still wanted.
+                Ok(Input::Eof) => *self.eof = true,
+                Ok(Input::Lost(_)) | Err(TryRecvError::Disconnected) => {
+                    self.link_lost = true;
+                    return ControlFlow::Break(());
+                }
+                Err(TryRecvError::Empty) => break,
+            }
+        }
+        if self.ch.output.is_closed() {
+            self.link_lost = true;
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Keep `b` as type-ahead; true if it cancels the answer (the cancel
+    /// itself is not kept).
+    fn take_input(&mut self, b: &[u8]) -> bool {
+        let keep = MAX_TYPE_AHEAD.saturating_sub(self.type_ahead.len());
+        if b.len() > keep {
+            tracing::warn!(
+                bytes = b.len() - keep,
+                "type-ahead during an answer over 64 KiB: dropped"
+            );
+        }
+        if let Some(i) = b.iter().position(|&c| c == CTRL_C || c == BREAK) {
+            self.type_ahead
+                .extend(b[..i].iter().chain(&b[i + 1..]).take(keep));
+            return true;
+        }
+        let start = self.type_ahead.len();
+        self.type_ahead.extend(b.iter().take(keep));
+        self.json && take_cancel_line(self.type_ahead, start)
+    }
+}
+
+/// In JSON mode, a complete `{"cmd":"cancel"}` line among the type-ahead
+/// (looking from the line that holds byte `from` on) cancels the answer; it
+/// is removed, the rest kept.
+fn take_cancel_line(buf: &mut Vec<u8>, from: usize) -> bool {
+    let is_end = |c: &u8| *c == b'\n' || *c == b'\r';
+    let mut start = buf[..from].iter().rposition(is_end).map_or(0, |i| i + 1);
+    while let Some(len) = buf[start..].iter().position(is_end) {
+        let line = &buf[start..start + len];
+        let cancel = std::str::from_utf8(line)
+            .ok()
+            .is_some_and(|l| parse_json_line(l.trim()) == Ok(Request::Command(Command::Cancel)));
+        if cancel {
+            buf.drain(start..=start + len);
+            return true;
+        }
+        start += len + 1;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancel_line_is_found_and_removed() {
+        let mut b = b"{\"q\":\"a\"}\n{\"cmd\": \"cancel\"}\n{\"q\":\"b\"}\n".to_vec();
+        assert!(take_cancel_line(&mut b, 0));
+        assert_eq!(b, b"{\"q\":\"a\"}\n{\"q\":\"b\"}\n");
+        let mut half = b"{\"cmd\": \"canc".to_vec();
+        assert!(!take_cancel_line(&mut half, 0));
+        half.extend_from_slice(b"el\"}\n");
+        assert!(take_cancel_line(&mut half, 5));
+        assert!(half.is_empty());
+    }
+}
