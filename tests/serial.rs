@@ -510,3 +510,48 @@ fn text_console_output_is_unchanged() {
     }
     replay("text-session", &[], mask);
 }
+
+/// `ferrite chat` on a real terminal (socat gives it a pseudo-terminal as
+/// its controlling tty): rustyline edits the line, so arrow keys and End
+/// move the cursor instead of reaching the model as `^[[D`; slash commands
+/// are the console's; Ctrl-D ends the chat with status 0.
+#[test]
+fn chat_on_a_terminal_edits_lines_and_takes_commands() {
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let term_path = dir.path().join("ttyCHAT");
+    let chat = format!(
+        "{} chat -m {} --temp 0 -n 24 -t 2",
+        ferrite_bin(),
+        model_path().display()
+    );
+    let mut socat = Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", term_path.display()))
+        .arg(format!("EXEC:{chat},pty,setsid,ctty,stderr"))
+        .env("FERRITE_HOME", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !term_path.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "no pty");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let mut term = Term::open(&term_path);
+    term.expect("> ", T);
+    term.send(b"What is the capital of Japn\x1b[Da\x1b[F?\r");
+    // rustyline redraws the edited line; the answer shows the model got
+    // "What is the capital of Japan?", not the escape sequence.
+    let seen = term.expect("Tokyo", T);
+    assert!(seen.contains("The capital of Japan is "), "{seen:?}");
+    assert!(!seen.contains("^[[D"), "{seen:?}");
+    term.expect("> ", T);
+    term.send(b"/help\r");
+    term.expect("/reset", T);
+    term.expect("> ", T);
+    term.send(b"\x04");
+    let status = socat.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}

@@ -21,7 +21,7 @@ pub use self::core::{Carry, Core, Emit, Outcome};
 pub use commands::{Command, Setting, HELP};
 pub use event::{Event, StatsReport};
 pub use protocol::{parse_json_line, Request};
-pub use serve::serve;
+pub use serve::{load_engine, serve};
 pub use status::rss_bytes;
 
 use crate::board::{Board, BoardError};

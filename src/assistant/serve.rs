@@ -100,8 +100,9 @@ fn connect(
 }
 
 /// Validate `path` (GGUF, a model llama.cpp can run), check it fits the
-/// board's memory, and load it.
-fn load_engine(opts: &ServeOptions, name: &str, path: &Path) -> Result<Engine, AssistantError> {
+/// board's memory, and load it: what a `/model` switch does once the core
+/// has let the running model go.
+pub fn load_engine(opts: &ServeOptions, name: &str, path: &Path) -> Result<Engine, AssistantError> {
     let gguf = check_switchable(opts, path)?;
     Ok(Engine::from_gguf(name, gguf, &opts.load)?)
 }
