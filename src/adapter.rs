@@ -32,7 +32,7 @@ pub enum AdapterError {
     },
     #[error("{path}: adapter does not fit this model: {what}")]
     Mismatch { path: PathBuf, what: String },
-    #[error("{path}: cannot write: {source}")]
+    #[error("{path}: cannot write")]
     Write {
         path: PathBuf,
         source: std::io::Error,

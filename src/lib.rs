@@ -23,27 +23,23 @@ pub mod models;
 pub mod progress;
 pub mod speech;
 
-/// Any error from any stage, for front ends that handle them alike.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Gguf(#[from] gguf::GgufError),
-    #[error(transparent)]
-    Models(#[from] models::ModelsError),
-    #[error(transparent)]
-    Llm(#[from] llm::LlmError),
-    #[error(transparent)]
-    Board(#[from] board::BoardError),
-    #[error(transparent)]
-    Assistant(#[from] assistant::AssistantError),
-    #[error(transparent)]
-    Adapter(#[from] adapter::AdapterError),
-    #[error(transparent)]
-    Finetune(#[from] finetune::FinetuneError),
-    #[error(transparent)]
-    Speech(#[from] speech::SpeechError),
-    #[error(transparent)]
-    Hw(#[from] hw::HwError),
+/// An error and its causes on one line, `what: why: why`, as a person reads
+/// it. Every error in ferrite says only its own level (what ferrite was
+/// doing, which file) and keeps the lower-level error as its `source`, so
+/// this prints each cause once; a cause that repeats its parent's text is
+/// skipped.
+pub fn report(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out.replace('\n', " ")
 }
 
 /// The version in banners and `--version`.

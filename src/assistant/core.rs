@@ -137,7 +137,7 @@ impl<'a, 'm> Core<'a, 'm> {
         let _span = tracing::info_span!("answer").entered();
         if let Some(threads) = self.governor.check() {
             if let Err(e) = self.session.set_threads(threads) {
-                let _ = emit(Event::error(e.to_string()));
+                let _ = emit(Event::error(crate::report(&e)));
                 return;
             }
         }
@@ -152,7 +152,7 @@ impl<'a, 'm> Core<'a, 'm> {
                 finish: reply.finish,
                 stats: reply.stats,
             },
-            Err(e) => Event::error(e.to_string()),
+            Err(e) => Event::error(crate::report(&e)),
         });
     }
 
@@ -173,7 +173,7 @@ impl<'a, 'm> Core<'a, 'm> {
                         self.params = p;
                         Event::info("set", s.to_string())
                     }
-                    Err(e) => Event::error(e.to_string()),
+                    Err(e) => Event::error(crate::report(&e)),
                 }
             }
             Command::System(text) => {
@@ -207,7 +207,7 @@ impl<'a, 'm> Core<'a, 'm> {
             Command::LoraList => Event::info("lora", self.lora_list()),
             Command::LoraOff => match self.session.set_adapter(None) {
                 Ok(()) => Event::info("lora", "(adapter off: base model)"),
-                Err(e) => Event::error(e.to_string()),
+                Err(e) => Event::error(crate::report(&e)),
             },
             Command::LoraUse(name, scale) => match self.lora_use(name, scale) {
                 Ok(LoraUse::Now(text)) => Event::info("lora", text),
@@ -271,8 +271,11 @@ impl<'a, 'm> Core<'a, 'm> {
                 self.engine.name()
             )
         };
-        let path = self.store.path(name).map_err(|e| staying(e.to_string()))?;
-        check_switchable(self.opts, &path).map_err(|e| staying(e.to_string()))?;
+        let path = self
+            .store
+            .path(name)
+            .map_err(|e| staying(crate::report(&e)))?;
+        check_switchable(self.opts, &path).map_err(|e| staying(crate::report(&e)))?;
         Ok(path)
     }
 
@@ -303,13 +306,13 @@ impl<'a, 'm> Core<'a, 'm> {
         if let Some(id) = self.engine.adapter_by_name(&name) {
             self.session
                 .set_adapter(Some((id, scale)))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::report(&e))?;
             return Ok(LoraUse::Now(format!("(adapter {name} at scale {scale})")));
         }
         let (name, path) = self
             .store
             .resolve_adapter(&name, false)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::report(&e))?;
         Ok(LoraUse::Load(Outcome::LoadAdapter {
             name,
             path,

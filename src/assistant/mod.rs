@@ -87,7 +87,7 @@ pub enum AssistantError {
     Gguf(#[from] crate::gguf::GgufError),
     #[error(transparent)]
     Adapter(#[from] crate::adapter::AdapterError),
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Link {
         what: String,
         source: std::io::Error,

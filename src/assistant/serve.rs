@@ -158,6 +158,27 @@ fn load_model(
     })
 }
 
+/// Load adapter `name` at `path` onto the running model `model` (name,
+/// path), checked against the model's sha256; the error as the console
+/// shows it.
+fn load_adapter(
+    loaded: &mut Loaded,
+    store: &Store,
+    model: (&str, &Path),
+    (name, path): (&str, &Path),
+) -> Result<AdapterId, String> {
+    if loaded.base_sha.is_none() {
+        loaded.base_sha = store.model_sha256(model.0, model.1).ok();
+    }
+    loaded
+        .engine
+        .load_adapter(name, path, loaded.base_sha.as_deref())
+        .map_err(|e| {
+            tracing::warn!(adapter = %name, error = %e, "adapter refused");
+            crate::report(&e)
+        })
+}
+
 /// Run the assistant on `connector` until stdin ends (stdio) or forever
 /// (serial: unplugging the port waits for it to come back). `service` hears
 /// when the assistant is ready and that its loop is alive.
@@ -169,106 +190,182 @@ pub fn serve(
     ear: Option<&Ear>,
     service: &dyn Service,
 ) -> Result<(), AssistantError> {
-    let mut ear_done = ear.is_none();
-    let (mut name, mut path) = store.resolve(opts.model.as_deref(), manifest, true)?;
-    let mut link: Option<Channels> = None;
-    let mut ready = false;
-    let mut governor = Governor::new(&opts.board, opts.session.threads, &opts.sys_root);
-    // After `/model`: the model to fall back to, and what to tell the console.
-    let mut previous: Option<(String, PathBuf)> = None;
-    let mut notice: Option<String> = None;
-    let mut resume = Resume::Fresh(Vec::new());
-    // The link's input ended (stdin closed): a property of the link, which
-    // outlives the conversations on it.
-    let mut input_ended = false;
+    let (name, path) = store.resolve(opts.model.as_deref(), manifest, true)?;
+    let mut host = Host {
+        opts,
+        store,
+        manifest,
+        service,
+        ear,
+        ear_done: ear.is_none(),
+        model: (name, path),
+        link: None,
+        ready: false,
+        governor: Governor::new(&opts.board, opts.session.threads, &opts.sys_root),
+        previous: None,
+        notice: None,
+        resume: Resume::Fresh(Vec::new()),
+        input_ended: false,
+    };
     loop {
-        let mut loaded = match load_model(opts, store, &name, &path, !ready, &mut notice) {
-            Ok(l) => l,
-            Err(e) => match previous.take() {
-                // Nothing typed on the console may end the service: stay on
-                // the model that was running.
-                Some((pname, ppath)) => {
-                    tracing::warn!(model = %name, error = %e, "model switch failed");
-                    notice = Some(format!("cannot switch to {name}: {e}; staying on {pname}"));
-                    (name, path) = (pname, ppath);
-                    continue;
-                }
-                None => return Err(e),
-            },
+        let Some(mut loaded) = host.load()? else {
+            continue;
         };
         loop {
-            let ch = match link.take() {
-                Some(ch) if !ch.output.is_closed() => ch,
-                _ => {
-                    input_ended = false;
-                    connect(connector, service)?
-                }
-            };
-            if !ready {
-                service.ready();
-                ready = true;
-            }
-            let core = Core::new(opts, &loaded.engine, store, manifest, &mut governor)?;
-            let mut con = Console::new(opts, core, &ch, service, ear.filter(|_| !ear_done));
-            con.eof = input_ended;
-            con.start(
-                std::mem::replace(&mut resume, Resume::Fresh(Vec::new())),
-                &loaded,
-                notice.take(),
-            )?;
-            let end = con.run();
-            ear_done |= con.ear.is_none();
-            input_ended = con.eof;
-            drop(con);
-            match end {
-                End::LinkLost | End::InputEnded if connector.reopens() => {
-                    tracing::warn!(port = %connector.describe(), "console link lost; waiting for it to come back");
-                }
-                End::LinkLost | End::InputEnded => return Ok(()),
-                End::Quit if connector.reopens() => link = Some(ch),
-                End::Quit => return Ok(()),
-                End::Adapter {
-                    name: aname,
-                    path: apath,
-                    scale,
-                    carry,
-                    pending,
-                } => {
-                    let base = loaded
-                        .base_sha
-                        .clone()
-                        .or_else(|| store.model_sha256(&name, &path).ok());
-                    loaded.base_sha = base.clone();
-                    let (adapter, said) = match loaded.engine.load_adapter(&aname, &apath, base.as_deref()) {
-                        Ok(id) => (
-                            Some((id, scale)),
-                            Event::info("lora", format!("(adapter {aname} at scale {scale}; the conversation continues)")),
-                        ),
-                        Err(e) => {
-                            tracing::warn!(adapter = %aname, error = %e, "adapter refused");
-                            (carry.adapter, Event::error(e.to_string()))
-                        }
-                    };
-                    link = Some(ch);
-                    resume = Resume::Carried {
-                        carry,
-                        adapter,
-                        said,
-                        pending,
-                    };
-                }
-                End::Switch(n, p, rest) => {
-                    tracing::info!(model = %n, "switching model");
-                    previous = Some((
-                        std::mem::replace(&mut name, n),
-                        std::mem::replace(&mut path, p),
-                    ));
-                    resume = Resume::Fresh(rest);
-                    link = Some(ch);
-                    break;
-                }
+            match host.conversation(connector, &mut loaded)? {
+                Next::Again => {}
+                Next::Reload => break,
+                Next::Stop => return Ok(()),
             }
         }
+    }
+}
+
+/// What the loop does after a conversation.
+enum Next {
+    /// Another conversation on the same model.
+    Again,
+    /// Load the model `Host::model` names (a `/model` switch).
+    Reload,
+    Stop,
+}
+
+/// The loop's state across conversations: the model, the link, the ear,
+/// and what carries from one conversation to the next.
+struct Host<'a> {
+    opts: &'a ServeOptions,
+    store: &'a Store,
+    manifest: &'a Manifest,
+    service: &'a dyn Service,
+    ear: Option<&'a Ear>,
+    ear_done: bool,
+    /// The model to run: name and path.
+    model: (String, PathBuf),
+    link: Option<Channels>,
+    ready: bool,
+    governor: Governor,
+    /// After `/model`: the model to fall back to.
+    previous: Option<(String, PathBuf)>,
+    /// What to tell the console when the next conversation starts.
+    notice: Option<String>,
+    resume: Resume,
+    /// The link's input ended (stdin closed): a property of the link, which
+    /// outlives the conversations on it.
+    input_ended: bool,
+}
+
+impl Host<'_> {
+    /// Load `self.model`; after a failed switch fall back to the model that
+    /// was running (`Ok(None)`: load again). Nothing typed on the console
+    /// may end the service.
+    fn load(&mut self) -> Result<Option<Loaded>, AssistantError> {
+        let (name, path) = &self.model;
+        match load_model(
+            self.opts,
+            self.store,
+            name,
+            path,
+            !self.ready,
+            &mut self.notice,
+        ) {
+            Ok(l) => Ok(Some(l)),
+            Err(e) => match self.previous.take() {
+                Some((pname, ppath)) => {
+                    tracing::warn!(model = %name, error = %e, "model switch failed");
+                    self.notice = Some(format!(
+                        "cannot switch to {name}: {}; staying on {pname}",
+                        crate::report(&e)
+                    ));
+                    self.model = (pname, ppath);
+                    Ok(None)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// One conversation on the link (opened, or waited for, first).
+    fn conversation(
+        &mut self,
+        connector: &mut dyn Connector,
+        loaded: &mut Loaded,
+    ) -> Result<Next, AssistantError> {
+        let ch = match self.link.take() {
+            Some(ch) if !ch.output.is_closed() => ch,
+            _ => {
+                self.input_ended = false;
+                connect(connector, self.service)?
+            }
+        };
+        if !self.ready {
+            self.service.ready();
+            self.ready = true;
+        }
+        let ear = self.ear.filter(|_| !self.ear_done);
+        let core = Core::new(
+            self.opts,
+            &loaded.engine,
+            self.store,
+            self.manifest,
+            &mut self.governor,
+        )?;
+        let mut con = Console::new(self.opts, core, &ch, self.service, ear);
+        con.eof = self.input_ended;
+        let resume = std::mem::replace(&mut self.resume, Resume::Fresh(Vec::new()));
+        con.start(resume, loaded, self.notice.take())?;
+        let end = con.run();
+        self.ear_done |= con.ear.is_none();
+        self.input_ended = con.eof;
+        drop(con);
+        Ok(match end {
+            End::LinkLost | End::InputEnded if connector.reopens() => {
+                tracing::warn!(port = %connector.describe(), "console link lost; waiting for it to come back");
+                Next::Again
+            }
+            End::LinkLost | End::InputEnded => Next::Stop,
+            End::Quit if connector.reopens() => {
+                self.link = Some(ch);
+                Next::Again
+            }
+            End::Quit => Next::Stop,
+            End::Adapter {
+                name,
+                path,
+                scale,
+                carry,
+                pending,
+            } => {
+                let (model, model_path) = &self.model;
+                let got = load_adapter(loaded, self.store, (model, model_path), (&name, &path));
+                let (adapter, said) = match got {
+                    Ok(id) => (
+                        Some((id, scale)),
+                        Event::info(
+                            "lora",
+                            format!(
+                                "(adapter {name} at scale {scale}; the conversation continues)"
+                            ),
+                        ),
+                    ),
+                    Err(e) => (carry.adapter, Event::error(e)),
+                };
+                self.link = Some(ch);
+                self.resume = Resume::Carried {
+                    carry,
+                    adapter,
+                    said,
+                    pending,
+                };
+                Next::Again
+            }
+            End::Switch(name, path, rest) => {
+                tracing::info!(model = %name, "switching model");
+                self.previous = Some(std::mem::replace(&mut self.model, (name, path)));
+                self.resume = Resume::Fresh(rest);
+                self.link = Some(ch);
+                Next::Reload
+            }
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! model files (info) and the Whisper converter.
 
 use std::io::Write;
+use std::path::Path;
 
 use anyhow::{bail, Context as _};
 use ferrite::gguf::GgufFile;
@@ -12,85 +13,9 @@ use super::{Ctx, Out};
 
 pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()> {
     match cmd {
-        ModelsCmd::List => {
-            writeln!(out, "store: {}", ctx.store.root().display())?;
-            writeln!(
-                out,
-                "{:<16} {:<7} {:>10}  {:<20} description",
-                "name", "pulled", "size", "license"
-            )?;
-            for l in ctx.store.list(&ctx.manifest) {
-                writeln!(
-                    out,
-                    "{:<16} {:<7} {:>10}  {:<20} {}{}",
-                    l.name,
-                    if l.pulled { "yes" } else { "no" },
-                    format!("{:.1} MB", l.size as f64 / 1e6),
-                    l.license,
-                    l.description,
-                    if l.default { " (default)" } else { "" }
-                )?;
-            }
-            let adapters = ctx.store.adapters();
-            if !adapters.is_empty() {
-                writeln!(out, "\nadapters (use with --lora NAME or /lora use NAME):")?;
-                for (n, p) in adapters {
-                    match ferrite::adapter::inspect(&p) {
-                        Ok((i, _)) => writeln!(
-                            out,
-                            "{n:<16} rank {:<3} alpha {:<5} targets {:<22} base {}",
-                            i.rank,
-                            i.alpha,
-                            i.targets,
-                            i.base_name.as_deref().unwrap_or("?")
-                        )?,
-                        Err(e) => writeln!(out, "{n:<16} unreadable: {e}")?,
-                    }
-                }
-            }
-        }
-        ModelsCmd::Pull { name } => {
-            let entry = match name.as_deref().or(ctx.board.default_model.as_deref()) {
-                Some(n) => ctx
-                    .manifest
-                    .get(n)
-                    .ok_or_else(|| models::ModelsError::Unknown {
-                        name: n.into(),
-                        known: ctx.manifest.names().join(", "),
-                    })?,
-                None => ctx
-                    .manifest
-                    .default_model()
-                    .context("the manifest is empty")?,
-            };
-            let p = ctx.store.pull(entry)?;
-            writeln!(out, "{}", p.display())?;
-        }
-        ModelsCmd::Verify { name } => {
-            let names: Vec<String> = match name {
-                Some(n) => vec![n],
-                None => ctx
-                    .store
-                    .list(&ctx.manifest)
-                    .into_iter()
-                    .filter(|l| l.pulled)
-                    .map(|l| l.name)
-                    .collect(),
-            };
-            let mut bad = 0;
-            for n in &names {
-                match ctx.store.verify(n, &ctx.manifest) {
-                    Ok(p) => writeln!(out, "{n}: ok ({})", p.display())?,
-                    Err(e) => {
-                        writeln!(out, "{n}: FAILED: {e}")?;
-                        bad += 1;
-                    }
-                }
-            }
-            if bad > 0 {
-                bail!("{bad} model(s) failed verification");
-            }
-        }
+        ModelsCmd::List => list(ctx, out),
+        ModelsCmd::Pull { name } => pull(ctx, name.as_deref(), out),
+        ModelsCmd::Verify { name } => verify(ctx, name, out),
         ModelsCmd::ConvertWhisper { ct2_dir, out: dest } => {
             let c = ferrite::speech::convert_whisper(&ct2_dir, &dest)?;
             let (sha, size) = models::sha256_file(&dest, &super::progress::Bars::default())?;
@@ -104,65 +29,163 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
                 c.hparams.n_audio_state,
                 c.hparams.n_vocab
             )?;
+            Ok(())
         }
-        ModelsCmd::Path { name } => writeln!(out, "{}", ctx.store.path(&name)?.display())?,
+        ModelsCmd::Path { name } => {
+            writeln!(out, "{}", ctx.store.path(&name)?.display())?;
+            Ok(())
+        }
         ModelsCmd::Rm { name } => {
-            if ctx.store.remove(&name)? {
-                writeln!(out, "removed {name}")?;
-            } else {
+            if !ctx.store.remove(&name)? {
                 bail!("model `{name}` is not in the store");
             }
+            writeln!(out, "removed {name}")?;
+            Ok(())
         }
         ModelsCmd::Import { file, name } => {
             let (name, p) = ctx.store.import(&file, name.as_deref(), &ctx.manifest)?;
             writeln!(out, "imported {name}: {}", p.display())?;
+            Ok(())
         }
         ModelsCmd::Info { model, json } => {
-            let path = match ctx.store.resolve(Some(&model), &ctx.manifest, false) {
-                Ok((_, p)) => p,
-                Err(e) => return Err(e.into()),
-            };
+            let (_, path) = ctx.store.resolve(Some(&model), &ctx.manifest, false)?;
             if ferrite::speech::whisper::is_whisper_file(&path) {
-                let hp = ferrite::speech::whisper::check_model(&path)?;
-                if json {
-                    writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string_pretty(
-                            &serde_json::json!({ "path": path, "whisper": hp })
-                        )?
-                    )?;
-                } else {
-                    writeln!(out, "path:           {}", path.display())?;
-                    writeln!(
-                        out,
-                        "whisper.cpp model: {} encoder + {} decoder layers, d={}, {} heads, vocab {} ({}), {} mels",
-                        hp.n_audio_layer,
-                        hp.n_text_layer,
-                        hp.n_audio_state,
-                        hp.n_audio_head,
-                        hp.n_vocab,
-                        if hp.n_vocab >= 51865 { "multilingual" } else { "English only" },
-                        hp.n_mels
-                    )?;
-                    writeln!(out, "loadable:       yes")?;
-                }
-                return Ok(());
-            }
-            let g = GgufFile::open(&path)?;
-            let s = g.summary();
-            let ready = g.check_model();
-            if json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+                whisper_info(&path, json, out)
             } else {
-                writeln!(out, "path:           {}", path.display())?;
-                writeln!(out, "{s}")?;
-                match &ready {
-                    Ok(()) => writeln!(out, "loadable:       yes")?,
-                    Err(e) => writeln!(out, "loadable:       no: {e}")?,
-                }
+                gguf_info(&path, json, out)
             }
         }
+    }
+}
+
+/// The manifest's models, imported ones, and the trained adapters.
+fn list(ctx: &Ctx, out: &mut Out) -> anyhow::Result<()> {
+    writeln!(out, "store: {}", ctx.store.root().display())?;
+    writeln!(
+        out,
+        "{:<16} {:<7} {:>10}  {:<20} description",
+        "name", "pulled", "size", "license"
+    )?;
+    for l in ctx.store.list(&ctx.manifest) {
+        writeln!(
+            out,
+            "{:<16} {:<7} {:>10}  {:<20} {}{}",
+            l.name,
+            if l.pulled { "yes" } else { "no" },
+            format!("{:.1} MB", l.size as f64 / 1e6),
+            l.license,
+            l.description,
+            if l.default { " (default)" } else { "" }
+        )?;
+    }
+    let adapters = ctx.store.adapters();
+    if adapters.is_empty() {
+        return Ok(());
+    }
+    writeln!(out, "\nadapters (use with --lora NAME or /lora use NAME):")?;
+    for (n, p) in adapters {
+        match ferrite::adapter::inspect(&p) {
+            Ok((i, _)) => writeln!(
+                out,
+                "{n:<16} rank {:<3} alpha {:<5} targets {:<22} base {}",
+                i.rank,
+                i.alpha,
+                i.targets,
+                i.base_name.as_deref().unwrap_or("?")
+            )?,
+            Err(e) => writeln!(out, "{n:<16} unreadable: {}", ferrite::report(&e))?,
+        }
+    }
+    Ok(())
+}
+
+/// Fetch a manifest model (default: the board's, else the manifest's).
+fn pull(ctx: &Ctx, name: Option<&str>, out: &mut Out) -> anyhow::Result<()> {
+    let entry = match name.or(ctx.board.default_model.as_deref()) {
+        Some(n) => ctx
+            .manifest
+            .get(n)
+            .ok_or_else(|| models::ModelsError::Unknown {
+                name: n.into(),
+                known: ctx.manifest.names().join(", "),
+            })?,
+        None => ctx
+            .manifest
+            .default_model()
+            .context("the manifest is empty")?,
+    };
+    let p = ctx.store.pull(entry)?;
+    writeln!(out, "{}", p.display())?;
+    Ok(())
+}
+
+/// Re-hash pulled models (default: all of them).
+fn verify(ctx: &Ctx, name: Option<String>, out: &mut Out) -> anyhow::Result<()> {
+    let names: Vec<String> = match name {
+        Some(n) => vec![n],
+        None => ctx
+            .store
+            .list(&ctx.manifest)
+            .into_iter()
+            .filter(|l| l.pulled)
+            .map(|l| l.name)
+            .collect(),
+    };
+    let mut bad = 0;
+    for n in &names {
+        match ctx.store.verify(n, &ctx.manifest) {
+            Ok(p) => writeln!(out, "{n}: ok ({})", p.display())?,
+            Err(e) => {
+                writeln!(out, "{n}: FAILED: {}", ferrite::report(&e))?;
+                bad += 1;
+            }
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} model(s) failed verification");
+    }
+    Ok(())
+}
+
+fn whisper_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
+    let hp = ferrite::speech::whisper::check_model(path)?;
+    if json {
+        let v = serde_json::json!({ "path": path, "whisper": hp });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    writeln!(out, "path:           {}", path.display())?;
+    writeln!(
+        out,
+        "whisper.cpp model: {} encoder + {} decoder layers, d={}, {} heads, vocab {} ({}), {} mels",
+        hp.n_audio_layer,
+        hp.n_text_layer,
+        hp.n_audio_state,
+        hp.n_audio_head,
+        hp.n_vocab,
+        if hp.n_vocab >= 51865 {
+            "multilingual"
+        } else {
+            "English only"
+        },
+        hp.n_mels
+    )?;
+    writeln!(out, "loadable:       yes")?;
+    Ok(())
+}
+
+fn gguf_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
+    let g = GgufFile::open(path)?;
+    let s = g.summary();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?;
+        return Ok(());
+    }
+    writeln!(out, "path:           {}", path.display())?;
+    writeln!(out, "{s}")?;
+    match g.check_model() {
+        Ok(()) => writeln!(out, "loadable:       yes")?,
+        Err(e) => writeln!(out, "loadable:       no: {}", ferrite::report(&e))?,
     }
     Ok(())
 }

@@ -2,20 +2,22 @@
 //! or stdio, with spoken queries from a microphone or WAV files.
 
 use std::io::Write;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use ferrite::assistant;
 use ferrite::console::serial::{Serial, SerialSettings};
 use ferrite::console::stdio::Stdio;
+use ferrite::hw;
+use ferrite::speech::{self, AudioSource};
 
-use super::args::ServeArgs;
+use super::args::{EarArgs, ServeArgs};
 use super::{Ctx, Out};
 
 /// `serve` and `listen`: the assistant loop on a console, with spoken queries
 /// when `--listen` (always for `listen`).
 pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyhow::Result<()> {
-    use ferrite::hw;
-    use ferrite::speech::{self, AudioSource};
     let listen = listen || a.listen;
     if a.ear.list_devices {
         for d in speech::capture::list_devices()? {
@@ -55,45 +57,7 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     };
     let mut led = None;
     let ear = if listen {
-        let e = &a.ear;
-        let stt = ctx.transcriber(&e.speech)?;
-        let source: Box<dyn AudioSource + Send> = if e.wav.is_empty() {
-            let dev = e.device.clone().unwrap_or(ctx.board.audio_device.clone());
-            Box::new(speech::capture::AlsaSource::open(&dev)?)
-        } else {
-            // The files one after another, a second of silence between.
-            let mut all = Vec::new();
-            for f in &e.wav {
-                all.extend(speech::wav::read(f)?.to_pcm16k().0);
-                all.extend(std::iter::repeat_n(0.0, speech::SAMPLE_RATE as usize));
-            }
-            Box::new(speech::WavSource::new(speech::Pcm16k(all)))
-        };
-        let ptt = e
-            .ptt_pin
-            .or(if e.wav.is_empty() {
-                ctx.board.ptt_pin
-            } else {
-                None
-            })
-            .map(hw::button)
-            .transpose()?;
-        let status = hw::StatusCell::default();
-        if let Some(pin) = e.led_pin.or(ctx.board.led_pin) {
-            match hw::led(pin) {
-                Ok(pin) => {
-                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let thread = hw::spawn_led(pin, status.clone(), stop.clone());
-                    led = Some((stop, thread));
-                }
-                Err(err) if e.led_pin.is_none() => {
-                    tracing::warn!(error = %err, "no status LED")
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        let heard = speech::listen::spawn(source, stt, e.speech.vad()?, ptt, status.clone());
-        Some(assistant::Ear { heard, status })
+        Some(ear(ctx, &a.ear, &mut led)?)
     } else {
         None
     };
@@ -132,4 +96,45 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         let _ = thread.join();
     }
     Ok(result?)
+}
+
+/// The status LED's thread and how to stop it.
+type LedThread = (Arc<AtomicBool>, std::thread::JoinHandle<()>);
+
+/// The ear: audio (a microphone, or WAV files one after another with a
+/// second of silence between), voice activity detection or push-to-talk,
+/// whisper; and the status LED, when the board has one.
+fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<assistant::Ear> {
+    let stt = ctx.transcriber(&e.speech)?;
+    let source: Box<dyn AudioSource + Send> = if e.wav.is_empty() {
+        let dev = e.device.clone().unwrap_or(ctx.board.audio_device.clone());
+        Box::new(speech::capture::AlsaSource::open(&dev)?)
+    } else {
+        let mut all = Vec::new();
+        for f in &e.wav {
+            all.extend(speech::wav::read(f)?.to_pcm16k().0);
+            all.extend(std::iter::repeat_n(0.0, speech::SAMPLE_RATE as usize));
+        }
+        Box::new(speech::WavSource::new(speech::Pcm16k(all)))
+    };
+    let board_ptt = if e.wav.is_empty() {
+        ctx.board.ptt_pin
+    } else {
+        None
+    };
+    let ptt = e.ptt_pin.or(board_ptt).map(hw::button).transpose()?;
+    let status = hw::StatusCell::default();
+    if let Some(pin) = e.led_pin.or(ctx.board.led_pin) {
+        match hw::led(pin) {
+            Ok(pin) => {
+                let stop = Arc::new(AtomicBool::new(false));
+                let thread = hw::spawn_led(pin, status.clone(), stop.clone());
+                *led = Some((stop, thread));
+            }
+            Err(err) if e.led_pin.is_none() => tracing::warn!(error = %err, "no status LED"),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let heard = speech::listen::spawn(source, stt, e.speech.vad()?, ptt, status.clone());
+    Ok(assistant::Ear { heard, status })
 }

@@ -9,92 +9,10 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::model::Config;
+use super::config::{Config, Target};
 use super::rng::Rng;
 use super::FinetuneError;
 use crate::adapter::{AdapterInfo, Pair};
-
-/// A projection an adapter can target, in the order layers store them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Target {
-    Q,
-    K,
-    V,
-    O,
-    Gate,
-    Up,
-    Down,
-}
-
-impl Target {
-    pub const ALL: [Target; 7] = [
-        Target::Q,
-        Target::K,
-        Target::V,
-        Target::O,
-        Target::Gate,
-        Target::Up,
-        Target::Down,
-    ];
-
-    pub fn short(self) -> &'static str {
-        match self {
-            Target::Q => "q",
-            Target::K => "k",
-            Target::V => "v",
-            Target::O => "o",
-            Target::Gate => "gate",
-            Target::Up => "up",
-            Target::Down => "down",
-        }
-    }
-
-    /// The base model's GGUF tensor for this projection in layer `l`.
-    pub fn tensor_name(self, l: usize) -> String {
-        let t = match self {
-            Target::Q => "attn_q",
-            Target::K => "attn_k",
-            Target::V => "attn_v",
-            Target::O => "attn_output",
-            Target::Gate => "ffn_gate",
-            Target::Up => "ffn_up",
-            Target::Down => "ffn_down",
-        };
-        format!("blk.{l}.{t}.weight")
-    }
-
-    /// Parse `q,k,v,o,gate,up,down` (any subset, any order; `all`).
-    pub fn parse_list(s: &str) -> Result<Vec<Target>, String> {
-        if s.trim() == "all" {
-            return Ok(Target::ALL.to_vec());
-        }
-        let mut out = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let t = Target::ALL
-                .into_iter()
-                .find(|t| t.short() == part)
-                .ok_or_else(|| {
-                    format!("unknown target `{part}`; choose from q,k,v,o,gate,up,down")
-                })?;
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-        if out.is_empty() {
-            return Err("no targets given".into());
-        }
-        out.sort_by_key(|t| *t as usize);
-        Ok(out)
-    }
-
-    pub fn list_string(targets: &[Target]) -> String {
-        targets
-            .iter()
-            .map(|t| t.short())
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
 
 /// The trainable adapter.
 pub(crate) struct Lora {

@@ -10,6 +10,7 @@
 //! (the GGUF that llama.cpp loads).
 
 mod checkpoint;
+mod config;
 mod data;
 mod lora;
 mod model;
@@ -21,7 +22,7 @@ mod trainer;
 use std::path::PathBuf;
 
 pub use checkpoint::TrainConfig;
-pub use lora::Target;
+pub use config::Target;
 pub use trainer::{finetune, FinetuneOptions, TrainSummary};
 
 #[doc(hidden)]
@@ -35,7 +36,7 @@ pub enum FinetuneError {
         line: usize,
         msg: String,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -46,14 +47,17 @@ pub enum FinetuneError {
     Param(String),
     #[error("{0}")]
     Unsupported(String),
-    #[error("reading base weights: {0}")]
-    Weights(String),
+    #[error("{path}: reading base weights{}", tensor.as_ref().map(|t| format!(" (`{t}`)")).unwrap_or_default())]
+    Weights {
+        path: PathBuf,
+        tensor: Option<String>,
+        #[source]
+        source: candle_core::Error,
+    },
     #[error("training: {0}")]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
     #[error(transparent)]
     Adapter(#[from] crate::adapter::AdapterError),
-    #[error("{0}")]
-    Std(#[from] std::io::Error),
 }

@@ -13,88 +13,11 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::lora::{Lora, Target};
+use super::config::{Config, Target};
+use super::lora::Lora;
 use super::ops::{CausalSoftmax, CrossEntropy, FrozenLinear, LoraLinear, RmsNorm, Rope};
 use super::FinetuneError;
 use crate::gguf::GgufFile;
-
-/// Shape of a llama-family model, read from GGUF metadata.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Config {
-    pub(crate) arch: String,
-    pub(crate) n_layer: usize,
-    pub(crate) d_model: usize,
-    pub(crate) n_head: usize,
-    pub(crate) n_head_kv: usize,
-    pub(crate) d_ff: usize,
-    pub(crate) n_vocab: usize,
-    pub(crate) rms_eps: f64,
-    pub(crate) rope_base: f64,
-    pub(crate) rope_dim: usize,
-    pub(crate) ctx_train: usize,
-}
-
-impl Config {
-    pub(crate) fn from_gguf(g: &GgufFile) -> Result<Config, FinetuneError> {
-        let arch = g.architecture().unwrap_or("?").to_string();
-        if arch != "llama" {
-            return Err(FinetuneError::Unsupported(format!(
-                "fine-tuning supports the llama architecture (SmolLM, TinyLlama, Llama), not `{arch}`"
-            )));
-        }
-        let u = |k: &str| {
-            g.get_u64(&format!("{arch}.{k}"))
-                .map(|v| v as usize)
-                .ok_or_else(|| FinetuneError::Unsupported(format!("GGUF lacks `{arch}.{k}`")))
-        };
-        let f = |k: &str, dflt: f64| {
-            g.get(&format!("{arch}.{k}"))
-                .and_then(|v| v.as_f32())
-                .map_or(dflt, f64::from)
-        };
-        let d_model = u("embedding_length")?;
-        let n_head = u("attention.head_count")?;
-        let n_head_kv = u("attention.head_count_kv").unwrap_or(n_head);
-        let n_vocab = g
-            .tensor("token_embd.weight")
-            .map(|t| t.dims[1] as usize)
-            .ok_or_else(|| FinetuneError::Unsupported("GGUF lacks token_embd.weight".into()))?;
-        let cfg = Config {
-            n_layer: u("block_count")?,
-            d_model,
-            n_head,
-            n_head_kv,
-            d_ff: u("feed_forward_length")?,
-            n_vocab,
-            rms_eps: f("attention.layer_norm_rms_epsilon", 1e-5),
-            rope_base: f("rope.freq_base", 10000.0),
-            rope_dim: u("rope.dimension_count").unwrap_or(d_model / n_head),
-            ctx_train: u("context_length").unwrap_or(2048),
-            arch,
-        };
-        if n_head == 0 || n_head_kv == 0 || d_model % n_head != 0 || n_head % n_head_kv != 0 {
-            return Err(FinetuneError::Unsupported(format!(
-                "unusual head layout: {d_model} wide, {n_head} heads, {n_head_kv} KV heads"
-            )));
-        }
-        Ok(cfg)
-    }
-
-    pub(crate) fn head_dim(&self) -> usize {
-        self.d_model / self.n_head
-    }
-
-    /// (n_in, n_out) of a projection.
-    pub(crate) fn dims(&self, t: Target) -> (usize, usize) {
-        let kv = self.n_head_kv * self.head_dim();
-        match t {
-            Target::Q | Target::O => (self.d_model, self.d_model),
-            Target::K | Target::V => (self.d_model, kv),
-            Target::Gate | Target::Up => (self.d_model, self.d_ff),
-            Target::Down => (self.d_ff, self.d_model),
-        }
-    }
-}
 
 struct Layer {
     attn_norm: RmsNorm,
@@ -139,13 +62,27 @@ impl Base {
             cfg.n_layer = n.min(cfg.n_layer);
         }
         let dev = Device::Cpu;
-        let mut file = std::fs::File::open(path)?;
-        let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-            .map_err(|e| FinetuneError::Weights(format!("{}: {e}", path.display())))?;
+        let mut file = std::fs::File::open(path).map_err(|source| FinetuneError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let content =
+            candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|source| {
+                FinetuneError::Weights {
+                    path: path.to_path_buf(),
+                    tensor: None,
+                    source,
+                }
+            })?;
         let mut get = |name: &str| -> Result<Tensor, FinetuneError> {
-            let q = content
-                .tensor(&mut file, name, &dev)
-                .map_err(|e| FinetuneError::Weights(format!("{name}: {e}")))?;
+            let q =
+                content
+                    .tensor(&mut file, name, &dev)
+                    .map_err(|source| FinetuneError::Weights {
+                        path: path.to_path_buf(),
+                        tensor: Some(name.to_string()),
+                        source,
+                    })?;
             Ok(q.dequantize(&dev)?.to_dtype(dtype)?)
         };
         let embed = get("token_embd.weight")?;

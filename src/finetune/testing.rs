@@ -6,7 +6,8 @@ use std::path::Path;
 
 use candle_core::{DType, Tensor};
 
-use super::lora::{Lora, Target};
+use super::config::Target;
+use super::lora::Lora;
 use super::model::Base;
 use super::rng::Rng;
 use super::FinetuneError;
@@ -37,7 +38,7 @@ pub fn write_random_adapter(
     base_sha256: Option<&str>,
 ) -> Result<(), FinetuneError> {
     let g = crate::gguf::GgufFile::open(model)?;
-    let cfg = super::model::Config::from_gguf(&g)?;
+    let cfg = super::config::Config::from_gguf(&g)?;
     let mut rng = Rng::new(seed);
     let lora = Lora::new(&cfg, rank, alpha, &Target::ALL, &mut rng, DType::F32)?;
     lora.fill_b_uniform(&mut rng, b_std * 3f64.sqrt())?;
@@ -117,15 +118,27 @@ pub fn write_f32_model(model: &Path, out: &Path) -> Result<(), FinetuneError> {
         w.kv(k, v.clone());
     }
     w.kv("general.file_type", crate::gguf::Value::U32(0));
-    let mut file = std::fs::File::open(model)?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-        .map_err(|e| FinetuneError::Weights(e.to_string()))?;
+    let io = |source| FinetuneError::Io {
+        path: model.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(model).map_err(io)?;
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|source| {
+            FinetuneError::Weights {
+                path: model.to_path_buf(),
+                tensor: None,
+                source,
+            }
+        })?;
     let dev = candle_core::Device::Cpu;
     for t in &g.tensors {
         let q = content.tensor(&mut file, &t.name, &dev)?;
         let vals = q.dequantize(&dev)?.flatten_all()?.to_vec1::<f32>()?;
         w.tensor_f32(&t.name, &t.dims, &vals);
     }
-    w.write(out)?;
-    Ok(())
+    w.write(out).map_err(|source| FinetuneError::Io {
+        path: out.to_path_buf(),
+        source,
+    })
 }

@@ -16,8 +16,9 @@ use candle_core::DType;
 use serde_json::json;
 
 use super::checkpoint::{self, Checkpoint, TrainConfig};
+use super::config::Target;
 use super::data::{self, Dataset, Example};
-use super::lora::{Lora, Target};
+use super::lora::Lora;
 use super::model::Base;
 use super::optim::{lr_at, AdamW};
 use super::rng::Rng;
@@ -163,24 +164,7 @@ pub fn finetune(
     dir: &Path,
     progress: &dyn Progress,
 ) -> Result<TrainSummary, FinetuneError> {
-    if opts.batch == 0 || opts.seq < 2 {
-        return Err(FinetuneError::Param(
-            "--batch must be ≥ 1 and --seq ≥ 2".into(),
-        ));
-    }
-    if !(0.0..1.0).contains(&opts.val) {
-        return Err(FinetuneError::Param("--val must be in [0, 1)".into()));
-    }
-    if opts.rank == 0 || !(opts.alpha > 0.0 && opts.alpha.is_finite()) {
-        return Err(FinetuneError::Param(
-            "--rank must be ≥ 1 and --alpha a positive number".into(),
-        ));
-    }
-    if !(opts.lr > 0.0 && opts.lr.is_finite()) {
-        return Err(FinetuneError::Param(
-            "--lr must be a positive number".into(),
-        ));
-    }
+    validate(opts)?;
     let ds: Dataset = data::load(
         &opts.data,
         engine,
@@ -210,6 +194,61 @@ pub fn finetune(
         total_steps: total,
         warmup_steps: (total / 10).clamp(1, 50),
     };
+    let (ckpt_path, adapter_path) = prepare_dir(dir, opts)?;
+    tracing::info!(model = %engine.name(), "dequantizing base weights");
+    let base = Base::load(engine.path(), None, DType::F32, opts.seq)?;
+    let lora = Lora::new(
+        &base.cfg,
+        opts.rank,
+        opts.alpha,
+        &opts.targets,
+        &mut Rng::new(opts.seed),
+        DType::F32,
+    )?;
+    let mut opt = AdamW::new(&lora.vars(), opts.lr)?;
+    let start = if opts.resume {
+        resume(&ckpt_path, &cfg, &lora, &mut opt)?
+    } else {
+        0
+    };
+    let mut run = Run {
+        engine,
+        opts,
+        cfg,
+        ds,
+        base,
+        lora,
+        opt,
+        log: Log::open(&dir.join("log.jsonl")),
+        ckpt_path,
+        adapter_path,
+        per_epoch,
+        total,
+    };
+    run.train(start, progress)
+}
+
+/// The settings no run can use.
+fn validate(opts: &FinetuneOptions) -> Result<(), FinetuneError> {
+    let bad = |m: &str| Err(FinetuneError::Param(m.into()));
+    if opts.batch == 0 || opts.seq < 2 {
+        return bad("--batch must be ≥ 1 and --seq ≥ 2");
+    }
+    if !(0.0..1.0).contains(&opts.val) {
+        return bad("--val must be in [0, 1)");
+    }
+    if opts.rank == 0 || !(opts.alpha > 0.0 && opts.alpha.is_finite()) {
+        return bad("--rank must be ≥ 1 and --alpha a positive number");
+    }
+    if !(opts.lr > 0.0 && opts.lr.is_finite()) {
+        return bad("--lr must be a positive number");
+    }
+    Ok(())
+}
+
+/// The adapter's folder, and its checkpoint and adapter files; an existing
+/// run is only continued with `--resume`.
+fn prepare_dir(dir: &Path, opts: &FinetuneOptions) -> Result<(PathBuf, PathBuf), FinetuneError> {
     std::fs::create_dir_all(dir).map_err(|source| FinetuneError::Io {
         path: dir.to_path_buf(),
         source,
@@ -224,101 +263,160 @@ pub fn finetune(
             opts.name
         )));
     }
+    Ok((ckpt_path, adapter_path))
+}
 
-    tracing::info!(model = %engine.name(), "dequantizing base weights");
-    let base = Base::load(engine.path(), None, DType::F32, opts.seq)?;
-    let lora = Lora::new(
-        &base.cfg,
-        opts.rank,
-        opts.alpha,
-        &opts.targets,
-        &mut Rng::new(opts.seed),
-        DType::F32,
-    )?;
-    let mut opt = AdamW::new(&lora.vars(), opts.lr)?;
-    let mut start = 0;
-    if opts.resume {
-        if !ckpt_path.exists() {
-            return Err(FinetuneError::Checkpoint {
-                path: ckpt_path,
-                what: "no checkpoint to resume from (start without --resume)".into(),
-            });
-        }
-        let ck = checkpoint::load(&ckpt_path, lora.vars().len())?;
-        if ck.config != cfg {
-            let ours = serde_json::to_value(&cfg).expect("ser");
-            let theirs = serde_json::to_value(&ck.config).expect("ser");
-            let diff: Vec<String> = ours
-                .as_object()
-                .expect("object")
-                .iter()
-                .filter(|(k, v)| theirs.get(k.as_str()) != Some(v))
-                .map(|(k, v)| {
-                    format!(
-                        "{k} (was {}, now {v})",
-                        theirs.get(k.as_str()).unwrap_or(&json!(null))
-                    )
-                })
-                .collect();
-            return Err(FinetuneError::Checkpoint {
-                path: ckpt_path,
-                what: format!("the run's settings or data changed: {}", diff.join(", ")),
-            });
-        }
-        for (var, p) in lora.vars().iter().zip(&ck.params) {
-            if var.dims() != p.dims() {
-                return Err(FinetuneError::Checkpoint {
-                    path: ckpt_path,
-                    what: "tensor shapes differ from this adapter".into(),
-                });
-            }
-            var.set(p)?;
-        }
-        opt.m =
-            ck.m.iter()
-                .map(|t| t.flatten_all()?.to_vec1::<f32>())
-                .collect::<candle_core::Result<_>>()?;
-        opt.v =
-            ck.v.iter()
-                .map(|t| t.flatten_all()?.to_vec1::<f32>())
-                .collect::<candle_core::Result<_>>()?;
-        opt.t = ck.adam_t;
-        start = ck.step;
-        tracing::info!(step = start, "resuming");
-    }
-    let mut log = Log::open(&dir.join("log.jsonl"));
-    log.write(json!({
-        "event": if opts.resume { "resume" } else { "start" },
-        "step": start,
-        "config": cfg,
-        "train_examples": ds.train.len(),
-        "val_examples": ds.val.len(),
-        "truncated": ds.truncated,
-        "trainable_params": lora.n_params(),
-    }));
-    let val_loss_start = if ds.val.is_empty() {
-        None
-    } else {
-        let v = eval_loss(&base, &lora, &ds.val, opts.batch)?;
-        log.write(json!({"event": "val", "step": start, "val_loss": v}));
-        Some(v)
+/// Load the checkpoint into the adapter and optimizer; returns the step to
+/// continue from. Refused, naming what changed, when the run's settings or
+/// data differ.
+fn resume(
+    ckpt_path: &Path,
+    cfg: &TrainConfig,
+    lora: &Lora,
+    opt: &mut AdamW,
+) -> Result<usize, FinetuneError> {
+    let refuse = |what: String| FinetuneError::Checkpoint {
+        path: ckpt_path.to_path_buf(),
+        what,
     };
+    if !ckpt_path.exists() {
+        return Err(refuse(
+            "no checkpoint to resume from (start without --resume)".into(),
+        ));
+    }
+    let ck = checkpoint::load(ckpt_path, lora.vars().len())?;
+    if ck.config != *cfg {
+        let ours = serde_json::to_value(cfg).expect("ser");
+        let theirs = serde_json::to_value(&ck.config).expect("ser");
+        let diff: Vec<String> = ours
+            .as_object()
+            .expect("object")
+            .iter()
+            .filter(|(k, v)| theirs.get(k.as_str()) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k} (was {}, now {v})",
+                    theirs.get(k.as_str()).unwrap_or(&json!(null))
+                )
+            })
+            .collect();
+        return Err(refuse(format!(
+            "the run's settings or data changed: {}",
+            diff.join(", ")
+        )));
+    }
+    for (var, p) in lora.vars().iter().zip(&ck.params) {
+        if var.dims() != p.dims() {
+            return Err(refuse("tensor shapes differ from this adapter".into()));
+        }
+        var.set(p)?;
+    }
+    let flat = |ts: &[candle_core::Tensor]| -> candle_core::Result<Vec<Vec<f32>>> {
+        ts.iter()
+            .map(|t| t.flatten_all()?.to_vec1::<f32>())
+            .collect()
+    };
+    opt.m = flat(&ck.m)?;
+    opt.v = flat(&ck.v)?;
+    opt.t = ck.adam_t;
+    tracing::info!(step = ck.step, "resuming");
+    Ok(ck.step)
+}
 
-    progress.start(&opts.name, total as u64, Unit::Steps);
-    progress.position(start as u64);
-    let t_run = Instant::now();
-    let mut tokens_run = 0usize;
-    let mut last_loss = f64::NAN;
-    let mut val_loss_end = val_loss_start;
-    let vars_owned: Vec<candle_core::Var> = lora.vars().into_iter().cloned().collect();
-    let vars: Vec<&candle_core::Var> = vars_owned.iter().collect();
-    for step in start..total {
+/// A training run under way.
+struct Run<'e> {
+    engine: &'e Engine,
+    opts: &'e FinetuneOptions,
+    cfg: TrainConfig,
+    ds: Dataset,
+    base: Base,
+    lora: Lora,
+    opt: AdamW,
+    log: Log,
+    ckpt_path: PathBuf,
+    adapter_path: PathBuf,
+    per_epoch: usize,
+    total: usize,
+}
+
+impl Run<'_> {
+    fn train(
+        &mut self,
+        start: usize,
+        progress: &dyn Progress,
+    ) -> Result<TrainSummary, FinetuneError> {
+        self.log.write(json!({
+            "event": if self.opts.resume { "resume" } else { "start" },
+            "step": start,
+            "config": self.cfg,
+            "train_examples": self.ds.train.len(),
+            "val_examples": self.ds.val.len(),
+            "truncated": self.ds.truncated,
+            "trainable_params": self.lora.n_params(),
+        }));
+        let val_loss_start = self.validate(start)?;
+        progress.start(&self.opts.name, self.total as u64, Unit::Steps);
+        progress.position(start as u64);
+        let t_run = Instant::now();
+        let mut tokens_run = 0usize;
+        let mut last_loss = f64::NAN;
+        let mut val_loss_end = val_loss_start;
+        for step in start..self.total {
+            let t0 = Instant::now();
+            let (loss, n_tokens) = self.step(step)?;
+            last_loss = loss;
+            let dt = t0.elapsed().as_secs_f64();
+            tokens_run += n_tokens;
+            let tps = tokens_run as f64 / t_run.elapsed().as_secs_f64();
+            progress.status(&format!("loss {loss:.4}  {tps:.0} tok/s  {dt:.2} s/step"));
+            progress.advance(1);
+            let done = step + 1;
+            if done % self.per_epoch == 0 || done == self.total {
+                if let Some(v) = self.validate(done)? {
+                    progress.note(&format!(
+                        "epoch {}: train loss {loss:.4}, validation loss {v:.4}",
+                        (done - 1) / self.per_epoch + 1
+                    ));
+                    val_loss_end = Some(v);
+                }
+            }
+            if done % self.opts.save_every.max(1) == 0 || done == self.total {
+                self.save(done)?;
+            }
+        }
+        progress.finish();
+        let ran = self.total - start;
+        let secs = t_run.elapsed().as_secs_f64();
+        let summary = TrainSummary {
+            adapter: self.adapter_path.clone(),
+            steps: self.total,
+            resumed_from: start,
+            train_examples: self.ds.train.len(),
+            val_examples: self.ds.val.len(),
+            last_loss,
+            val_loss_start,
+            val_loss_end,
+            s_per_step: if ran > 0 { secs / ran as f64 } else { 0.0 },
+            tokens_per_s: if secs > 0.0 {
+                tokens_run as f64 / secs
+            } else {
+                0.0
+            },
+            trainable_params: self.lora.n_params(),
+        };
+        self.log.write(json!({"event": "done", "summary": summary}));
+        Ok(summary)
+    }
+
+    /// One optimizer step; the loss and the tokens it saw.
+    fn step(&mut self, step: usize) -> Result<(f64, usize), FinetuneError> {
         let t0 = Instant::now();
-        let idx = data::step_indices(ds.train.len(), opts.batch, opts.seed, step);
-        let refs: Vec<&Example> = idx.iter().map(|&i| &ds.train[i]).collect();
+        let opts = self.opts;
+        let idx = data::step_indices(self.ds.train.len(), opts.batch, opts.seed, step);
+        let refs: Vec<&Example> = idx.iter().map(|&i| &self.ds.train[i]).collect();
         let batch = data::batch(&refs);
         let n_tokens = batch.b * batch.t;
-        let loss = base.loss(Some(&lora), &batch)?;
+        let loss = self.base.loss(Some(&self.lora), &batch)?;
         let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !loss_v.is_finite() {
             return Err(FinetuneError::Param(format!(
@@ -326,72 +424,51 @@ pub fn finetune(
             )));
         }
         let grads = loss.backward()?;
-        opt.lr = lr_at(cfg.lr, step, total, cfg.warmup_steps);
-        let gnorm = opt.step(&vars, &grads)?;
-        drop(grads);
-        last_loss = loss_v;
-        let dt = t0.elapsed().as_secs_f64();
-        tokens_run += n_tokens;
-        let tps = tokens_run as f64 / t_run.elapsed().as_secs_f64();
-        progress.status(&format!("loss {loss_v:.4}  {tps:.0} tok/s  {dt:.2} s/step"));
-        progress.advance(1);
-        log.write(json!({
-            "event": "step", "step": step + 1, "epoch": step / per_epoch, "loss": loss_v,
-            "lr": opt.lr, "grad_norm": gnorm, "tokens": n_tokens, "s": dt,
+        self.opt.lr = lr_at(self.cfg.lr, step, self.total, self.cfg.warmup_steps);
+        let vars = self.lora.vars();
+        let gnorm = self.opt.step(&vars, &grads)?;
+        self.log.write(json!({
+            "event": "step", "step": step + 1, "epoch": step / self.per_epoch, "loss": loss_v,
+            "lr": self.opt.lr, "grad_norm": gnorm, "tokens": n_tokens,
+            "s": t0.elapsed().as_secs_f64(),
         }));
-        let done = step + 1;
-        let epoch_end = done % per_epoch == 0 || done == total;
-        if epoch_end && !ds.val.is_empty() {
-            let v = eval_loss(&base, &lora, &ds.val, opts.batch)?;
-            progress.note(&format!(
-                "epoch {}: train loss {loss_v:.4}, validation loss {v:.4}",
-                (done - 1) / per_epoch + 1
-            ));
-            log.write(json!({"event": "val", "step": done, "val_loss": v}));
-            val_loss_end = Some(v);
-        }
-        if done % opts.save_every.max(1) == 0 || done == total {
-            lora.write(
-                &adapter_path,
-                &opts.name,
-                &base.cfg,
-                Some(&cfg.base_sha256),
-                Some(engine.name()),
-            )?;
-            checkpoint::save(
-                &ckpt_path,
-                &Checkpoint {
-                    config: cfg.clone(),
-                    step: done,
-                    adam_t: opt.t,
-                    params: vars.iter().map(|v| v.as_tensor().clone()).collect(),
-                    m: moments(&opt.m, &vars)?,
-                    v: moments(&opt.v, &vars)?,
-                },
-            )?;
-            log.write(json!({"event": "checkpoint", "step": done}));
-        }
+        Ok((loss_v, n_tokens))
     }
-    progress.finish();
-    let ran = total - start;
-    let secs = t_run.elapsed().as_secs_f64();
-    let summary = TrainSummary {
-        adapter: adapter_path,
-        steps: total,
-        resumed_from: start,
-        train_examples: ds.train.len(),
-        val_examples: ds.val.len(),
-        last_loss,
-        val_loss_start,
-        val_loss_end,
-        s_per_step: if ran > 0 { secs / ran as f64 } else { 0.0 },
-        tokens_per_s: if secs > 0.0 {
-            tokens_run as f64 / secs
-        } else {
-            0.0
-        },
-        trainable_params: lora.n_params(),
-    };
-    log.write(json!({"event": "done", "summary": summary}));
-    Ok(summary)
+
+    /// The validation loss after `step`, logged (`None` without a
+    /// validation set).
+    fn validate(&mut self, step: usize) -> Result<Option<f64>, FinetuneError> {
+        if self.ds.val.is_empty() {
+            return Ok(None);
+        }
+        let v = eval_loss(&self.base, &self.lora, &self.ds.val, self.opts.batch)?;
+        self.log
+            .write(json!({"event": "val", "step": step, "val_loss": v}));
+        Ok(Some(v))
+    }
+
+    /// Write the adapter and the checkpoint after step `done`, atomically.
+    fn save(&mut self, done: usize) -> Result<(), FinetuneError> {
+        self.lora.write(
+            &self.adapter_path,
+            &self.opts.name,
+            &self.base.cfg,
+            Some(&self.cfg.base_sha256),
+            Some(self.engine.name()),
+        )?;
+        let vars = self.lora.vars();
+        checkpoint::save(
+            &self.ckpt_path,
+            &Checkpoint {
+                config: self.cfg.clone(),
+                step: done,
+                adam_t: self.opt.t,
+                params: vars.iter().map(|v| v.as_tensor().clone()).collect(),
+                m: moments(&self.opt.m, &vars)?,
+                v: moments(&self.opt.v, &vars)?,
+            },
+        )?;
+        self.log.write(json!({"event": "checkpoint", "step": done}));
+        Ok(())
+    }
 }

@@ -38,7 +38,7 @@ const DEFAULT_ALIGNMENT: u64 = 32;
 /// What was wrong with a file, always naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io {
         path: PathBuf,
         source: std::io::Error,

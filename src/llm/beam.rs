@@ -12,7 +12,9 @@
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::session::Session;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::model::LlamaModel;
+
 use super::stats::Finish;
 use super::{GenParams, LlmError};
 
@@ -45,76 +47,106 @@ fn top_k_logprobs(logits: &[f32], k: usize) -> Vec<(i32, f64)> {
     best.into_iter().map(|(i, l)| (i, l as f64 - lse)).collect()
 }
 
+/// The hypotheses of one search: the live beams, the best finished one,
+/// and which bank of sequence ids the live beams occupy.
+struct Search<'c, 'm> {
+    ctx: &'c mut LlamaContext<'m>,
+    width: usize,
+    prompt_len: usize,
+    live: Vec<Beam>,
+    finished: Option<(Vec<LlamaToken>, f64)>,
+    bank: i32,
+    step: usize,
+}
+
+/// Beam search from the prompt's logits at batch index `first_idx`: the
+/// prompt's `prompt_len` tokens are in the KV cache as sequence 0, which
+/// is left holding the prompt only. Returns the best answer's tokens and why
+/// the search ended.
 pub(crate) fn search(
-    sess: &mut Session<'_>,
+    ctx: &mut LlamaContext<'_>,
+    model: &LlamaModel,
     prompt_len: usize,
     first_idx: i32,
     params: &GenParams,
 ) -> Result<(Vec<LlamaToken>, Finish), LlmError> {
-    let width = params.beams;
-    let n_ctx = sess.n_ctx() as usize;
-    let vocab = sess.engine.model.vocab();
-    let decode_err = |e: String| LlmError::Decode(e);
-    let mut live = vec![Beam {
-        tokens: Vec::new(),
-        logp: 0.0,
-        seq: 0,
-        idx: first_idx,
-    }];
-    let mut finished: Option<(Vec<LlamaToken>, f64)> = None;
-    let mut bank = 0i32;
-    let mut batch = LlamaBatch::new(width, (2 * width) as i32);
-    let mut step = 0usize;
-    let mut finish = loop {
-        if params.n_predict.is_some_and(|n| step >= n) {
+    let n_ctx = ctx.n_ctx() as usize;
+    let vocab = model.vocab();
+    let mut s = Search {
+        ctx,
+        width: params.beams,
+        prompt_len,
+        live: vec![Beam {
+            tokens: Vec::new(),
+            logp: 0.0,
+            seq: 0,
+            idx: first_idx,
+        }],
+        finished: None,
+        bank: 0,
+        step: 0,
+    };
+    let mut batch = LlamaBatch::new(s.width, (2 * s.width) as i32);
+    let finish = loop {
+        if params.n_predict.is_some_and(|n| s.step >= n) {
             break Finish::Length;
         }
-        if prompt_len + step + 1 >= n_ctx {
+        if prompt_len + s.step + 1 >= n_ctx {
             break Finish::ContextFull;
         }
-        // Expand every live beam by its `width` best tokens.
+        let next = s.expand(|t| vocab.is_eog(t));
+        let best_live = next.iter().map(|c| c.2).fold(f64::NEG_INFINITY, f64::max);
+        if s.finished.as_ref().is_some_and(|(_, f)| *f >= best_live) {
+            break Finish::EndOfGeneration;
+        }
+        s.advance(next, &mut batch)?;
+    };
+    s.finish(finish)
+}
+
+impl Search<'_, '_> {
+    /// The `width` best continuations over all live beams, as (beam, token,
+    /// score); finished ones are kept aside in `finished`.
+    fn expand(&mut self, is_eog: impl Fn(LlamaToken) -> bool) -> Vec<(usize, LlamaToken, f64)> {
         let mut cands: Vec<(usize, LlamaToken, f64)> = Vec::new();
-        for (bi, b) in live.iter().enumerate() {
-            let logits = sess.ctx.get_logits_ith(b.idx);
-            for (tok, lp) in top_k_logprobs(logits, width) {
+        for (bi, b) in self.live.iter().enumerate() {
+            let logits = self.ctx.get_logits_ith(b.idx);
+            for (tok, lp) in top_k_logprobs(logits, self.width) {
                 cands.push((bi, LlamaToken(tok), b.logp + lp));
             }
         }
         // Stable sort: among equal scores the earlier beam and lower id win.
         cands.sort_by(|a, b| b.2.total_cmp(&a.2));
-        cands.truncate(width);
-        let mut next: Vec<(usize, LlamaToken, f64)> = Vec::new();
+        cands.truncate(self.width);
+        let mut next = Vec::new();
         for (bi, tok, lp) in cands {
-            if vocab.is_eog(tok) {
-                if finished.as_ref().is_none_or(|f| lp > f.1) {
-                    finished = Some((live[bi].tokens.clone(), lp));
+            if is_eog(tok) {
+                if self.finished.as_ref().is_none_or(|f| lp > f.1) {
+                    self.finished = Some((self.live[bi].tokens.clone(), lp));
                 }
             } else {
                 next.push((bi, tok, lp));
             }
         }
-        let best_live = next.iter().map(|c| c.2).fold(f64::NEG_INFINITY, f64::max);
-        if let Some((_, f)) = &finished {
-            if *f >= best_live {
-                break Finish::EndOfGeneration;
-            }
-        }
-        // Move the survivors into the other bank of sequence ids.
-        let other = if bank == 0 { width as i32 } else { 0 };
+        next
+    }
+
+    /// Move the survivors into the other bank of sequence ids and decode
+    /// their new tokens.
+    fn advance(
+        &mut self,
+        next: Vec<(usize, LlamaToken, f64)>,
+        batch: &mut LlamaBatch,
+    ) -> Result<(), LlmError> {
+        let other = if self.bank == 0 { self.width as i32 } else { 0 };
         batch.clear();
         let mut new_live = Vec::with_capacity(next.len());
         for (j, (bi, tok, lp)) in next.into_iter().enumerate() {
             let dst = other + j as i32;
-            let parent = &live[bi];
-            sess.ctx
-                .kv_cache_seq_rm(dst, None, None)
-                .map_err(|e| decode_err(e.to_string()))?;
-            sess.ctx
-                .kv_cache_seq_cp(parent.seq, dst, None, None)
-                .map_err(|e| decode_err(e.to_string()))?;
-            batch
-                .add(tok, (prompt_len + step) as i32, &[dst], true)
-                .map_err(|e| decode_err(e.to_string()))?;
+            let parent = &self.live[bi];
+            self.ctx.kv_cache_seq_rm(dst, None, None)?;
+            self.ctx.kv_cache_seq_cp(parent.seq, dst, None, None)?;
+            batch.add(tok, (self.prompt_len + self.step) as i32, &[dst], true)?;
             let mut tokens = parent.tokens.clone();
             tokens.push(tok);
             new_live.push(Beam {
@@ -124,48 +156,45 @@ pub(crate) fn search(
                 idx: j as i32,
             });
         }
-        for b in &live {
-            sess.ctx
-                .kv_cache_seq_rm(b.seq, None, None)
-                .map_err(|e| decode_err(e.to_string()))?;
+        for b in &self.live {
+            self.ctx.kv_cache_seq_rm(b.seq, None, None)?;
         }
-        sess.ctx
-            .decode(&mut batch)
-            .map_err(|e| decode_err(e.to_string()))?;
-        live = new_live;
-        bank = other;
-        step += 1;
-    };
-    let tokens = match (finish, finished) {
-        (Finish::EndOfGeneration, Some((t, _))) => t,
-        // Out of room: the best hypothesis so far, finished or not.
-        (_, fin) => {
-            let best_live = live.iter().max_by(|a, b| a.logp.total_cmp(&b.logp));
-            match (fin, best_live) {
-                (Some((t, f)), Some(b)) if f >= b.logp => {
-                    finish = Finish::EndOfGeneration;
-                    t
-                }
-                (_, Some(b)) => b.tokens.clone(),
-                (Some((t, _)), None) => t,
-                (None, None) => Vec::new(),
-            }
-        }
-    };
-    // Leave the cache as "prompt only" in sequence 0; the answer is
-    // re-evaluated as part of the next turn's prompt. Every live beam's
-    // sequence still tags the prompt cells, so one of them hands them back.
-    sess.ctx
-        .kv_cache_seq_rm(-1, Some(prompt_len as u32), None)
-        .map_err(|e| decode_err(e.to_string()))?;
-    if let Some(b) = live.first().filter(|b| b.seq != 0) {
-        sess.ctx
-            .kv_cache_seq_cp(b.seq, 0, None, None)
-            .map_err(|e| decode_err(e.to_string()))?;
+        self.ctx.decode(batch)?;
+        self.live = new_live;
+        self.bank = other;
+        self.step += 1;
+        Ok(())
     }
-    sess.ctx.llama_kv_cache_seq_keep(0);
-    sess.cached.truncate(prompt_len);
-    Ok((tokens, finish))
+
+    /// The answer, and the cache back to "prompt only" in sequence 0 (the
+    /// answer is re-evaluated as part of the next turn's prompt).
+    fn finish(self, mut finish: Finish) -> Result<(Vec<LlamaToken>, Finish), LlmError> {
+        let tokens = match (finish, self.finished) {
+            (Finish::EndOfGeneration, Some((t, _))) => t,
+            // Out of room: the best hypothesis so far, finished or not.
+            (_, fin) => {
+                let best_live = self.live.iter().max_by(|a, b| a.logp.total_cmp(&b.logp));
+                match (fin, best_live) {
+                    (Some((t, f)), Some(b)) if f >= b.logp => {
+                        finish = Finish::EndOfGeneration;
+                        t
+                    }
+                    (_, Some(b)) => b.tokens.clone(),
+                    (Some((t, _)), None) => t,
+                    (None, None) => Vec::new(),
+                }
+            }
+        };
+        // Every live beam's sequence still tags the prompt cells, so one of
+        // them hands them back.
+        self.ctx
+            .kv_cache_seq_rm(-1, Some(self.prompt_len as u32), None)?;
+        if let Some(b) = self.live.first().filter(|b| b.seq != 0) {
+            self.ctx.kv_cache_seq_cp(b.seq, 0, None, None)?;
+        }
+        self.ctx.llama_kv_cache_seq_keep(0);
+        Ok((tokens, finish))
+    }
 }
 
 #[cfg(test)]

@@ -115,8 +115,7 @@ impl Lcg {
 }
 
 fn decode(ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch) -> Result<(), LlmError> {
-    ctx.decode(batch)
-        .map_err(|e| LlmError::Decode(e.to_string()))
+    ctx.decode(batch).map_err(LlmError::from)
 }
 
 fn test_prompt(
@@ -141,7 +140,7 @@ fn test_prompt(
             };
             batch
                 .add(tok, (done + i) as i32, &[0], i + 1 == n)
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
+                .map_err(LlmError::from)?;
         }
         decode(ctx, &mut batch)?;
         done += n;
@@ -167,9 +166,7 @@ fn test_gen(
     let mut batch = LlamaBatch::new(1, 1);
     for pos in (start..).take(n_gen) {
         batch.clear();
-        batch
-            .add(tok, pos, &[0], true)
-            .map_err(|e| LlmError::Decode(e.to_string()))?;
+        batch.add(tok, pos, &[0], true).map_err(LlmError::from)?;
         decode(ctx, &mut batch)?;
         ctx.synchronize();
         tok = rng.next(n_vocab);

@@ -151,12 +151,12 @@ impl Template {
                             m.role.as_str().to_string(),
                             m.content.replace('\0', ""),
                         )
-                        .map_err(|e| LlmError::Template(e.to_string()))
+                        .map_err(|e| LlmError::Template(e.into()))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
                 model
                     .apply_chat_template(tmpl, &msgs, open_assistant)
-                    .map_err(|e| LlmError::Template(e.to_string()))
+                    .map_err(|e| LlmError::Template(e.into()))
             }
         }
     }
@@ -249,7 +249,7 @@ pub fn render_template(
     env.add_function("strftime_now", |fmt: String| {
         chrono::Local::now().format(&fmt).to_string()
     });
-    let err = |e: minijinja::Error| LlmError::Template(e.to_string());
+    let err = |e: minijinja::Error| LlmError::Template(e.into());
     let tmpl = env.template_from_str(source).map_err(err)?;
     tmpl.render(minijinja::context! {
         messages => messages,

@@ -10,8 +10,8 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 
+use super::adapters::{AdapterId, Loaded};
 use super::chat::Template;
-use super::session::{Session, SessionOptions};
 use super::{backend, LlmError};
 use crate::gguf::{GgufFile, ModelSummary};
 
@@ -64,11 +64,12 @@ impl Engine {
         );
         let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
         let _span = tracing::info_span!("load", model = %name).entered();
-        let model =
-            LlamaModel::load_from_file(backend, path, &params).map_err(|e| LlmError::Load {
-                path: path.display().to_string(),
-                msg: e.to_string(),
-            })?;
+        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
+            LlmError::Load {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
         let template = Template::for_model(&model);
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
@@ -98,15 +99,7 @@ impl Engine {
     ) -> Result<LlamaContext<'_>, LlmError> {
         self.model
             .new_context(backend()?, params)
-            .map_err(|e| LlmError::Context {
-                ctx_tokens,
-                msg: e.to_string(),
-            })
-    }
-
-    /// A new conversation with its own context and KV cache.
-    pub fn session(&self, opts: SessionOptions) -> Result<Session<'_>, LlmError> {
-        Session::new(self, opts)
+            .map_err(|source| LlmError::Context { ctx_tokens, source })
     }
 
     pub fn name(&self) -> &str {
@@ -199,5 +192,51 @@ impl Engine {
             .and_then(|s| s.parse::<u64>().ok())
             .map_or("?", crate::gguf::ftype_name);
         format!("{} {} {}", self.summary.arch, size, ftype)
+    }
+}
+
+impl Engine {
+    /// Validate `path` against this model (architecture, base sha256,
+    /// tensor shapes) and load it, or return the id of the copy already
+    /// loaded. `base_sha256` is this model's file hash, when known.
+    pub fn load_adapter(
+        &mut self,
+        name: &str,
+        path: &Path,
+        base_sha256: Option<&str>,
+    ) -> Result<AdapterId, LlmError> {
+        {
+            let list = self.adapters.0.lock().expect("adapter list");
+            if let Some(i) = list.iter().position(|a| a.path == path) {
+                return Ok(AdapterId(i));
+            }
+        }
+        let base = GgufFile::open(self.path())?;
+        let info = crate::adapter::check_against(path, &base, base_sha256)?;
+        drop(base);
+        let handle = self
+            .model
+            .lora_adapter_init(path)
+            .map_err(|e| LlmError::Adapter {
+                name: format!(
+                    "{name} ({}; run with -v to see llama.cpp's log)",
+                    path.display()
+                ),
+                source: e.into(),
+            })?;
+        tracing::info!(adapter = %name, rank = info.rank, alpha = info.alpha, "adapter loaded");
+        let mut list = self.adapters.0.lock().expect("adapter list");
+        list.push(Loaded {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            handle,
+        });
+        Ok(AdapterId(list.len() - 1))
+    }
+
+    /// The id of an adapter already loaded under `name`.
+    pub fn adapter_by_name(&self, name: &str) -> Option<AdapterId> {
+        let list = self.adapters.0.lock().expect("adapter list");
+        list.iter().position(|a| a.name == name).map(AdapterId)
     }
 }

@@ -35,34 +35,53 @@ pub use session::{Session, SessionOptions};
 pub use stats::{Finish, GenStats, Reply};
 pub use text::{StopMatcher, Utf8Stream};
 
-/// What went wrong in the LLM stage.
+/// A cause from a library that has several error types for one step.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong in the LLM stage. Each message says what ferrite was
+/// doing; the cause (llama.cpp's own error) is the `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum LlmError {
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
-    #[error("llama.cpp could not initialise its backend: {0}")]
-    Backend(String),
-    #[error("{path}: llama.cpp refused to load the model ({msg}); run with -v to see its log")]
-    Load { path: String, msg: String },
-    #[error("cannot create a context of {ctx_tokens} tokens: {msg}; try a smaller -c")]
-    Context { ctx_tokens: u32, msg: String },
+    #[error("llama.cpp could not initialise its backend")]
+    Backend(#[source] std::sync::Arc<llama_cpp_2::LlamaCppError>),
+    #[error("{path}: llama.cpp refused to load the model (run with -v to see its log)")]
+    Load {
+        path: std::path::PathBuf,
+        #[source]
+        source: llama_cpp_2::LlamaModelLoadError,
+    },
+    #[error("cannot create a context of {ctx_tokens} tokens (try a smaller -c)")]
+    Context {
+        ctx_tokens: u32,
+        #[source]
+        source: llama_cpp_2::LlamaContextLoadError,
+    },
     #[error("the prompt needs {needed} tokens but the context holds {ctx_tokens}: shorten it or raise -c")]
     PromptTooLong { needed: usize, ctx_tokens: u32 },
-    #[error("llama.cpp decode failed: {0}")]
-    Decode(String),
-    #[error("chat template: {0}")]
-    Template(String),
-    #[error("LoRA adapter: {0}")]
-    Adapter(String),
+    #[error("llama.cpp decode failed")]
+    Decode(#[from] llama_cpp_2::DecodeError),
+    #[error("a token batch for llama.cpp overflowed")]
+    Batch(#[from] llama_cpp_2::llama_batch::BatchAddError),
+    #[error("llama.cpp's KV cache")]
+    KvCache(#[from] llama_cpp_2::context::kv_cache::KvCacheConversionError),
+    #[error("chat template")]
+    Template(#[source] Cause),
+    #[error("LoRA adapter `{name}`")]
+    Adapter {
+        name: String,
+        #[source]
+        source: Cause,
+    },
     #[error(transparent)]
     AdapterFile(#[from] crate::adapter::AdapterError),
     #[error("invalid parameter: {0}")]
     Param(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
 }
 
-static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
+static BACKEND: OnceLock<Result<LlamaBackend, std::sync::Arc<llama_cpp_2::LlamaCppError>>> =
+    OnceLock::new();
 
 /// llama.cpp's backend is process-wide and initialised exactly once; its and
 /// ggml's logs go to `tracing` (target `llama_cpp_2`), silent unless `-v`.
@@ -70,7 +89,7 @@ pub(crate) fn backend() -> Result<&'static LlamaBackend, LlmError> {
     BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-            LlamaBackend::init().map_err(|e| e.to_string())
+            LlamaBackend::init().map_err(std::sync::Arc::new)
         })
         .as_ref()
         .map_err(|e| LlmError::Backend(e.clone()))

@@ -81,11 +81,10 @@ pub fn perplexity(
         for k in 0..n_ctx {
             batch
                 .add(tokens[start + k], k as i32, &[0], k >= first)
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
+                .map_err(LlmError::from)?;
         }
         tokens[start] = original;
-        ctx.decode(&mut batch)
-            .map_err(|e| LlmError::Decode(e.to_string()))?;
+        ctx.decode(&mut batch).map_err(LlmError::from)?;
         for k in first..n_ctx - 1 {
             let v = nll_of(
                 ctx.get_logits_ith(k as i32),

@@ -93,10 +93,9 @@ pub fn score_answer(
     for (i, &t) in all.iter().enumerate() {
         batch
             .add(t, i as i32, &[0], i >= first)
-            .map_err(|e| LlmError::Decode(e.to_string()))?;
+            .map_err(LlmError::from)?;
     }
-    ctx.decode(&mut batch)
-        .map_err(|e| LlmError::Decode(e.to_string()))?;
+    ctx.decode(&mut batch).map_err(LlmError::from)?;
     let vocab = engine.model.vocab();
     let is_eog: Vec<bool> = (0..engine.model.n_vocab())
         .map(|t| vocab.is_eog(LlamaToken(t)))

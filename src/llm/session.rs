@@ -17,6 +17,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
+use super::adapters::{ActiveAdapter, AdapterId};
 use super::chat::{Message, Role};
 use super::stats::{Finish, GenStats, Reply};
 use super::text::{StopMatcher, Utf8Stream};
@@ -60,7 +61,7 @@ pub struct Session<'m> {
     system: Option<String>,
     history: Vec<Message>,
     last: Option<GenStats>,
-    pub(crate) adapter: Option<super::ActiveAdapter>,
+    pub(crate) adapter: Option<ActiveAdapter>,
 }
 
 /// Context parameters for `opts`. Beam search keeps two generations of beams
@@ -292,11 +293,9 @@ impl<'m> Session<'m> {
                 let last = i + 1 == new.len();
                 batch
                     .add(tok, (keep + i) as i32, &[0], last)
-                    .map_err(|e| LlmError::Decode(e.to_string()))?;
+                    .map_err(LlmError::from)?;
             }
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
+            self.ctx.decode(&mut batch).map_err(LlmError::from)?;
         }
         self.cached.extend_from_slice(new);
         Ok((keep, batch.n_tokens() - 1))
@@ -321,7 +320,14 @@ impl<'m> Session<'m> {
                 )));
             }
             let _span = tracing::debug_span!("beam", width = params.beams).entered();
-            let (toks, finish) = beam::search(self, tokens.len(), logits_idx, params)?;
+            let (toks, finish) = beam::search(
+                &mut self.ctx,
+                &self.engine.model,
+                tokens.len(),
+                logits_idx,
+                params,
+            )?;
+            self.cached.truncate(tokens.len());
             let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
             let mut finish = finish;
             for &t in &toks {
@@ -408,10 +414,8 @@ impl<'m> Session<'m> {
             batch.clear();
             batch
                 .add(tok, self.cached.len() as i32, &[0], true)
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
-            self.ctx
-                .decode(&mut batch)
-                .map_err(|e| LlmError::Decode(e.to_string()))?;
+                .map_err(LlmError::from)?;
+            self.ctx.decode(&mut batch).map_err(LlmError::from)?;
             self.cached.push(tok);
             logits_idx = 0;
         };
@@ -475,5 +479,90 @@ impl<'s> Output<'s> {
             self.text.push_str(&shown);
             let _ = (self.sink)(&shown);
         }
+    }
+}
+
+impl Engine {
+    /// A new conversation with its own context and KV cache.
+    pub fn session(&self, opts: SessionOptions) -> Result<Session<'_>, LlmError> {
+        Session::new(self, opts)
+    }
+}
+
+impl Session<'_> {
+    /// Apply a loaded adapter at `scale` (or none), emptying the KV cache;
+    /// the conversation is kept and re-evaluated with the new weights.
+    pub fn set_adapter(&mut self, adapter: Option<(AdapterId, f32)>) -> Result<(), LlmError> {
+        if !adapter.is_none_or(|(_, s)| s.is_finite()) {
+            return Err(LlmError::Param(
+                "adapter scale must be a finite number".into(),
+            ));
+        }
+        let mut list = self.engine.adapters.0.lock().expect("adapter list");
+        match adapter {
+            Some((id, scale)) => {
+                let a = list
+                    .get_mut(id.0)
+                    .ok_or_else(|| LlmError::Param("no such adapter loaded".into()))?;
+                let name = a.name.clone();
+                self.ctx
+                    .lora_adapter_set(&mut a.handle, scale)
+                    .map_err(|e| LlmError::Adapter {
+                        name,
+                        source: e.into(),
+                    })?;
+                self.adapter = Some(ActiveAdapter {
+                    id,
+                    name: a.name.clone(),
+                    scale,
+                });
+            }
+            None => {
+                if let Some(a) = list.first_mut() {
+                    let name = a.name.clone();
+                    self.ctx
+                        .lora_adapter_remove(&mut a.handle)
+                        .map_err(|e| LlmError::Adapter {
+                            name,
+                            source: e.into(),
+                        })?;
+                }
+                self.adapter = None;
+            }
+        }
+        drop(list);
+        self.invalidate_cache();
+        Ok(())
+    }
+
+    pub fn adapter(&self) -> Option<&ActiveAdapter> {
+        self.adapter.as_ref()
+    }
+
+    /// llama.cpp's logits at every position of `tokens`, evaluated from an
+    /// empty cache with the current adapter (tests hold them against the
+    /// trainer's forward pass). The cache is left empty.
+    pub fn logits_all(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, LlmError> {
+        use llama_cpp_2::llama_batch::LlamaBatch;
+        use llama_cpp_2::token::LlamaToken;
+        if tokens.len() > self.n_ctx() as usize || tokens.len() > self.opts_batch() {
+            return Err(LlmError::PromptTooLong {
+                needed: tokens.len(),
+                ctx_tokens: self.n_ctx(),
+            });
+        }
+        self.invalidate_cache();
+        let mut batch = LlamaBatch::new(tokens.len(), 1);
+        for (i, &t) in tokens.iter().enumerate() {
+            batch
+                .add(LlamaToken(t as i32), i as i32, &[0], true)
+                .map_err(LlmError::from)?;
+        }
+        self.ctx.decode(&mut batch).map_err(LlmError::from)?;
+        let out = (0..tokens.len())
+            .map(|i| self.ctx.get_logits_ith(i as i32).to_vec())
+            .collect();
+        self.invalidate_cache();
+        Ok(out)
     }
 }

