@@ -39,9 +39,24 @@ def module_of(path):
     return tuple(rel)
 
 
+LITERALS = re.compile(
+    r'r(#*)".*?"\1'            # raw strings
+    r'|b?"(?:\\.|[^"\\])*"'  # strings, byte strings
+    r"|b?'(?:\\.|[^'\\])'"   # char and byte literals
+    r"|//[^\n]*",             # line comments
+    re.S,
+)
+
+
+def blank(m):
+    """A literal or comment as spaces, its newlines kept."""
+    return re.sub(r"[^\n]", " ", m.group(0))
+
+
 def strip_tests(text):
-    """Drop `#[cfg(test)] mod tests { ... }` blocks and comments."""
-    text = re.sub(r"//[^\n]*", "", text)
+    """Drop comments, string and char literals (braces in them are not
+    code) and `#[cfg(test)] mod tests { ... }` blocks."""
+    text = LITERALS.sub(blank, text)
     out, i = [], 0
     for m in re.finditer(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text):
         if m.start() < i:

@@ -125,47 +125,7 @@ pub fn inspect(path: &Path) -> Result<(AdapterInfo, GgufFile), AdapterError> {
         .and_then(Value::as_f32)
         .filter(|a| a.is_finite())
         .ok_or_else(|| bad("no finite f32 `adapter.lora.alpha`".into()))?;
-    let mut rank = None;
-    let mut n_pairs = 0;
-    for t in &g.tensors {
-        let (base, is_a) = if let Some(b) = t.name.strip_suffix(".lora_a") {
-            (b, true)
-        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
-            (b, false)
-        } else {
-            return Err(bad(format!(
-                "tensor `{}` is neither lora_a nor lora_b",
-                t.name
-            )));
-        };
-        let other = format!("{base}.{}", if is_a { "lora_b" } else { "lora_a" });
-        if g.tensor(&other).is_none() {
-            return Err(bad(format!("`{}` has no matching `{other}`", t.name)));
-        }
-        if t.dims.len() != 2 {
-            return Err(bad(format!("`{}` is not 2-D", t.name)));
-        }
-        let r = if is_a { t.dims[1] } else { t.dims[0] };
-        if *rank.get_or_insert(r) != r {
-            return Err(bad(format!(
-                "`{}` has rank {r}, others {}",
-                t.name,
-                rank.unwrap_or(0)
-            )));
-        }
-        if !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16) {
-            return Err(bad(format!(
-                "`{}` is {}, expected F32 or F16",
-                t.name, t.ggml_type
-            )));
-        }
-        if g.tensor_f32(t)
-            .is_some_and(|v| v.iter().any(|x| !x.is_finite()))
-        {
-            return Err(bad(format!("`{}` holds NaN or infinite values", t.name)));
-        }
-        n_pairs += usize::from(is_a);
-    }
+    let (rank, n_pairs) = check_pairs(&g).map_err(bad)?;
     if n_pairs == 0 {
         return Err(bad("no LoRA tensors".into()));
     }
@@ -179,7 +139,7 @@ pub fn inspect(path: &Path) -> Result<(AdapterInfo, GgufFile), AdapterError> {
             }),
         arch,
         alpha,
-        rank: rank.unwrap_or(0),
+        rank,
         targets: g.get_str(KEY_TARGETS).unwrap_or("?").to_string(),
         base_sha256: g.get_str(KEY_BASE_SHA256).map(str::to_string),
         base_name: g.get_str(KEY_BASE_NAME).map(str::to_string),
@@ -187,6 +147,51 @@ pub fn inspect(path: &Path) -> Result<(AdapterInfo, GgufFile), AdapterError> {
         n_params: g.tensors.iter().map(|t| t.n_elements()).sum(),
     };
     Ok((info, g))
+}
+
+/// Every tensor is half of a 2-D F32/F16 `lora_a`/`lora_b` pair of one
+/// shared rank with finite values. Returns (rank, number of pairs), or
+/// what is wrong.
+fn check_pairs(g: &GgufFile) -> Result<(u64, usize), String> {
+    let mut rank = None;
+    let mut n_pairs = 0;
+    for t in &g.tensors {
+        let (base, is_a) = if let Some(b) = t.name.strip_suffix(".lora_a") {
+            (b, true)
+        } else if let Some(b) = t.name.strip_suffix(".lora_b") {
+            (b, false)
+        } else {
+            return Err(format!("tensor `{}` is neither lora_a nor lora_b", t.name));
+        };
+        let other = format!("{base}.{}", if is_a { "lora_b" } else { "lora_a" });
+        if g.tensor(&other).is_none() {
+            return Err(format!("`{}` has no matching `{other}`", t.name));
+        }
+        if t.dims.len() != 2 {
+            return Err(format!("`{}` is not 2-D", t.name));
+        }
+        let r = if is_a { t.dims[1] } else { t.dims[0] };
+        if *rank.get_or_insert(r) != r {
+            return Err(format!(
+                "`{}` has rank {r}, others {}",
+                t.name,
+                rank.unwrap_or(0)
+            ));
+        }
+        if !matches!(t.ggml_type, GgmlType::F32 | GgmlType::F16) {
+            return Err(format!(
+                "`{}` is {}, expected F32 or F16",
+                t.name, t.ggml_type
+            ));
+        }
+        if g.tensor_f32(t)
+            .is_some_and(|v| v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(format!("`{}` holds NaN or infinite values", t.name));
+        }
+        n_pairs += usize::from(is_a);
+    }
+    Ok((rank.unwrap_or(0), n_pairs))
 }
 
 /// Validate an adapter against the base model it is about to be applied to:

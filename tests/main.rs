@@ -12,6 +12,7 @@ mod fuzz;
 mod gguf_files;
 mod pull;
 mod reports;
+mod resample;
 mod serial;
 mod speech;
 mod templates;

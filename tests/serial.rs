@@ -393,6 +393,34 @@ fn json_mode_round_trip() {
 }
 
 #[test]
+fn json_cancel_stops_an_answer_and_unknown_fields_are_refused() {
+    let (_d, _p, _s, mut term) = start_pair(&["--json", "-n", "-1"]);
+    term.send(b"{\"q\":\"Write a very long story about a dragon and a knight.\"}\n");
+    let mut tokens = 0;
+    let done = loop {
+        let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
+        if v.get("token").is_none() {
+            break v;
+        }
+        tokens += 1;
+        if tokens == 5 {
+            term.send(b"{\"cmd\": \"cancel\"}\n");
+        }
+    };
+    assert_eq!(done["done"], true, "{done}");
+    assert_eq!(done["finish"], "cancelled", "{done}");
+    // The cancel line was used up by the answer: nothing answers it later,
+    // and the next request is answered normally.
+    term.send(b"{\"q\":\"What is the capital of Japan?\",\"temperature\":0.5}\n");
+    let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.starts_with("unknown field `temperature`"), "{v}");
+    term.send(b"{\"cmd\":\"cancel\"}\n");
+    let v: serde_json::Value = serde_json::from_str(term.expect("\n", T).trim()).unwrap();
+    assert_eq!(v["ok"], "cancel", "{v}");
+}
+
+#[test]
 fn two_hundred_queries_keep_memory_flat() {
     // A small context fills within the first dozen turns, so the KV cache is
     // fully touched before the first reading and the turn-dropping path runs

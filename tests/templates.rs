@@ -93,7 +93,8 @@ fn templates_render_as_hugging_face_renders_them() {
     let gemma = read("gemma3.jinja");
     let bad = [Message::new(Role::Assistant, "first")];
     let e = render_template(&gemma, &bad, true, "<bos>", "<eos>").unwrap_err();
-    assert!(e.to_string().contains("must alternate"), "{e}");
+    let e = ferrite::report(&e);
+    assert!(e.contains("must alternate"), "{e}");
 }
 
 /// The measurement: SmolLM2's template adds its default system turn,

@@ -255,6 +255,35 @@ struct Host<'a> {
 }
 
 impl Host<'_> {
+    /// Load adapter `name` for the conversation `carry` continues, and say
+    /// how it went when it resumes.
+    fn adapter_loaded(
+        &self,
+        loaded: &mut Loaded,
+        (name, path, scale): (&str, &Path, f32),
+        carry: Box<Carry>,
+        pending: Vec<u8>,
+    ) -> Resume {
+        let (model, model_path) = &self.model;
+        let (adapter, said) =
+            match load_adapter(loaded, self.store, (model, model_path), (name, path)) {
+                Ok(id) => (
+                    Some((id, scale)),
+                    Event::info(
+                        "lora",
+                        format!("(adapter {name} at scale {scale}; the conversation continues)"),
+                    ),
+                ),
+                Err(e) => (carry.adapter, Event::error(e)),
+            };
+        Resume::Carried {
+            carry,
+            adapter,
+            said,
+            pending,
+        }
+    }
+
     /// Load `self.model`; after a failed switch fall back to the model that
     /// was running (`Ok(None)`: load again). Nothing typed on the console
     /// may end the service.
@@ -335,27 +364,8 @@ impl Host<'_> {
                 carry,
                 pending,
             } => {
-                let (model, model_path) = &self.model;
-                let got = load_adapter(loaded, self.store, (model, model_path), (&name, &path));
-                let (adapter, said) = match got {
-                    Ok(id) => (
-                        Some((id, scale)),
-                        Event::info(
-                            "lora",
-                            format!(
-                                "(adapter {name} at scale {scale}; the conversation continues)"
-                            ),
-                        ),
-                    ),
-                    Err(e) => (carry.adapter, Event::error(e)),
-                };
+                self.resume = self.adapter_loaded(loaded, (&name, &path, scale), carry, pending);
                 self.link = Some(ch);
-                self.resume = Resume::Carried {
-                    carry,
-                    adapter,
-                    said,
-                    pending,
-                };
                 Next::Again
             }
             End::Switch(name, path, rest) => {

@@ -42,7 +42,7 @@ struct Interrupt {
 
 /// Where typed lines come from.
 enum Lines {
-    Terminal(rustyline::DefaultEditor),
+    Terminal(Box<rustyline::DefaultEditor>),
     Piped(std::io::StdinLock<'static>),
 }
 
@@ -56,7 +56,7 @@ enum Read {
 impl Lines {
     fn open() -> anyhow::Result<Lines> {
         if std::io::stdin().is_terminal() {
-            Ok(Lines::Terminal(rustyline::DefaultEditor::new()?))
+            Ok(Lines::Terminal(Box::new(rustyline::DefaultEditor::new()?)))
         } else {
             Ok(Lines::Piped(std::io::stdin().lock()))
         }

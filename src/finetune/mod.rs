@@ -51,8 +51,10 @@ pub enum FinetuneError {
     Weights {
         path: PathBuf,
         tensor: Option<String>,
+        /// Boxed: candle's error is large, and this enum is every
+        /// fine-tuning function's error type.
         #[source]
-        source: candle_core::Error,
+        source: Box<candle_core::Error>,
     },
     #[error("training: {0}")]
     Candle(#[from] candle_core::Error),

@@ -71,7 +71,7 @@ impl Base {
                 FinetuneError::Weights {
                     path: path.to_path_buf(),
                     tensor: None,
-                    source,
+                    source: Box::new(source),
                 }
             })?;
         let mut get = |name: &str| -> Result<Tensor, FinetuneError> {
@@ -81,7 +81,7 @@ impl Base {
                     .map_err(|source| FinetuneError::Weights {
                         path: path.to_path_buf(),
                         tensor: Some(name.to_string()),
-                        source,
+                        source: Box::new(source),
                     })?;
             Ok(q.dequantize(&dev)?.to_dtype(dtype)?)
         };

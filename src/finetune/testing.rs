@@ -128,7 +128,7 @@ pub fn write_f32_model(model: &Path, out: &Path) -> Result<(), FinetuneError> {
             FinetuneError::Weights {
                 path: model.to_path_buf(),
                 tensor: None,
-                source,
+                source: Box::new(source),
             }
         })?;
     let dev = candle_core::Device::Cpu;

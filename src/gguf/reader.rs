@@ -137,6 +137,87 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The GGUF magic, or an error that guesses what the file is instead.
+fn check_magic(path: &Path, map: &[u8]) -> Result<(), GgufError> {
+    let head = &map[..map.len().min(4)];
+    if head == MAGIC {
+        return Ok(());
+    }
+    let hint = match head {
+        [0x6c, 0x6d, 0x67, 0x67] => " (a whisper.cpp/legacy ggml file, not a GGUF model)",
+        [b'P', b'K', ..] => " (a zip archive: unpack it first)",
+        [b'{', ..] | [b'#', ..] => " (a text file)",
+        _ if head.len() < 4 => " (file too short)",
+        _ => "",
+    };
+    Err(GgufError::BadMagic {
+        path: path.to_path_buf(),
+        found: head.escape_ascii().to_string(),
+        hint,
+    })
+}
+
+impl Cursor<'_> {
+    /// The key/value table of `n_kv` entries; a key may appear once.
+    fn metadata(&mut self, n_kv: u64) -> Result<BTreeMap<String, Value>, GgufError> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..n_kv {
+            let key = self.string(&format!("key #{i}"))?;
+            let raw = self.u32(&key)?;
+            let ty = ValueType::from_u32(raw)
+                .ok_or_else(|| self.corrupt(format!("`{key}`: unknown value type {raw}")))?;
+            let v = self.value(ty, &key, 0)?;
+            if metadata.insert(key.clone(), v).is_some() {
+                return Err(self.corrupt(format!("duplicate key `{key}`")));
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// Tensor table entry `i`, its shape checked against its type; the
+    /// offset is still relative to the data section.
+    fn tensor_entry(&mut self, i: u64, alignment: u64) -> Result<TensorInfo, GgufError> {
+        let name = self.string(&format!("tensor #{i} name"))?;
+        let n_dims = self.u32(&name)?;
+        if n_dims == 0 || n_dims > MAX_DIMS {
+            return Err(self.corrupt(format!("tensor `{name}` has {n_dims} dimensions")));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            let d = self.u64(&name)?;
+            if d == 0 || d > i64::MAX as u64 {
+                return Err(self.corrupt(format!("tensor `{name}` has dimension {d}")));
+            }
+            dims.push(d);
+        }
+        let ggml_type = GgmlType(self.u32(&name)?);
+        let rel = self.u64(&name)?;
+        if ggml_type.traits().is_none() {
+            return Err(self.corrupt(format!(
+                "tensor `{name}` has unknown ggml type {}",
+                ggml_type.0
+            )));
+        }
+        let nbytes = ggml_type.nbytes(&dims).ok_or_else(|| {
+            self.corrupt(format!(
+                "tensor `{name}` shape {dims:?} does not fit type {ggml_type}"
+            ))
+        })?;
+        if rel % alignment != 0 {
+            return Err(self.corrupt(format!(
+                "tensor `{name}` offset {rel} is not aligned to {alignment}"
+            )));
+        }
+        Ok(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            data_offset: rel,
+            nbytes,
+        })
+    }
+}
+
 pub(super) fn align_up(v: u64, a: u64) -> Option<u64> {
     v.checked_add(a - 1).map(|x| x / a * a)
 }
@@ -170,27 +251,12 @@ impl GgufFile {
 
     fn parse(path: &Path, map: Mmap) -> Result<GgufFile, GgufError> {
         let len = map.len() as u64;
+        check_magic(path, &map)?;
         let mut c = Cursor {
             buf: &map,
-            pos: 0,
+            pos: 4,
             path,
         };
-        let head: Vec<u8> = map.iter().take(4).copied().collect();
-        if head.len() < 4 || head[..] != MAGIC {
-            let hint = match head.as_slice() {
-                [0x6c, 0x6d, 0x67, 0x67] => " (a whisper.cpp/legacy ggml file, not a GGUF model)",
-                [b'P', b'K', ..] => " (a zip archive: unpack it first)",
-                [b'{', ..] | [b'#', ..] => " (a text file)",
-                _ if head.len() < 4 => " (file too short)",
-                _ => "",
-            };
-            return Err(GgufError::BadMagic {
-                path: path.to_path_buf(),
-                found: head.escape_ascii().to_string(),
-                hint,
-            });
-        }
-        c.pos = 4;
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
             return Err(GgufError::Version {
@@ -207,17 +273,7 @@ impl GgufFile {
         if n_tensors > c.remaining() / 32 {
             return Err(c.corrupt(format!("tensor count {n_tensors} cannot fit in the file")));
         }
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = c.string(&format!("key #{i}"))?;
-            let raw = c.u32(&key)?;
-            let ty = ValueType::from_u32(raw)
-                .ok_or_else(|| c.corrupt(format!("`{key}`: unknown value type {raw}")))?;
-            let v = c.value(ty, &key, 0)?;
-            if metadata.insert(key.clone(), v).is_some() {
-                return Err(c.corrupt(format!("duplicate key `{key}`")));
-            }
-        }
+        let metadata = c.metadata(n_kv)?;
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
@@ -225,63 +281,28 @@ impl GgufFile {
                 _ => return Err(c.corrupt(format!("general.alignment {v} is not a power of two"))),
             },
         };
-        let mut infos = Vec::with_capacity(n_tensors as usize);
-        for i in 0..n_tensors {
-            let name = c.string(&format!("tensor #{i} name"))?;
-            let n_dims = c.u32(&name)?;
-            if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.corrupt(format!("tensor `{name}` has {n_dims} dimensions")));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                let d = c.u64(&name)?;
-                if d == 0 || d > i64::MAX as u64 {
-                    return Err(c.corrupt(format!("tensor `{name}` has dimension {d}")));
-                }
-                dims.push(d);
-            }
-            let ggml_type = GgmlType(c.u32(&name)?);
-            let rel = c.u64(&name)?;
-            if ggml_type.traits().is_none() {
-                return Err(c.corrupt(format!(
-                    "tensor `{name}` has unknown ggml type {}",
-                    ggml_type.0
-                )));
-            }
-            let nbytes = ggml_type.nbytes(&dims).ok_or_else(|| {
-                c.corrupt(format!(
-                    "tensor `{name}` shape {dims:?} does not fit type {ggml_type}"
-                ))
-            })?;
-            if rel % alignment != 0 {
-                return Err(c.corrupt(format!(
-                    "tensor `{name}` offset {rel} is not aligned to {alignment}"
-                )));
-            }
-            infos.push((name, dims, ggml_type, rel, nbytes));
-        }
+        let infos = (0..n_tensors)
+            .map(|i| c.tensor_entry(i, alignment))
+            .collect::<Result<Vec<_>, _>>()?;
         let data_start = align_up(c.pos as u64, alignment)
             .ok_or_else(|| c.corrupt("data section offset overflows"))?;
         let mut tensors = Vec::with_capacity(infos.len());
         let mut seen = std::collections::HashSet::new();
-        for (name, dims, ggml_type, rel, nbytes) in infos {
-            if !seen.insert(name.clone()) {
-                return Err(c.corrupt(format!("duplicate tensor `{name}`")));
+        for mut t in infos {
+            if !seen.insert(t.name.clone()) {
+                return Err(c.corrupt(format!("duplicate tensor `{}`", t.name)));
             }
-            let start = data_start.checked_add(rel);
-            let end = start.and_then(|s| s.checked_add(nbytes));
-            match (start, end) {
-                (Some(start), Some(end)) if end <= len => tensors.push(TensorInfo {
-                    name,
-                    dims,
-                    ggml_type,
-                    data_offset: start,
-                    nbytes,
-                }),
-                (_, end) => {
+            // `data_offset` holds the offset into the data section so far.
+            let start = data_start.checked_add(t.data_offset);
+            match start.and_then(|s| s.checked_add(t.nbytes)) {
+                Some(end) if end <= len => {
+                    t.data_offset = start.expect("checked");
+                    tensors.push(t);
+                }
+                end => {
                     return Err(GgufError::TensorOutOfBounds {
                         path: path.to_path_buf(),
-                        tensor: name,
+                        tensor: t.name,
                         end: end.unwrap_or(u64::MAX),
                         len,
                     })

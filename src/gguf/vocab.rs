@@ -28,6 +28,7 @@
 //! types shorter than the vocabulary, missing merges) are checked too, so
 //! the message names the key instead of "llama.cpp refused to load".
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::{GgufError, GgufFile, Value, ValueType};
@@ -132,126 +133,100 @@ const BPE_PRE_WITH_BOS: &[&str] = &[
 impl GgufFile {
     /// Check the tokenizer metadata as the module doc describes.
     pub(super) fn check_vocab(&self) -> Result<(), GgufError> {
-        let bad = |what: String| GgufError::Foreign {
+        self.vocab_problem().map_err(|what| GgufError::Foreign {
             path: self.path.clone(),
             what: format!("tokenizer: {what}; llama.cpp cannot use this vocabulary"),
-        };
+        })
+    }
+
+    fn vocab_problem(&self) -> Result<(), String> {
         let model = match self.get("tokenizer.ggml.model") {
             Some(Value::Str(m)) => m.as_str(),
-            Some(_) => return Err(bad("`tokenizer.ggml.model` is not a string".into())),
-            None => return Err(bad("no `tokenizer.ggml.model`".into())),
+            Some(_) => return Err("`tokenizer.ggml.model` is not a string".into()),
+            None => return Err("no `tokenizer.ggml.model`".into()),
         };
-        let kind = KINDS.iter().find(|k| k.model == model).ok_or_else(|| {
-            bad(match model {
-                "none" | "no_vocab" => "the model has no vocabulary (embeddings only)".into(),
+        let kind = KINDS
+            .iter()
+            .find(|k| k.model == model)
+            .ok_or_else(|| match model {
+                "none" | "no_vocab" => "the model has no vocabulary (embeddings only)".to_string(),
                 _ => format!("unknown tokenizer `{model}`"),
-            })
-        })?;
-        let pre = self.get_str("tokenizer.ggml.pre").unwrap_or("");
+            })?;
         let tokens = match self.get("tokenizer.ggml.tokens") {
             Some(Value::Array(ValueType::Str, t)) => t,
-            Some(_) => {
-                return Err(bad(
-                    "`tokenizer.ggml.tokens` is not an array of strings".into()
-                ))
-            }
-            None => return Err(bad("no `tokenizer.ggml.tokens`".into())),
+            Some(_) => return Err("`tokenizer.ggml.tokens` is not an array of strings".into()),
+            None => return Err("no `tokenizer.ggml.tokens`".into()),
         };
-        let n = tokens.len();
-        if n == 0 || n > i32::MAX as usize {
-            return Err(bad(format!("{n} tokens")));
+        if tokens.is_empty() || tokens.len() > i32::MAX as usize {
+            return Err(format!("{} tokens", tokens.len()));
         }
         // llama.cpp reads each token through `gguf_get_arr_str`, a C string:
         // the text ends at its first NUL byte.
-        let text = |i: usize| {
-            let t = tokens[i].as_str().unwrap_or("");
-            t.split('\0').next().unwrap_or(t)
-        };
-        // Unique texts, with llama.cpp's renaming of empty tokens.
-        let mut seen: HashSet<std::borrow::Cow<'_, str>> = HashSet::with_capacity(n);
-        for i in 0..n {
-            let t = match text(i) {
-                "" => std::borrow::Cow::Owned(format!("[EMPTY_{i}]")),
-                t => std::borrow::Cow::Borrowed(t),
-            };
-            if !seen.insert(t) {
-                let first = (0..i).find(|&j| text(j) == text(i)).unwrap_or(0);
-                return Err(bad(format!(
-                    "token {i} repeats token {first} ({:?})",
-                    text(i)
-                )));
+        let texts: Vec<&str> = tokens
+            .iter()
+            .map(|t| {
+                let t = t.as_str().unwrap_or("");
+                t.split('\0').next().unwrap_or(t)
+            })
+            .collect();
+        let seen = unique(&texts)?;
+        self.check_token_arrays(&texts)?;
+        let pre = self.get_str("tokenizer.ggml.pre").unwrap_or("");
+        if matches!(model, "gpt2" | "gemma4") && pre != "kimi-k2" {
+            match self.get("tokenizer.ggml.merges") {
+                Some(Value::Array(ValueType::Str, _)) => {}
+                Some(_) => return Err("`tokenizer.ggml.merges` is not an array of strings".into()),
+                None => return Err("a BPE vocabulary without `tokenizer.ggml.merges`".into()),
             }
         }
+        if kind.byte_fallback {
+            check_byte_fallback(model, &seen)?;
+        }
+        if model == "rwkv" && !seen.contains("\n") {
+            return Err("the RWKV vocabulary has no newline token".into());
+        }
+        self.check_specials(kind, pre, texts.len())
+    }
+
+    /// Scores and token types cover the vocabulary; byte-typed tokens are
+    /// shaped `<0xXX>`.
+    fn check_token_arrays(&self, texts: &[&str]) -> Result<(), String> {
+        let n = texts.len();
         if let Some(v) = self.get("tokenizer.ggml.scores") {
             match v {
                 Value::Array(ValueType::F32 | ValueType::I32, s) if s.len() >= n => {}
                 Value::Array(ValueType::F32 | ValueType::I32, s) => {
-                    return Err(bad(format!("{} scores for {n} tokens", s.len())))
+                    return Err(format!("{} scores for {n} tokens", s.len()))
                 }
-                _ => {
-                    return Err(bad(
-                        "`tokenizer.ggml.scores` is not an array of numbers".into()
-                    ))
-                }
+                _ => return Err("`tokenizer.ggml.scores` is not an array of numbers".into()),
             }
         }
-        if let Some(v) = self.get("tokenizer.ggml.token_type") {
-            let types = match v {
-                Value::Array(ValueType::I32, t) if t.len() >= n => t,
-                Value::Array(ValueType::I32, t) => {
-                    return Err(bad(format!("{} token types for {n} tokens", t.len())))
-                }
-                _ => {
-                    return Err(bad(
-                        "`tokenizer.ggml.token_type` is not an array of i32".into()
-                    ))
-                }
-            };
-            for (i, ty) in types.iter().take(n).enumerate() {
-                if *ty == Value::I32(TOKEN_TYPE_BYTE) && byte_of(text(i)).is_none() {
-                    return Err(bad(format!(
-                        "token {i} ({:?}) is typed as a byte but is not `<0xXX>`",
-                        text(i)
-                    )));
-                }
+        let Some(v) = self.get("tokenizer.ggml.token_type") else {
+            return Ok(());
+        };
+        let types = match v {
+            Value::Array(ValueType::I32, t) if t.len() >= n => t,
+            Value::Array(ValueType::I32, t) => {
+                return Err(format!("{} token types for {n} tokens", t.len()))
+            }
+            _ => return Err("`tokenizer.ggml.token_type` is not an array of i32".into()),
+        };
+        for (i, ty) in types.iter().take(n).enumerate() {
+            if *ty == Value::I32(TOKEN_TYPE_BYTE) && byte_of(texts[i]).is_none() {
+                return Err(format!(
+                    "token {i} ({:?}) is typed as a byte but is not `<0xXX>`",
+                    texts[i]
+                ));
             }
         }
-        if matches!(model, "gpt2" | "gemma4") && pre != "kimi-k2" {
-            match self.get("tokenizer.ggml.merges") {
-                Some(Value::Array(ValueType::Str, _)) => {}
-                Some(_) => {
-                    return Err(bad(
-                        "`tokenizer.ggml.merges` is not an array of strings".into()
-                    ))
-                }
-                None => {
-                    return Err(bad(
-                        "a BPE vocabulary without `tokenizer.ggml.merges`".into()
-                    ))
-                }
-            }
-        }
-        if kind.byte_fallback {
-            // `byte_to_token` looks the byte up as `<0xXX>` with upper-case
-            // hex, then (SentencePiece) as the one-byte text itself.
-            let covered = |b: u8| {
-                seen.contains(format!("<0x{b:02X}>").as_str())
-                    || (model == "llama"
-                        && b.is_ascii()
-                        && seen.contains(&*(b as char).to_string()))
-            };
-            let missing = (0..=255u8).find(|&b| !covered(b));
-            if let Some(b) = missing {
-                return Err(bad(format!(
-                    "no token for byte 0x{b:02X} (`<0x{b:02X}>`): text containing it cannot be tokenized"
-                )));
-            }
-        }
-        if model == "rwkv" && !seen.contains("\n") {
-            return Err(bad("the RWKV vocabulary has no newline token".into()));
-        }
-        // Special tokens: the file's id when in range, else the default when in
-        // range, else unset; then whatever is added to every prompt must be set.
+        Ok(())
+    }
+
+    /// Special tokens: the file's id when in range, else the default when in
+    /// range, else unset; whatever the tokenizer adds to every prompt must
+    /// be set.
+    fn check_specials(&self, kind: &Kind, pre: &str, n: usize) -> Result<(), String> {
+        let model = kind.model;
         let special = |key: &str, default: i64| -> Option<u64> {
             let default = u64::try_from(default).ok().filter(|&d| d < n as u64);
             match self.get_u64(&format!("tokenizer.ggml.{key}_token_id")) {
@@ -272,21 +247,52 @@ impl GgufFile {
         // llama.cpp forces BOS on for Gemma 4 whatever the file says; the
         // WordPiece (`bert`) tokenizer always adds BOS and SEP.
         let wpm = model == "bert";
-        let add_bos = flag("bos", default_bos) || model == "gemma4" || wpm;
+        let add_bos = (flag("bos", default_bos) || model == "gemma4" || wpm) && model != "rwkv";
         let add_eos = flag("eos", model == "t5") && !wpm && model != "rwkv";
-        let add_bos = add_bos && model != "rwkv";
         for (add, key, default, name) in [
             (add_bos, "bos", kind.bos, "BOS"),
             (add_eos, "eos", kind.eos, "EOS"),
             (wpm, "seperator", kind.sep, "SEP"),
         ] {
             if add && special(key, default).is_none() {
-                return Err(bad(format!(
+                return Err(format!(
                     "the {name} token is added to every prompt but its id is unset or out of range"
-                )));
+                ));
             }
         }
         Ok(())
+    }
+}
+
+/// The tokens' texts as llama.cpp keys them (an empty one renamed
+/// `[EMPTY_<id>]`), all different.
+fn unique<'t>(texts: &[&'t str]) -> Result<HashSet<Cow<'t, str>>, String> {
+    let key = |i: usize| match texts[i] {
+        "" => Cow::Owned(format!("[EMPTY_{i}]")),
+        t => Cow::Borrowed(t),
+    };
+    let mut seen: HashSet<Cow<'t, str>> = HashSet::with_capacity(texts.len());
+    for i in 0..texts.len() {
+        if !seen.insert(key(i)) {
+            let first = (0..i).find(|&j| key(j) == key(i)).unwrap_or(0);
+            return Err(format!("token {i} repeats token {first} ({:?})", key(i)));
+        }
+    }
+    Ok(seen)
+}
+
+/// `byte_to_token` looks a byte up as `<0xXX>` with upper-case hex, then
+/// (SentencePiece) as the one-byte text itself; every byte must be found.
+fn check_byte_fallback(model: &str, seen: &HashSet<Cow<'_, str>>) -> Result<(), String> {
+    let covered = |b: u8| {
+        seen.contains(format!("<0x{b:02X}>").as_str())
+            || (model == "llama" && b.is_ascii() && seen.contains(&*(b as char).to_string()))
+    };
+    match (0..=255u8).find(|&b| !covered(b)) {
+        Some(b) => Err(format!(
+            "no token for byte 0x{b:02X} (`<0x{b:02X}>`): text containing it cannot be tokenized"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -210,72 +210,95 @@ pub fn run_bench(
     if opts.n_gen > 0 {
         tests.push((0, opts.n_gen));
     }
-    let mut results = Vec::new();
     let mut rng = Lcg(0x5eed);
-    for (n_prompt, n_gen) in tests {
-        let sopts = SessionOptions {
-            ctx_tokens: (n_prompt + n_gen).max(16) as u32,
-            threads: opts.threads,
-            batch_tokens: opts.n_batch,
-            max_beams: 0,
-        };
-        let params = context_params(&sopts).with_n_ubatch(opts.n_ubatch);
-        let mut ctx = engine.context(params, sopts.ctx_tokens)?;
-        let name = if n_prompt > 0 {
-            format!("pp{n_prompt}")
-        } else {
-            format!("tg{n_gen}")
-        };
-        // Warm-up, as llama-bench: a full prompt run, or one generated token.
-        progress(&format!("{name}: warm-up"));
+    tests
+        .into_iter()
+        .map(|(n_prompt, n_gen)| {
+            let samples_ns = time_test(engine, opts, &mut rng, (n_prompt, n_gen), progress)?;
+            Ok(result(engine, opts, n_prompt, n_gen, samples_ns))
+        })
+        .collect()
+}
+
+/// Run one test (pp `n_prompt` or tg `n_gen`) after a warm-up, as
+/// llama-bench does (a full prompt run, or one generated token); the
+/// nanoseconds of each repetition.
+fn time_test(
+    engine: &Engine,
+    opts: &BenchOptions,
+    rng: &mut Lcg,
+    (n_prompt, n_gen): (usize, usize),
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<u64>, LlmError> {
+    let sopts = SessionOptions {
+        ctx_tokens: (n_prompt + n_gen).max(16) as u32,
+        threads: opts.threads,
+        batch_tokens: opts.n_batch,
+        max_beams: 0,
+    };
+    let params = context_params(&sopts).with_n_ubatch(opts.n_ubatch);
+    let mut ctx = engine.context(params, sopts.ctx_tokens)?;
+    let name = if n_prompt > 0 {
+        format!("pp{n_prompt}")
+    } else {
+        format!("tg{n_gen}")
+    };
+    let mut run = |ctx: &mut LlamaContext<'_>, n_gen: usize| {
         ctx.clear_kv_cache();
         if n_prompt > 0 {
-            test_prompt(engine, &mut ctx, &mut rng, n_prompt, opts.n_batch as usize)?;
+            test_prompt(engine, ctx, rng, n_prompt, opts.n_batch as usize)
         } else {
-            test_gen(engine, &mut ctx, &mut rng, 1)?;
+            test_gen(engine, ctx, rng, n_gen)
         }
-        let mut samples_ns = Vec::with_capacity(opts.reps);
-        for r in 0..opts.reps {
-            progress(&format!("{name}: run {}/{}", r + 1, opts.reps));
-            ctx.clear_kv_cache();
-            let t = Instant::now();
-            if n_prompt > 0 {
-                test_prompt(engine, &mut ctx, &mut rng, n_prompt, opts.n_batch as usize)?;
-            } else {
-                test_gen(engine, &mut ctx, &mut rng, n_gen)?;
-            }
-            samples_ns.push(t.elapsed().as_nanos() as u64);
-        }
-        let n_tokens = (n_prompt + n_gen) as f64;
-        let samples_ts: Vec<f64> = samples_ns
-            .iter()
-            .map(|&ns| n_tokens * 1e9 / ns as f64)
-            .collect();
-        let ns_f: Vec<f64> = samples_ns.iter().map(|&n| n as f64).collect();
-        let (avg_ns, std_ns) = mean_std(&ns_f);
-        let (avg_ts, stddev_ts) = mean_std(&samples_ts);
-        results.push(BenchResult {
-            model_filename: engine.path().display().to_string(),
-            model_type: engine.description(),
-            model_size: engine.size_bytes(),
-            model_n_params: engine.n_params(),
-            backends: if cfg!(feature = "cuda") {
-                "CUDA".into()
-            } else {
-                "CPU".into()
-            },
-            n_batch: opts.n_batch,
-            n_ubatch: opts.n_ubatch,
-            n_threads: opts.threads,
-            n_prompt,
-            n_gen,
-            avg_ns: avg_ns as u64,
-            stddev_ns: std_ns as u64,
-            avg_ts,
-            stddev_ts,
-            samples_ns,
-            samples_ts,
-        });
+    };
+    progress(&format!("{name}: warm-up"));
+    run(&mut ctx, 1)?;
+    let mut samples_ns = Vec::with_capacity(opts.reps);
+    for r in 0..opts.reps {
+        progress(&format!("{name}: run {}/{}", r + 1, opts.reps));
+        let t = Instant::now();
+        run(&mut ctx, n_gen)?;
+        samples_ns.push(t.elapsed().as_nanos() as u64);
     }
-    Ok(results)
+    Ok(samples_ns)
+}
+
+/// One test's row, with llama-bench's statistics.
+fn result(
+    engine: &Engine,
+    opts: &BenchOptions,
+    n_prompt: usize,
+    n_gen: usize,
+    samples_ns: Vec<u64>,
+) -> BenchResult {
+    let n_tokens = (n_prompt + n_gen) as f64;
+    let samples_ts: Vec<f64> = samples_ns
+        .iter()
+        .map(|&ns| n_tokens * 1e9 / ns as f64)
+        .collect();
+    let ns_f: Vec<f64> = samples_ns.iter().map(|&n| n as f64).collect();
+    let (avg_ns, std_ns) = mean_std(&ns_f);
+    let (avg_ts, stddev_ts) = mean_std(&samples_ts);
+    BenchResult {
+        model_filename: engine.path().display().to_string(),
+        model_type: engine.description(),
+        model_size: engine.size_bytes(),
+        model_n_params: engine.n_params(),
+        backends: if cfg!(feature = "cuda") {
+            "CUDA".into()
+        } else {
+            "CPU".into()
+        },
+        n_batch: opts.n_batch,
+        n_ubatch: opts.n_ubatch,
+        n_threads: opts.threads,
+        n_prompt,
+        n_gen,
+        avg_ns: avg_ns as u64,
+        stddev_ns: std_ns as u64,
+        avg_ts,
+        stddev_ts,
+        samples_ns,
+        samples_ts,
+    }
 }

@@ -282,9 +282,8 @@ mod tests {
             render_template(t, &[Message::new(Role::User, " y ")], false, "", "").unwrap(),
             "y"
         );
-        let e = render_template(t, &[Message::new(Role::User, "xy")], false, "", "")
-            .unwrap_err()
-            .to_string();
+        let e = render_template(t, &[Message::new(Role::User, "xy")], false, "", "").unwrap_err();
+        let e = crate::report(&e);
         assert!(e.contains("no x"), "{e}");
     }
 

@@ -46,9 +46,7 @@ pub fn perplexity(
         )));
     }
     let n_ctx = ctx_tokens as usize;
-    let vocab = engine.model.vocab();
-    let add_bos = vocab.should_add_bos();
-    let mut tokens = vocab.tokenize(text.as_bytes(), true, false);
+    let tokens = engine.model.vocab().tokenize(text.as_bytes(), true, false);
     if tokens.len() < 2 * n_ctx {
         return Err(LlmError::Param(format!(
             "perplexity needs at least {} tokens for a context of {n_ctx}; the file has {}",
@@ -65,53 +63,87 @@ pub fn perplexity(
     let params = context_params(&opts).with_n_ubatch(ctx_tokens.min(512));
     let mut ctx = engine.context(params, ctx_tokens)?;
     let n_chunk = tokens.len() / n_ctx;
-    let first = n_ctx / 2;
-    let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
+    let mut sum = Nll::default();
     let mut chunks = Vec::with_capacity(n_chunk);
     let mut batch = LlamaBatch::new(n_ctx, 1);
     let _span = tracing::info_span!("perplexity", chunks = n_chunk, n_ctx).entered();
-    for i in 0..n_chunk {
-        let start = i * n_ctx;
-        ctx.clear_kv_cache();
-        batch.clear();
-        let original = tokens[start];
-        if add_bos {
-            tokens[start] = vocab.bos();
-        }
-        for k in 0..n_ctx {
-            batch
-                .add(tokens[start + k], k as i32, &[0], k >= first)
-                .map_err(LlmError::from)?;
-        }
-        tokens[start] = original;
-        ctx.decode(&mut batch).map_err(LlmError::from)?;
-        for k in first..n_ctx - 1 {
-            let v = nll_of(
-                ctx.get_logits_ith(k as i32),
-                tokens[start + k + 1].0 as usize,
-            );
-            nll += v;
-            nll2 += v * v;
-        }
-        count += n_ctx - 1 - first;
-        let est = (nll / count as f64).exp();
+    for (i, chunk) in tokens.chunks_exact(n_ctx).enumerate() {
+        score_chunk(engine, &mut ctx, &mut batch, chunk, &mut sum)?;
+        let est = sum.ppl();
         chunks.push(est);
         on_chunk(i + 1, n_chunk, est);
     }
-    let mean = nll / count as f64;
-    let ppl = mean.exp();
-    let var = nll2 / count as f64 - mean * mean;
-    let ppl_err = if var > 0.0 {
-        (var / (count as f64 - 1.0)).sqrt() * ppl
-    } else {
-        0.0
-    };
     Ok(PerplexityResult {
-        ppl,
-        ppl_err,
+        ppl: sum.ppl(),
+        ppl_err: sum.ppl_err(),
         chunks,
         n_tokens: tokens.len(),
         n_ctx: ctx_tokens,
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Running sums of the negative log-likelihoods scored so far.
+#[derive(Default)]
+struct Nll {
+    sum: f64,
+    sum2: f64,
+    count: usize,
+}
+
+impl Nll {
+    fn add(&mut self, v: f64) {
+        self.sum += v;
+        self.sum2 += v * v;
+        self.count += 1;
+    }
+
+    fn ppl(&self) -> f64 {
+        (self.sum / self.count as f64).exp()
+    }
+
+    /// llama-perplexity's `+/-`: the standard error of the mean NLL,
+    /// carried through `exp`.
+    fn ppl_err(&self) -> f64 {
+        let n = self.count as f64;
+        let mean = self.sum / n;
+        let var = self.sum2 / n - mean * mean;
+        if var > 0.0 {
+            (var / (n - 1.0)).sqrt() * self.ppl()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Evaluate one chunk from an empty cache (its first token replaced by BOS
+/// when the model adds one) and score the second half.
+fn score_chunk(
+    engine: &Engine,
+    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    chunk: &[llama_cpp_2::token::LlamaToken],
+    sum: &mut Nll,
+) -> Result<(), LlmError> {
+    let vocab = engine.model.vocab();
+    let n_ctx = chunk.len();
+    let first = n_ctx / 2;
+    ctx.clear_kv_cache();
+    batch.clear();
+    for (k, &tok) in chunk.iter().enumerate() {
+        let tok = if k == 0 && vocab.should_add_bos() {
+            vocab.bos()
+        } else {
+            tok
+        };
+        batch.add(tok, k as i32, &[0], k >= first)?;
+    }
+    ctx.decode(batch)?;
+    for k in first..n_ctx - 1 {
+        sum.add(nll_of(
+            ctx.get_logits_ith(k as i32),
+            chunk[k + 1].0 as usize,
+        ));
+    }
+    Ok(())
 }

@@ -465,8 +465,36 @@ fn split(
 /// Every tensor whisper.cpp loads, with where it comes from. The order is
 /// the file's order, which the pinned sha256s depend on.
 fn plan(ct2: &Ct2Model, hp: &Hparams) -> Result<Vec<Out>, SpeechError> {
-    let d = hp.n_audio_state as usize;
     let o = &mut Vec::new();
+    plan_globals(o, ct2)?;
+    let stacks = [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)];
+    for (stack, n_layer) in stacks {
+        for i in 0..n_layer {
+            plan_layer(o, ct2, stack, i)?;
+        }
+    }
+    // The conv biases are [d] in CTranslate2 and [d, 1] in whisper.cpp.
+    let d = hp.n_audio_state as usize;
+    for conv in ["conv1", "conv2"] {
+        ct2.float(&format!("encoder/{conv}/bias"))?;
+        o.push(Out {
+            name: format!("encoder.{conv}.bias"),
+            src: format!("encoder/{conv}/bias"),
+            row_start: 0,
+            dims: vec![d, 1],
+            f16: false,
+        });
+    }
+    for (stack, n_layer) in stacks {
+        for i in 0..n_layer {
+            plan_attention(o, ct2, d, stack, i)?;
+        }
+    }
+    Ok(std::mem::take(o))
+}
+
+/// Embeddings, convolutions and the final norms.
+fn plan_globals(o: &mut Vec<Out>, ct2: &Ct2Model) -> Result<(), SpeechError> {
     let pos = "position_encodings/encodings";
     whole(
         o,
@@ -492,92 +520,87 @@ fn plan(ct2: &Ct2Model, hp: &Hparams) -> Result<Vec<Out>, SpeechError> {
         "decoder/embeddings/weight",
         true,
     )?;
-    norm(o, ct2, "decoder.ln", "decoder/layer_norm")?;
-    let stacks = [("encoder", hp.n_audio_layer), ("decoder", hp.n_text_layer)];
-    for (stack, n_layer) in stacks {
-        for i in 0..n_layer {
-            let (p, q) = (format!("{stack}/layer_{i}"), format!("{stack}.blocks.{i}"));
-            norm(
-                o,
-                ct2,
-                &format!("{q}.attn_ln"),
-                &format!("{p}/self_attention/layer_norm"),
-            )?;
-            norm(
-                o,
-                ct2,
-                &format!("{q}.mlp_ln"),
-                &format!("{p}/ffn/layer_norm"),
-            )?;
-            if stack == "decoder" {
-                norm(
-                    o,
-                    ct2,
-                    &format!("{q}.cross_attn_ln"),
-                    &format!("{p}/attention/layer_norm"),
-                )?;
-            }
-            linear(o, ct2, &format!("{q}.mlp.0"), &format!("{p}/ffn/linear_0"))?;
-            linear(o, ct2, &format!("{q}.mlp.2"), &format!("{p}/ffn/linear_1"))?;
-            linear(
-                o,
-                ct2,
-                &format!("{q}.attn.out"),
-                &format!("{p}/self_attention/linear_1"),
-            )?;
-        }
+    norm(o, ct2, "decoder.ln", "decoder/layer_norm")
+}
+
+/// A block's norms, MLP and attention output projection.
+fn plan_layer(o: &mut Vec<Out>, ct2: &Ct2Model, stack: &str, i: i32) -> Result<(), SpeechError> {
+    let (p, q) = (format!("{stack}/layer_{i}"), format!("{stack}.blocks.{i}"));
+    norm(
+        o,
+        ct2,
+        &format!("{q}.attn_ln"),
+        &format!("{p}/self_attention/layer_norm"),
+    )?;
+    norm(
+        o,
+        ct2,
+        &format!("{q}.mlp_ln"),
+        &format!("{p}/ffn/layer_norm"),
+    )?;
+    if stack == "decoder" {
+        norm(
+            o,
+            ct2,
+            &format!("{q}.cross_attn_ln"),
+            &format!("{p}/attention/layer_norm"),
+        )?;
     }
-    // The conv biases are [d] in CTranslate2 and [d, 1] in whisper.cpp.
-    for conv in ["conv1", "conv2"] {
-        ct2.float(&format!("encoder/{conv}/bias"))?;
-        o.push(Out {
-            name: format!("encoder.{conv}.bias"),
-            src: format!("encoder/{conv}/bias"),
-            row_start: 0,
-            dims: vec![d, 1],
-            f16: false,
-        });
+    linear(o, ct2, &format!("{q}.mlp.0"), &format!("{p}/ffn/linear_0"))?;
+    linear(o, ct2, &format!("{q}.mlp.2"), &format!("{p}/ffn/linear_1"))?;
+    linear(
+        o,
+        ct2,
+        &format!("{q}.attn.out"),
+        &format!("{p}/self_attention/linear_1"),
+    )
+}
+
+/// A block's fused Q/K/V (and the decoder's cross-attention Q and K/V)
+/// split into whisper.cpp's separate tensors.
+fn plan_attention(
+    o: &mut Vec<Out>,
+    ct2: &Ct2Model,
+    d: usize,
+    stack: &str,
+    i: i32,
+) -> Result<(), SpeechError> {
+    let (p, q) = (format!("{stack}/layer_{i}"), format!("{stack}.blocks.{i}"));
+    let qkv = [("query", true), ("key", false), ("value", true)];
+    split(
+        o,
+        ct2,
+        d,
+        &format!("{q}.attn"),
+        &format!("{p}/self_attention/linear_0"),
+        &qkv,
+    )?;
+    if stack == "decoder" {
+        let cross = format!("{q}.cross_attn");
+        split(
+            o,
+            ct2,
+            d,
+            &cross,
+            &format!("{p}/attention/linear_0"),
+            &qkv[..1],
+        )?;
+        split(
+            o,
+            ct2,
+            d,
+            &cross,
+            &format!("{p}/attention/linear_1"),
+            &qkv[1..],
+        )?;
+        linear(
+            o,
+            ct2,
+            &format!("{cross}.out"),
+            &format!("{p}/attention/linear_2"),
+        )?;
     }
-    for (stack, n_layer) in stacks {
-        for i in 0..n_layer {
-            let (p, q) = (format!("{stack}/layer_{i}"), format!("{stack}.blocks.{i}"));
-            let qkv = [("query", true), ("key", false), ("value", true)];
-            split(
-                o,
-                ct2,
-                d,
-                &format!("{q}.attn"),
-                &format!("{p}/self_attention/linear_0"),
-                &qkv,
-            )?;
-            if stack == "decoder" {
-                let cross = format!("{q}.cross_attn");
-                split(
-                    o,
-                    ct2,
-                    d,
-                    &cross,
-                    &format!("{p}/attention/linear_0"),
-                    &qkv[..1],
-                )?;
-                split(
-                    o,
-                    ct2,
-                    d,
-                    &cross,
-                    &format!("{p}/attention/linear_1"),
-                    &qkv[1..],
-                )?;
-                linear(
-                    o,
-                    ct2,
-                    &format!("{cross}.out"),
-                    &format!("{p}/attention/linear_2"),
-                )?;
-            }
-        }
-    }
-    Ok(std::mem::take(o))
+    Ok(())
 }
 
 #[cfg(test)]

@@ -83,6 +83,15 @@ pub fn read(path: &Path) -> Result<Wav, SpeechError> {
     if samples.is_empty() {
         return Err(wav_err(path, "no audio: the WAV file holds 0 samples"));
     }
+    if let Some(i) = samples.iter().position(|v| !v.is_finite()) {
+        return Err(wav_err(
+            path,
+            format!(
+                "corrupt: sample {i} is {} (a float WAV holds finite numbers)",
+                samples[i]
+            ),
+        ));
+    }
     Ok(Wav {
         rate: spec.sample_rate,
         channels: spec.channels,

@@ -47,6 +47,13 @@ pub struct Transcriber {
     language: String,
 }
 
+fn io_err(path: &Path, source: std::io::Error) -> SpeechError {
+    SpeechError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
 fn model_err(path: &Path, msg: impl Into<String>) -> SpeechError {
     SpeechError::Model {
         path: path.to_path_buf(),
@@ -63,104 +70,158 @@ pub fn is_whisper_file(path: &Path) -> bool {
 }
 
 /// Walk a whisper.cpp model file; returns its hyper-parameters.
+///
+/// Layout (whisper.cpp `whisper_model_load`): magic, 11 i32 hyper-parameters,
+/// the mel filterbank (`n_mels`×201 f32), the vocabulary (count, then
+/// length-prefixed tokens), then tensors (n_dims, name length, type, dims,
+/// name, data) to the end of the file.
+///
+/// # Errors
+/// `SpeechError::Io` when the file cannot be read, `SpeechError::Model`
+/// naming what is wrong (truncation, implausible sizes, wrong tensor count).
 pub fn check_model(path: &Path) -> Result<Hparams, SpeechError> {
-    let io = |e: std::io::Error| SpeechError::Io {
-        path: path.to_path_buf(),
-        source: e,
-    };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
-    let mut r = BufReader::new(f);
-    let cut = |what: &str| {
-        model_err(
-            path,
-            format!("truncated or not a whisper.cpp model: {what} runs past the end ({len} bytes); re-pull or re-convert it"),
-        )
-    };
-    let i32s =
-        |r: &mut BufReader<std::fs::File>, n: usize, what: &str| -> Result<Vec<i32>, SpeechError> {
-            let mut b = vec![0u8; 4 * n];
-            r.read_exact(&mut b).map_err(|_| cut(what))?;
-            Ok(b.chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        };
-    let magic = i32s(&mut r, 1, "magic")?[0] as u32;
+    let mut w = Walk::open(path)?;
+    let magic = w.i32s(1, "magic")?[0] as u32;
     if magic != GGML_MAGIC {
-        return Err(model_err(
-            path,
-            format!("not a whisper.cpp model (magic {magic:#x}); CTranslate2 models convert with `ferrite models convert-whisper`"),
-        ));
+        return Err(w.bad(format!("not a whisper.cpp model (magic {magic:#x}); CTranslate2 models convert with `ferrite models convert-whisper`")));
     }
-    let hp = Hparams::from_array(
-        i32s(&mut r, 11, "hyper-parameters")?
-            .try_into()
-            .expect("11"),
-    );
-    let ok = |v: i32, lo: i32, hi: i32| (lo..=hi).contains(&v);
-    if !(ok(hp.n_vocab, 51864, 51866)
-        && ok(hp.n_audio_ctx, 1, 1500)
-        && ok(hp.n_audio_state, 64, 4096)
-        && ok(hp.n_audio_head, 1, 64)
-        && ok(hp.n_audio_layer, 1, 64)
-        && ok(hp.n_text_ctx, 1, 448)
-        && hp.n_text_state == hp.n_audio_state
-        && ok(hp.n_text_head, 1, 64)
-        && ok(hp.n_text_layer, 1, 64)
-        && ok(hp.n_mels, 1, 256)
-        && ok(hp.ftype, 0, 1))
-    {
-        return Err(model_err(
-            path,
-            format!("implausible hyper-parameters {hp:?}"),
-        ));
+    let hp = Hparams::from_array(w.i32s(11, "hyper-parameters")?.try_into().expect("11"));
+    if !plausible(&hp) {
+        return Err(w.bad(format!("implausible hyper-parameters {hp:?}")));
     }
-    let mel = i32s(&mut r, 2, "mel filterbank")?;
-    if mel[0] != hp.n_mels || mel[1] != 201 {
-        return Err(model_err(
-            path,
-            format!(
-                "mel filterbank is {}×{}, expected {}×201",
-                mel[0], mel[1], hp.n_mels
-            ),
-        ));
-    }
-    r.seek_relative(4 * 201 * hp.n_mels as i64).map_err(io)?;
-    let n_tokens = i32s(&mut r, 1, "vocabulary")?[0];
-    if !ok(n_tokens, 0, hp.n_vocab) {
-        return Err(model_err(path, format!("vocabulary of {n_tokens} tokens")));
-    }
-    for _ in 0..n_tokens {
-        let l = i32s(&mut r, 1, "vocabulary")?[0];
-        if !ok(l, 0, 1024) {
-            return Err(model_err(path, format!("vocabulary entry of {l} bytes")));
-        }
-        r.seek_relative(l as i64).map_err(io)?;
-    }
+    w.skip_mel(hp.n_mels)?;
+    w.skip_vocab(hp.n_vocab)?;
     let expected = 11 + hp.n_audio_layer * 15 + hp.n_text_layer * 24;
-    let mut n = 0;
-    loop {
-        let pos = r.stream_position().map_err(io)?;
-        if pos == len {
-            break;
+    let n = w.count_tensors()?;
+    if n != expected {
+        return Err(w.bad(format!(
+            "{n} tensors, a Whisper model of this shape has {expected}"
+        )));
+    }
+    Ok(hp)
+}
+
+fn in_range(v: i32, lo: i32, hi: i32) -> bool {
+    (lo..=hi).contains(&v)
+}
+
+/// The hyper-parameters of a Whisper model from tiny to large-v3.
+fn plausible(hp: &Hparams) -> bool {
+    in_range(hp.n_vocab, 51864, 51866)
+        && in_range(hp.n_audio_ctx, 1, 1500)
+        && in_range(hp.n_audio_state, 64, 4096)
+        && in_range(hp.n_audio_head, 1, 64)
+        && in_range(hp.n_audio_layer, 1, 64)
+        && in_range(hp.n_text_ctx, 1, 448)
+        && hp.n_text_state == hp.n_audio_state
+        && in_range(hp.n_text_head, 1, 64)
+        && in_range(hp.n_text_layer, 1, 64)
+        && in_range(hp.n_mels, 1, 256)
+        && in_range(hp.ftype, 0, 1)
+}
+
+/// A cursor over a model file that knows the file's length, so every size
+/// read from the file is checked against it before it is used.
+struct Walk<'a> {
+    r: BufReader<std::fs::File>,
+    path: &'a Path,
+    len: u64,
+}
+
+impl<'a> Walk<'a> {
+    fn open(path: &'a Path) -> Result<Self, SpeechError> {
+        let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        let len = f.metadata().map_err(|e| io_err(path, e))?.len();
+        Ok(Walk {
+            r: BufReader::new(f),
+            path,
+            len,
+        })
+    }
+
+    fn bad(&self, msg: impl Into<String>) -> SpeechError {
+        model_err(self.path, msg)
+    }
+
+    fn io(&self, e: std::io::Error) -> SpeechError {
+        io_err(self.path, e)
+    }
+
+    fn cut(&self, what: &str) -> SpeechError {
+        let len = self.len;
+        self.bad(format!("truncated or not a whisper.cpp model: {what} runs past the end ({len} bytes); re-pull or re-convert it"))
+    }
+
+    /// `n` little-endian i32s.
+    fn i32s(&mut self, n: usize, what: &str) -> Result<Vec<i32>, SpeechError> {
+        let mut b = vec![0u8; 4 * n];
+        self.r.read_exact(&mut b).map_err(|_| self.cut(what))?;
+        Ok(b.chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    fn skip(&mut self, n: i64) -> Result<(), SpeechError> {
+        self.r.seek_relative(n).map_err(|e| self.io(e))
+    }
+
+    fn skip_mel(&mut self, n_mels: i32) -> Result<(), SpeechError> {
+        let mel = self.i32s(2, "mel filterbank")?;
+        if mel[0] != n_mels || mel[1] != 201 {
+            return Err(self.bad(format!(
+                "mel filterbank is {}×{}, expected {n_mels}×201",
+                mel[0], mel[1]
+            )));
         }
-        if pos > len {
-            return Err(cut("the vocabulary"));
+        self.skip(4 * 201 * n_mels as i64)
+    }
+
+    fn skip_vocab(&mut self, n_vocab: i32) -> Result<(), SpeechError> {
+        let n_tokens = self.i32s(1, "vocabulary")?[0];
+        if !in_range(n_tokens, 0, n_vocab) {
+            return Err(self.bad(format!("vocabulary of {n_tokens} tokens")));
         }
-        let h = i32s(&mut r, 3, "a tensor header")?;
+        for _ in 0..n_tokens {
+            let l = self.i32s(1, "vocabulary")?[0];
+            if !in_range(l, 0, 1024) {
+                return Err(self.bad(format!("vocabulary entry of {l} bytes")));
+            }
+            self.skip(l as i64)?;
+        }
+        Ok(())
+    }
+
+    /// Tensors from here to the end of the file, each one's data checked to
+    /// lie within the file.
+    fn count_tensors(&mut self) -> Result<i32, SpeechError> {
+        let mut n = 0;
+        loop {
+            let pos = self.r.stream_position().map_err(|e| self.io(e))?;
+            if pos == self.len {
+                return Ok(n);
+            }
+            if pos > self.len {
+                return Err(self.cut("the vocabulary"));
+            }
+            self.skip_tensor(pos)?;
+            n += 1;
+        }
+    }
+
+    fn skip_tensor(&mut self, pos: u64) -> Result<(), SpeechError> {
+        let h = self.i32s(3, "a tensor header")?;
         let (n_dims, name_len, ttype) = (h[0], h[1], h[2]);
-        if !ok(n_dims, 1, 4) || !ok(name_len, 1, 256) || !ok(ttype, 0, 1) {
-            return Err(model_err(path, format!("bad tensor header at byte {pos}")));
+        if !in_range(n_dims, 1, 4) || !in_range(name_len, 1, 256) || !in_range(ttype, 0, 1) {
+            return Err(self.bad(format!("bad tensor header at byte {pos}")));
         }
-        let dims = i32s(&mut r, n_dims as usize, "a tensor header")?;
+        let dims = self.i32s(n_dims as usize, "a tensor header")?;
         if dims.iter().any(|d| *d <= 0) {
-            return Err(model_err(
-                path,
-                format!("bad tensor shape {dims:?} at byte {pos}"),
-            ));
+            return Err(self.bad(format!("bad tensor shape {dims:?} at byte {pos}")));
         }
         let mut name = vec![0u8; name_len as usize];
-        r.read_exact(&mut name).map_err(|_| cut("a tensor name"))?;
+        self.r
+            .read_exact(&mut name)
+            .map_err(|_| self.cut("a tensor name"))?;
         // Checked: four dimensions up to 2^31 overflow u64, and a wrapped
         // size would pass the bounds check below.
         let bytes = dims
@@ -168,21 +229,14 @@ pub fn check_model(path: &Path) -> Result<Hparams, SpeechError> {
             .try_fold(if ttype == 0 { 4u64 } else { 2 }, |a, d| {
                 a.checked_mul(*d as u64)
             });
-        let here = r.stream_position().map_err(io)?;
+        let here = self.r.stream_position().map_err(|e| self.io(e))?;
         let end = bytes.and_then(|b| here.checked_add(b)).unwrap_or(u64::MAX);
-        if end > len {
-            return Err(cut(&format!("tensor `{}`", String::from_utf8_lossy(&name))));
+        if end > self.len {
+            return Err(self.cut(&format!("tensor `{}`", String::from_utf8_lossy(&name))));
         }
-        r.seek(SeekFrom::Start(end)).map_err(io)?;
-        n += 1;
+        self.r.seek(SeekFrom::Start(end)).map_err(|e| self.io(e))?;
+        Ok(())
     }
-    if n != expected {
-        return Err(model_err(
-            path,
-            format!("{n} tensors, a Whisper model of this shape has {expected}"),
-        ));
-    }
-    Ok(hp)
 }
 
 impl Transcriber {

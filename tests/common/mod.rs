@@ -8,6 +8,8 @@ use ferrite::gguf::{GgufWriter, Value, ValueType};
 use ferrite::llm::{Engine, LoadOptions};
 use ferrite::models::{self, Manifest, Store};
 
+pub mod sinc;
+
 /// Compare and print both sides on failure, like ripgrep's `eqnice!`.
 #[macro_export]
 macro_rules! eqnice {
