@@ -2,8 +2,9 @@
 //! error line and exit code 1 (never a signal), and the real model answers.
 
 use std::os::unix::process::ExitStatusExt;
+use std::process::Command;
 
-use crate::common::{ferrite, model_path, write_tiny_llama};
+use crate::common::{ferrite, ferrite_bin, model_path, write_tiny_llama};
 
 #[test]
 fn bad_model_files_give_one_line_and_exit_1() {
@@ -200,4 +201,87 @@ fn bench_json_has_llama_bench_fields() {
         assert_eq!(t["samples_ts"].as_array().unwrap().len(), 2);
         assert!(t["avg_ts"].as_f64().unwrap() > 0.0);
     }
+}
+
+#[test]
+fn the_service_unit_passes_systemd_analyze_verify() {
+    // systemd's own check of dist/ferrite.service (unknown keys, bad values,
+    // a missing binary), run on a copy that points at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/ferrite.service"))
+            .unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/ferrite "), "{unit}");
+    let bin = std::fs::canonicalize(ferrite_bin()).unwrap();
+    let copy = dir.path().join("ferrite.service");
+    std::fs::write(
+        &copy,
+        unit.replace("/usr/bin/ferrite", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .expect("systemd-analyze (the systemd package; .ci/deps installs it)");
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+#[test]
+fn serve_refuses_what_is_not_a_serial_port_instead_of_waiting_forever() {
+    let home = tempfile::tempdir().unwrap();
+    let m = model_path().to_str().unwrap();
+    let file = home.path().join("not-a-port");
+    std::fs::write(&file, "x").unwrap();
+    for port in ["/dev/null", file.to_str().unwrap()] {
+        let out = ferrite(home.path(), &["serve", "--port", port, "-m", m]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{port}: {err}");
+        assert!(err.contains("is not a serial port"), "{port}: {err}");
+    }
+    let out = ferrite(
+        home.path(),
+        &["serve", "--port", "/dev/ttyS0", "--baud", "0", "-m", m],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--baud"), "{err}");
+}
+
+#[test]
+fn a_small_context_and_too_many_threads_are_said_not_silent() {
+    // -c 16 aborted in llama.cpp (a 512-token batch in a context llama.cpp
+    // cut the batch of to 16); now it runs, in the 256 cells llama.cpp pads
+    // it to, and says so. More threads than cores run, with a warning.
+    let home = tempfile::tempdir().unwrap();
+    let m = model_path().to_str().unwrap();
+    let cores = std::thread::available_parallelism()
+        .unwrap()
+        .get()
+        .to_string();
+    let over = (std::thread::available_parallelism().unwrap().get() + 1).to_string();
+    let q = "What is the capital of Japan?";
+    let out = ferrite(
+        home.path(),
+        &[
+            "ask", "-m", m, "-c", "16", "-n", "6", "--temp", "0", "-t", &cores, q,
+        ],
+    );
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(said.contains("Tokyo"), "{said}");
+    assert!(
+        err.contains("rounded the context size up") && err.contains("got=256"),
+        "{err}"
+    );
+    assert!(!err.contains("more threads than CPU cores"), "{err}");
+    let out = ferrite(home.path(), &["ask", "-m", m, "-n", "1", "-t", &over, q]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("more threads than CPU cores"), "{err}");
 }

@@ -185,3 +185,61 @@ fn unreachable_source_reports_the_url() {
         .to_string();
     assert!(e.contains(&url), "{e}");
 }
+
+/// Serves `body` to every connection at once, each in its own thread and
+/// slowly (20 pieces, 30 ms apart), so that two downloads overlap.
+fn serve_slowly(body: Vec<u8>) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/model.gguf", listener.local_addr().unwrap());
+    let ranges = Arc::new(Mutex::new(Vec::new()));
+    let seen = ranges.clone();
+    let body = Arc::new(body);
+    thread::spawn(move || {
+        for stream in listener.incoming().take(8) {
+            let Ok(mut stream) = stream else { continue };
+            let (body, seen) = (body.clone(), seen.clone());
+            thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                    line.clear();
+                }
+                seen.lock().unwrap().push(None);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                for piece in body.chunks(body.len().div_ceil(20)) {
+                    let _ = stream.write_all(piece);
+                    let _ = stream.flush();
+                    thread::sleep(std::time::Duration::from_millis(30));
+                }
+            });
+        }
+    });
+    Server { url, ranges }
+}
+
+#[test]
+fn two_pulls_of_one_model_take_turns() {
+    // Two `models pull` at once on one store (the service at first boot and
+    // an admin): both succeed, with one download between them.
+    let b = body();
+    let srv = serve_slowly(b.clone());
+    let m = manifest(&srv.url, &sha(&b), b.len());
+    let dir = tempfile::tempdir().unwrap();
+    let pulls: Vec<_> = (0..2)
+        .map(|_| {
+            let (root, entry) = (dir.path().to_path_buf(), m.get("web").unwrap().clone());
+            thread::spawn(move || Store::new(root).pull(&entry))
+        })
+        .collect();
+    let paths: Vec<_> = pulls
+        .into_iter()
+        .map(|t| t.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(paths[0], paths[1]);
+    assert_eq!(std::fs::read(&paths[0]).unwrap(), b);
+    assert_eq!(srv.ranges.lock().unwrap().len(), 1, "downloaded twice");
+}

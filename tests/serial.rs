@@ -420,6 +420,164 @@ fn json_cancel_stops_an_answer_and_unknown_fields_are_refused() {
     assert_eq!(v["ok"], "cancel", "{v}");
 }
 
+/// systemd's side of `sd_notify`: a datagram socket collecting what the
+/// service says, one message per datagram.
+struct Notify {
+    got: Arc<Mutex<Vec<String>>>,
+}
+
+impl Notify {
+    fn bind(path: &Path) -> Notify {
+        let sock = std::os::unix::net::UnixDatagram::bind(path).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = sock.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                seen.lock().unwrap().push(msg);
+            }
+        });
+        Notify { got }
+    }
+
+    /// Wait for a message containing `pat`; returns every message so far.
+    fn expect(&self, pat: &str, timeout: Duration) -> Vec<String> {
+        let t0 = Instant::now();
+        loop {
+            let got = self.got.lock().unwrap().clone();
+            if got.iter().any(|m| m.contains(pat)) {
+                return got;
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "no {pat:?} from the service; got {got:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
+fn systemd_ready_before_the_port_exists_then_serves_and_stops_on_sigterm() {
+    // A UART that is not enabled, a USB adapter plugged in later: READY
+    // must not wait for the port, or systemd kills the service every 90 s.
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let notify = Notify::bind(&dir.path().join("notify.sock"));
+    let late = dir.path().join("ttyFERRITE");
+    let mut child = Command::new(ferrite_bin())
+        .args(["serve", "--port", late.to_str().unwrap(), "-m"])
+        .arg(model_path())
+        .args(["--temp", "0", "-t", "2", "-n", "-1"])
+        .env("FERRITE_HOME", dir.path().join("home"))
+        .env("NOTIFY_SOCKET", dir.path().join("notify.sock"))
+        .env("WATCHDOG_USEC", "2000000")
+        .env_remove("WATCHDOG_PID")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let got = notify.expect("READY=1", T);
+    assert!(
+        got[0].contains("EXTEND_TIMEOUT_USEC="),
+        "start-up does not extend systemd's start timeout first: {got:?}"
+    );
+    assert!(
+        got.iter().any(|m| m.contains("STATUS=loading model")),
+        "{got:?}"
+    );
+    let got = notify.expect("STATUS=waiting for", T);
+    assert!(got.iter().any(|m| m.contains("ttyFERRITE")), "{got:?}");
+    // The loop is alive while it waits: the watchdog is fed (every 1 s).
+    let pings = |n: &Notify| {
+        n.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| m.contains("WATCHDOG=1"))
+            .count()
+    };
+    let before = pings(&notify);
+    thread::sleep(Duration::from_millis(2500));
+    assert!(
+        pings(&notify) >= before + 2,
+        "watchdog not fed while waiting for the port"
+    );
+    // The port appears: served.
+    let pair = PtyPair::start(dir.path());
+    let mut term = Term::open(&pair.term);
+    term.expect("model=", T);
+    term.expect("> ", T);
+    notify.expect("STATUS=serving on", T);
+    // SIGTERM in the middle of an answer: cancelled, STOPPING=1, exit 0.
+    term.send(b"Write a very long story about a dragon and a knight.\r");
+    let t0 = Instant::now();
+    while term.text().len() < 40 {
+        assert!(t0.elapsed() < T, "no answer streamed: {}", term.text());
+        thread::sleep(Duration::from_millis(10));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "SIGTERM did not end ferrite"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(code.success(), "exit status after SIGTERM: {code:?}");
+    notify.expect("STOPPING=1", Duration::from_secs(1));
+}
+
+#[test]
+fn logs_are_plain_off_a_terminal_and_prioritised_under_journald() {
+    // stderr to a file: no colour codes.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("ttyMISSING");
+    let run = |stderr: &Path, journal: bool| {
+        let f = File::create(stderr).unwrap();
+        let mut cmd = Command::new(ferrite_bin());
+        cmd.args(["serve", "--port", missing.to_str().unwrap(), "-m"])
+            .arg(model_path())
+            .env("FERRITE_HOME", dir.path().join("home"))
+            .env_remove("FERRITE_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if journal {
+            use std::os::unix::fs::MetadataExt;
+            let m = f.metadata().unwrap();
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
+        let mut child = cmd.stderr(f).spawn().unwrap();
+        let t0 = Instant::now();
+        while !std::fs::read_to_string(stderr).unwrap().contains("waiting") {
+            assert!(t0.elapsed() < T, "no warning logged");
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read_to_string(stderr).unwrap()
+    };
+    let plain = run(&dir.path().join("err"), false);
+    assert!(!plain.contains('\x1b'), "colour codes in a file: {plain:?}");
+    assert!(plain.contains("WARN"), "{plain:?}");
+    let journal = run(&dir.path().join("journal"), true);
+    let line = journal.lines().find(|l| l.contains("waiting")).unwrap();
+    assert!(line.starts_with("<4>"), "no warning priority: {line:?}");
+    assert!(!line.contains("Z "), "a timestamp under journald: {line:?}");
+    assert!(!journal.contains('\x1b'), "{journal:?}");
+}
+
 #[test]
 fn two_hundred_queries_keep_memory_flat() {
     // A small context fills within the first dozen turns, so the KV cache is

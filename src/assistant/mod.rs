@@ -30,13 +30,23 @@ use crate::llm::{GenParams, LlmError, LoadOptions, SessionOptions};
 use crate::models::ModelsError;
 use crate::speech::listen::Heard;
 
-/// What runs the assistant as a service hears from it: when it is ready to
-/// answer, and that its loop is alive (called on every turn of the loop and
-/// every generated token; cheap). `ferrite serve` answers systemd's
-/// protocol with it; elsewhere `NoService`.
+/// What runs the assistant as a service hears from it, and how it asks the
+/// assistant to stop. `ferrite serve` answers systemd's protocol with it;
+/// elsewhere `NoService`.
 pub trait Service {
+    /// The model is loaded and the loop runs: questions will be answered as
+    /// soon as the console is there (it may still be missing).
     fn ready(&self) {}
+    /// The loop is alive: called on every turn of the loop and every
+    /// generated token, so it must be cheap.
     fn heartbeat(&self) {}
+    /// One line on what the assistant is doing ("waiting for /dev/serial0").
+    fn status(&self, _line: &str) {}
+    /// Whether the assistant should end (a SIGTERM): checked with every
+    /// heartbeat; an answer in progress is cancelled and `serve` returns.
+    fn stopping(&self) -> bool {
+        false
+    }
 }
 
 /// No service manager.

@@ -43,6 +43,8 @@ enum End {
     InputEnded,
     /// `/quit`.
     Quit,
+    /// The service is stopping (SIGTERM).
+    Stopping,
     /// `/model NAME`, with the input already read after its line.
     Switch(String, PathBuf, Vec<u8>),
     /// `/lora use NAME` for an adapter not loaded yet: the engine loads it
@@ -70,21 +72,34 @@ enum Resume {
 }
 
 /// Open the link, waiting for it to appear when the connector reopens.
+/// Open the console, waiting for it while it is missing. `Ok(None)`: the
+/// service is stopping.
 fn connect(
     connector: &mut dyn Connector,
     service: &dyn Service,
-) -> Result<Channels, AssistantError> {
+) -> Result<Option<Channels>, AssistantError> {
     let mut warned = false;
     loop {
         service.heartbeat();
+        if service.stopping() {
+            return Ok(None);
+        }
         match connector.open() {
             Ok(link) => {
-                tracing::info!(port = %connector.describe(), "console open");
-                return Ok(console::start(link));
+                let port = connector.describe();
+                if warned {
+                    tracing::info!(%port, "console back: serving on it again");
+                } else {
+                    tracing::info!(%port, "console open");
+                }
+                service.status(&format!("serving on {port}"));
+                return Ok(Some(console::start(link)));
             }
-            Err(e) if connector.reopens() => {
+            Err(e) if connector.reopens() && e.kind() != std::io::ErrorKind::InvalidInput => {
                 if !warned {
-                    tracing::warn!(port = %connector.describe(), error = %e, "console not available; waiting for it");
+                    let port = connector.describe();
+                    tracing::warn!(%port, error = %e, "console not available; waiting for it");
+                    service.status(&format!("waiting for {port} ({e})"));
                     warned = true;
                 }
                 std::thread::sleep(Duration::from_millis(250));
@@ -190,7 +205,9 @@ pub fn serve(
     ear: Option<&Ear>,
     service: &dyn Service,
 ) -> Result<(), AssistantError> {
+    service.status("finding the model (pulled if missing)");
     let (name, path) = store.resolve(opts.model.as_deref(), manifest, true)?;
+    service.status(&format!("loading model {name}"));
     let mut host = Host {
         opts,
         store,
@@ -319,17 +336,23 @@ impl Host<'_> {
         connector: &mut dyn Connector,
         loaded: &mut Loaded,
     ) -> Result<Next, AssistantError> {
-        let ch = match self.link.take() {
-            Some(ch) if !ch.output.is_closed() => ch,
-            _ => {
-                self.input_ended = false;
-                connect(connector, self.service)?
-            }
-        };
+        // Ready once the model is loaded and the loop runs, the console
+        // there or not: a UART that is not enabled, or a USB adapter plugged
+        // in later, must not make systemd restart the service forever.
         if !self.ready {
             self.service.ready();
             self.ready = true;
         }
+        let ch = match self.link.take() {
+            Some(ch) if !ch.output.is_closed() => ch,
+            _ => {
+                self.input_ended = false;
+                match connect(connector, self.service)? {
+                    Some(ch) => ch,
+                    None => return Ok(Next::Stop),
+                }
+            }
+        };
         let ear = self.ear.filter(|_| !self.ear_done);
         let core = Core::new(
             self.opts,
@@ -356,7 +379,7 @@ impl Host<'_> {
                 self.link = Some(ch);
                 Next::Again
             }
-            End::Quit => Next::Stop,
+            End::Quit | End::Stopping => Next::Stop,
             End::Adapter {
                 name,
                 path,
@@ -465,6 +488,9 @@ impl<'a, 'm> Console<'a, 'm> {
     fn run(&mut self) -> End {
         loop {
             self.service.heartbeat();
+            if self.service.stopping() {
+                return End::Stopping;
+            }
             if let Some(end) = self.hear() {
                 return end;
             }
@@ -718,6 +744,9 @@ impl Watch<'_> {
     fn emit(&mut self, ev: Event) -> ControlFlow<()> {
         self.service.heartbeat();
         send_event(self.ch, self.json, &ev);
+        if self.service.stopping() {
+            return ControlFlow::Break(());
+        }
         while !*self.eof {
             match self.ch.input.try_recv() {
                 Ok(Input::Bytes(b)) => {

@@ -69,6 +69,12 @@ pub enum BoardError {
     Unknown { name: String, known: String },
     #[error("board profile {origin}: {msg}")]
     Parse { origin: String, msg: String },
+    #[error("board profile {}: cannot read it{}", path.display(), if path.starts_with("/etc/ferrite") { " (the .deb installs it; by hand: sudo install -D -m 644 dist/ferrite.toml /etc/ferrite/ferrite.toml)" } else { "" })]
+    Profile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("not enough memory for {what}: needs {need_mib} MiB (model {model_mib} + KV cache {kv_mib} + compute {compute_mib}) but {limit_mib} MiB is allowed ({why}); {hint}")]
     OutOfMemory {
         what: String,
@@ -150,10 +156,12 @@ impl Board {
             return Self::parse(text, &format!("boards/{spec}.toml"));
         }
         let p = Path::new(spec);
-        if p.is_file() {
-            let text = std::fs::read_to_string(p).map_err(|e| BoardError::Parse {
-                origin: p.display().to_string(),
-                msg: e.to_string(),
+        // A path (not a bare name) is read as a file, and a missing one says
+        // so rather than calling the path an unknown board name.
+        if p.is_file() || spec.contains('/') || spec.ends_with(".toml") {
+            let text = std::fs::read_to_string(p).map_err(|source| BoardError::Profile {
+                path: p.to_path_buf(),
+                source,
             })?;
             return Self::parse(&text, &p.display().to_string());
         }
@@ -192,6 +200,21 @@ impl Board {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_profile_path_is_not_an_unknown_board() {
+        let e = Board::load("/etc/ferrite/ferrite.toml").unwrap_err();
+        assert!(matches!(e, BoardError::Profile { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .contains("install -D -m 644 dist/ferrite.toml"),
+            "{e}"
+        );
+        let e = Board::load("no-such-board").unwrap_err();
+        assert!(matches!(e, BoardError::Unknown { .. }), "{e:?}");
+        let e = Board::load("my-board.toml").unwrap_err();
+        assert!(matches!(e, BoardError::Profile { .. }), "{e:?}");
+    }
 
     #[test]
     fn shipped_profiles_parse() {

@@ -267,7 +267,7 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) stdio: bool,
     /// Baud rate (default: the board's, else 115200).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(50..=20_000_000))]
     pub(crate) baud: Option<u32>,
     #[arg(long, value_enum)]
     pub(crate) parity: Option<ParityArg>,
@@ -393,7 +393,7 @@ pub(crate) struct GenArgs {
         value_parser = clap::value_parser!(i64).range(-2..=1 << 24)
     )]
     pub(crate) n_predict: i64,
-    /// Temperature; 0 = greedy.
+    /// Temperature; 0 (or below, as in llama.cpp) = greedy.
     #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
     pub(crate) temp: f32,
     /// Keep only the K most likely tokens (0 = off; at most the vocabulary).

@@ -75,7 +75,7 @@ impl Connector for Serial {
             })
             .timeout(POLL)
             .open()
-            .map_err(std::io::Error::from)?;
+            .map_err(|e| not_a_port(&s.path, e.into()))?;
         let reader = port.try_clone().map_err(std::io::Error::from)?;
         Ok(Link {
             reader: Box::new(reader),
@@ -90,5 +90,33 @@ impl Connector for Serial {
 
     fn reopens(&self) -> bool {
         true
+    }
+}
+
+/// An open failure that waiting cannot fix (a regular file, `/dev/null`: not
+/// a terminal) becomes `InvalidInput` with what is wrong; anything else (the
+/// device not there yet, a permission udev has not granted yet) stays as it
+/// is, and the console waits for the port.
+fn not_a_port(path: &str, e: std::io::Error) -> std::io::Error {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // Linux's O_NONBLOCK | O_NOCTTY (the same on x86_64, aarch64 and armv7):
+    // probing must neither wait for a modem's carrier nor take the terminal.
+    const PROBE_FLAGS: i32 = 0o4000 | 0o400;
+    let not_char = std::fs::metadata(path).is_ok_and(|m| !m.file_type().is_char_device());
+    let not_tty = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(PROBE_FLAGS)
+            .open(path)
+            .is_ok_and(|f| !f.is_terminal())
+    };
+    if not_char || not_tty() {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{path} is not a serial port (a terminal device such as /dev/ttyUSB0 or /dev/serial0): {e}"),
+        )
+    } else {
+        e
     }
 }

@@ -127,7 +127,9 @@ impl Hparams<'_> {
                 used > 0
                     && groups < n_expert
                     && (groups <= 1
-                        || (n_expert % groups == 0 && group_used > 0 && group_used < groups))
+                        || (n_expert.is_multiple_of(groups)
+                            && group_used > 0
+                            && group_used < groups))
             } else {
                 used == 0 && groups == 0
             };

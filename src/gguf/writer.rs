@@ -127,7 +127,12 @@ pub fn write_atomic(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    // 0644 (less the umask) as `File::create` would make it, not the 0600
+    // of a temporary file: a store or adapter written by root (`sudo ferrite
+    // models pull`) must be readable by the service's own user.
+    let mut tmp = tempfile::Builder::new()
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?;
     {
         let mut w = BufWriter::new(tmp.as_file_mut());
         fill(&mut w)?;
@@ -152,6 +157,17 @@ mod tests {
         assert_eq!(GgmlType::Q4_1.nbytes(&[33]), None);
         assert_eq!(GgmlType::F32.nbytes(&[3, 5]), Some(60));
         assert_eq!(GgmlType::F32.nbytes(&[u64::MAX, 2]), None);
+    }
+
+    #[test]
+    fn atomic_writes_are_readable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("receipt.toml");
+        write_atomic(&p, |w| w.write_all(b"x")).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        // The umask may take away write bits, never read bits a test runs with.
+        assert_eq!(mode & 0o444, 0o444, "mode {mode:o}");
     }
 
     #[test]

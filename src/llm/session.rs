@@ -102,6 +102,28 @@ impl<'m> Session<'m> {
             opts.ctx_tokens = train.max(16);
         }
         let ctx = engine.context(context_params(&opts), opts.ctx_tokens)?;
+        if ctx.n_ctx() != opts.ctx_tokens {
+            // llama.cpp pads the context to its KV cache's block (256 cells
+            // in llama-context.cpp), so -c 16 runs with 256.
+            tracing::warn!(
+                asked = opts.ctx_tokens,
+                got = ctx.n_ctx(),
+                "llama.cpp rounded the context size up to its KV cache's block"
+            );
+        }
+        if let Some(cores) = std::thread::available_parallelism()
+            .ok()
+            .filter(|n| opts.threads as usize > n.get())
+        {
+            // Threads beyond the cores contend for them at every barrier of
+            // ggml's graph: measured 40x slower with -t 64 on 2 cores.
+            tracing::warn!(
+                threads = opts.threads,
+                cores = cores.get(),
+                "more threads than CPU cores: generation slows down sharply; use -t {} or fewer",
+                cores.get()
+            );
+        }
         Ok(Session {
             engine,
             ctx,
@@ -179,8 +201,12 @@ impl<'m> Session<'m> {
         Ok(())
     }
 
+    /// Tokens per `llama_decode`: the batch asked for, as llama.cpp cut it
+    /// (to the context size asked for, before it pads the context: -c 16
+    /// makes a 16-token batch in a 256-cell context, and a longer batch
+    /// trips `GGML_ASSERT(n_tokens_all <= cparams.n_batch)`).
     pub(crate) fn opts_batch(&self) -> usize {
-        self.opts.batch_tokens as usize
+        (self.ctx.n_batch() as usize).min(self.opts.batch_tokens as usize)
     }
 
     /// Empty the KV cache but keep the conversation (it is re-evaluated on the
@@ -282,7 +308,7 @@ impl<'m> Session<'m> {
             keep = 0;
         }
         self.cached.truncate(keep);
-        let n_batch = self.opts.batch_tokens as usize;
+        let n_batch = self.opts_batch();
         let mut batch = LlamaBatch::new(n_batch, 1);
         let new = &tokens[keep..];
         let _span = tracing::debug_span!("prefill", tokens = new.len(), cached = keep).entered();

@@ -80,6 +80,30 @@ pub enum ModelsError {
     Gguf(#[from] crate::gguf::GgufError),
 }
 
+/// Hold `ROOT/locks/NAME.lock` exclusively (flock, released when the file
+/// is dropped or the process dies), waiting for whoever holds it. Outside
+/// the model's folder, so a failed pull leaves that folder empty.
+fn lock_model(root: &Path, name: &str) -> Result<std::fs::File, ModelsError> {
+    let dir = root.join("locks");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = dir.join(format!("{name}.lock"));
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            tracing::warn!(model = %name, "another process is pulling this model: waiting for it");
+            f.lock().map_err(io_err(&path))?;
+            Ok(f)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ModelsError + '_ {
     move |source| ModelsError::Io {
         path: path.to_path_buf(),
@@ -254,17 +278,20 @@ impl Store {
 
     /// Fetch a manifest model, trying its sources in order, verify size and
     /// sha256, then move it into place. Already pulled and intact: no-op.
+    ///
+    /// Two pulls of one model (the service and an admin, two shells) take
+    /// turns on a lock file (`locks/NAME.lock` in the store): the second waits, then
+    /// finds the model pulled and returns it without a second download.
     pub fn pull(&self, entry: &ModelEntry) -> Result<PathBuf, ModelsError> {
-        if let Ok(p) = self.path(&entry.name) {
-            if self
-                .receipt(&entry.name)
-                .is_some_and(|r| r.sha256 == entry.sha256)
-            {
-                return Ok(p);
-            }
+        if let Some(p) = self.pulled_as_pinned(entry) {
+            return Ok(p);
         }
         let dir = self.model_dir(&entry.name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let _lock = lock_model(&self.root, &entry.name)?;
+        if let Some(p) = self.pulled_as_pinned(entry) {
+            return Ok(p);
+        }
         let dest = dir.join(&entry.file);
         let part = dir.join(format!("{}.part", entry.file));
         let mut errors = Vec::new();
@@ -305,6 +332,14 @@ impl Store {
             name: entry.name.clone(),
             errors: errors.join("\n  "),
         })
+    }
+
+    /// The model's file when its receipt pins the manifest's sha256.
+    fn pulled_as_pinned(&self, entry: &ModelEntry) -> Option<PathBuf> {
+        let p = self.path(&entry.name).ok()?;
+        self.receipt(&entry.name)
+            .is_some_and(|r| r.sha256 == entry.sha256)
+            .then_some(p)
     }
 
     fn check_part(&self, entry: &ModelEntry, part: &Path) -> Result<(), ModelsError> {
