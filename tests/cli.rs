@@ -285,3 +285,52 @@ fn a_small_context_and_too_many_threads_are_said_not_silent() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("more threads than CPU cores"), "{err}");
 }
+
+#[test]
+fn a_profiles_store_is_used_only_where_this_user_can_write() {
+    // `--board rpi5` used to move the store to /var/lib/ferrite silently,
+    // creating it as root or failing with "Permission denied".
+    let home = tempfile::tempdir().unwrap();
+    let list = |store_dir: &std::path::Path| {
+        let profile = home.path().join("board.toml");
+        std::fs::write(
+            &profile,
+            format!("name = \"mine\"\nstore_dir = \"{}\"\n", store_dir.display()),
+        )
+        .unwrap();
+        let out = Command::new(ferrite_bin())
+            .args(["--board", profile.to_str().unwrap(), "models", "list"])
+            .env_remove("FERRITE_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env("HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let missing = home.path().join("no/such/store");
+    let first = list(&missing);
+    let own = home.path().join(".local/share/ferrite");
+    assert_eq!(
+        first,
+        format!("store: {} (the default for this user)", own.display())
+    );
+    assert!(!missing.exists(), "a command created the profile's store");
+    let writable = home.path().join("store");
+    std::fs::create_dir(&writable).unwrap();
+    assert_eq!(
+        list(&writable),
+        format!(
+            "store: {} (board profile mine's store_dir)",
+            writable.display()
+        )
+    );
+}

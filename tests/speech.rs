@@ -677,3 +677,58 @@ fn serve_listen_answers_typed_and_spoken_queries() {
     let done = lines.iter().filter(|v| v["done"] == true).count();
     assert_eq!(done, 2, "{text}");
 }
+
+#[test]
+fn a_usb_folder_of_pinned_models_imports_under_their_names() {
+    // The offline path: files copied to a stick under any names (here the
+    // real SmolLM2 GGUF and the converted whisper-tiny.en .bin, plus a file
+    // that is no model) import into an empty store under the manifest's
+    // names, recognised by their sha256.
+    let usb = tempfile::tempdir().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::copy(model_path(), usb.path().join("llm.gguf")).unwrap();
+    std::fs::copy(
+        whisper_path("whisper-tiny.en"),
+        usb.path().join("speech.bin"),
+    )
+    .unwrap();
+    std::fs::write(usb.path().join("notes.txt"), "not a model").unwrap();
+    let out = ferrite(
+        home.path(),
+        &["models", "import", usb.path().to_str().unwrap()],
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("imported smollm2-135m:"), "{said}");
+    assert!(said.contains("imported whisper-tiny.en:"), "{said}");
+    assert!(
+        said.contains("notes.txt: not a file the manifest pins"),
+        "{said}"
+    );
+    for (name, file) in [
+        ("smollm2-135m", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ("whisper-tiny.en", "ggml-tiny.en.bin"),
+    ] {
+        let out = ferrite(home.path(), &["models", "path", name]);
+        let path = String::from_utf8_lossy(&out.stdout);
+        assert!(path.trim().ends_with(file), "{name}: {path}");
+    }
+    let out = ferrite(home.path(), &["models", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A folder with no pinned file is an error, not a quiet nothing.
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("x.txt"), "x").unwrap();
+    let out = ferrite(
+        home.path(),
+        &["models", "import", empty.path().to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -88,7 +88,8 @@ fn connect(
             Ok(link) => {
                 let port = connector.describe();
                 if warned {
-                    tracing::info!(%port, "console back: serving on it again");
+                    // At the level of the loss, so a log that shows one shows both.
+                    tracing::warn!(%port, "console available again: serving on it");
                 } else {
                     tracing::info!(%port, "console open");
                 }

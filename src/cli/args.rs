@@ -20,8 +20,9 @@ pub(crate) struct Cli {
     /// More logs on stderr (-v: info, llama.cpp included; -vv: debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
-    /// Board profile: a name from boards/ or a path to a .toml file.
-    #[arg(long, global = true, env = "FERRITE_BOARD", default_value = "host")]
+    /// Board profile: `auto` (detected: `ferrite board detect`), a name from
+    /// boards/, or a path to a .toml file.
+    #[arg(long, global = true, env = "FERRITE_BOARD", default_value = "auto")]
     pub(crate) board: String,
     #[command(subcommand)]
     pub(crate) cmd: Cmd,
@@ -232,8 +233,12 @@ pub(crate) enum ModelsCmd {
     Path { name: String },
     /// Delete a model from the store.
     Rm { name: String },
-    /// Copy a local GGUF into the store under a name, recording its hash.
+    /// Copy a model file into the store: a file whose sha256 the manifest
+    /// pins is filed under that model's name (GGUF or whisper.cpp .bin);
+    /// any other GGUF under --name or its file name. A folder imports every
+    /// pinned file in it (a USB stick).
     Import {
+        /// A model file, or a folder of them.
         file: PathBuf,
         #[arg(long)]
         name: Option<String>,

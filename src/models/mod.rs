@@ -71,6 +71,8 @@ pub enum ModelsError {
     },
     #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
     BadName(String),
+    #[error("{}: not a file the manifest pins (its sha256 matches no model)", path.display())]
+    NotPinned { path: PathBuf },
     #[error("{path}")]
     Io {
         path: PathBuf,
@@ -79,6 +81,10 @@ pub enum ModelsError {
     #[error(transparent)]
     Gguf(#[from] crate::gguf::GgufError),
 }
+
+/// One file of `Store::import_dir`: the model's name it was filed under, or
+/// why it was skipped.
+pub type Imported = (PathBuf, Result<String, ModelsError>);
 
 /// Hold `ROOT/locks/NAME.lock` exclusively (flock, released when the file
 /// is dropped or the process dies), waiting for whoever holds it. Outside
@@ -303,6 +309,8 @@ impl Store {
             };
             match fetched.and_then(|()| self.check_part(entry, &part)) {
                 Ok(()) => {
+                    self.progress
+                        .note(&format!("{}: {} bytes, sha256 ok", entry.name, entry.size));
                     std::fs::rename(&part, &dest).map_err(io_err(&dest))?;
                     self.write_receipt(&Receipt {
                         name: entry.name.clone(),
@@ -413,45 +421,31 @@ impl Store {
         Ok(true)
     }
 
-    /// Side-load a local GGUF into the store under `name`, validating it first.
-    /// A name the manifest pins takes only the pinned bytes: importing
-    /// another file under it is refused (`PinnedName`), so `models list` can
-    /// never describe the wrong file as that model; the pinned file itself
-    /// imports fine (a side-load for a board without a network).
+    /// Side-load a local file into the store (a USB stick on a board
+    /// without a network). A file whose sha256 is one the manifest pins is
+    /// that model, whatever its name or kind (a GGUF or a converted
+    /// whisper.cpp `.bin`), and is filed under the manifest's name and file
+    /// name. Any other file must be a GGUF model llama.cpp can run, filed
+    /// under `name` or its file name. A name the manifest pins takes only
+    /// the pinned bytes (`PinnedName`), so `models list` can never describe
+    /// the wrong file as that model.
     pub fn import(
         &self,
         file: &Path,
         name: Option<&str>,
         manifest: &Manifest,
     ) -> Result<(String, PathBuf), ModelsError> {
-        let g = crate::gguf::GgufFile::open(file)?;
-        g.check_model()?;
-        drop(g);
-        let file_name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .ok_or_else(|| ModelsError::BadName(file.display().to_string()))?
-            .to_string();
-        let name = name.map_or_else(
-            || file_name.trim_end_matches(".gguf").to_lowercase(),
-            str::to_string,
-        );
-        if !manifest::is_safe_name(&name) || !manifest::is_safe_name(&file_name) {
-            return Err(ModelsError::BadName(name));
-        }
-        if let Some(entry) = manifest.get(&name) {
-            let (actual, _) = sha256_file(file, self.progress.as_ref())?;
-            if entry.kind != ModelKind::Gguf || actual != entry.sha256 {
-                return Err(ModelsError::PinnedName {
-                    name,
-                    path: file.to_path_buf(),
-                    expected: entry.sha256.clone(),
-                    actual,
-                });
+        let (actual, _) = sha256_file(file, self.progress.as_ref())?;
+        let pinned = manifest.models.iter().find(|e| e.sha256 == actual);
+        let (name, file_name) = match pinned {
+            Some(entry) if name.is_none_or(|n| n == entry.name) => {
+                (entry.name.clone(), entry.file.clone())
             }
-        }
+            _ => self.check_unpinned(file, name, manifest, &actual)?,
+        };
         let dir = self.model_dir(&name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let _lock = lock_model(&self.root, &name)?;
         let dest = dir.join(&file_name);
         let part = dir.join(format!("{file_name}.part"));
         std::fs::copy(file, &part).map_err(io_err(&part))?;
@@ -468,6 +462,71 @@ impl Store {
             origin: format!("import:{}", file.display()),
         })?;
         Ok((name, dest))
+    }
+
+    /// A file the manifest does not pin: a valid GGUF model, under a safe
+    /// name that the manifest does not pin to other bytes. Returns (name,
+    /// file name).
+    fn check_unpinned(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+        manifest: &Manifest,
+        actual: &str,
+    ) -> Result<(String, String), ModelsError> {
+        let g = crate::gguf::GgufFile::open(file)?;
+        g.check_model()?;
+        drop(g);
+        let file_name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| ModelsError::BadName(file.display().to_string()))?
+            .to_string();
+        let name = name.map_or_else(
+            || file_name.trim_end_matches(".gguf").to_lowercase(),
+            str::to_string,
+        );
+        if !manifest::is_safe_name(&name) || !manifest::is_safe_name(&file_name) {
+            return Err(ModelsError::BadName(name));
+        }
+        if let Some(entry) = manifest.get(&name) {
+            return Err(ModelsError::PinnedName {
+                name,
+                path: file.to_path_buf(),
+                expected: entry.sha256.clone(),
+                actual: actual.to_string(),
+            });
+        }
+        Ok((name, file_name))
+    }
+
+    /// Import every file in `dir` (not its subfolders) whose sha256 the
+    /// manifest pins: the USB-stick path. Returns each file with what
+    /// happened to it: the model's name, or why it was skipped.
+    pub fn import_dir(
+        &self,
+        dir: &Path,
+        manifest: &Manifest,
+    ) -> Result<Vec<Imported>, ModelsError> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        Ok(files
+            .into_iter()
+            .map(|f| {
+                let got =
+                    sha256_file(&f, self.progress.as_ref()).and_then(|(sha, _)| {
+                        match manifest.models.iter().find(|e| e.sha256 == sha) {
+                            Some(e) => self.import(&f, Some(&e.name), manifest).map(|(n, _)| n),
+                            None => Err(ModelsError::NotPinned { path: f.clone() }),
+                        }
+                    });
+                (f, got)
+            })
+            .collect())
     }
 
     /// The manifest's models and any imported ones, with what is pulled.
