@@ -284,6 +284,21 @@ fn a_small_context_and_too_many_threads_are_said_not_silent() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("more threads than CPU cores"), "{err}");
+    // GPU layers asked of a CPU-only build, and the CPU features ggml uses
+    // (not the Rust compiler's flags, which said avx2=false on AVX2 hosts).
+    let out = ferrite(
+        home.path(),
+        &["ask", "-v", "-m", m, "-n", "1", "--ngl", "99", q],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    if !cfg!(feature = "cuda") {
+        assert!(err.contains("no GPU backend"), "{err}");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(err.contains("AVX2 = 1"), "{err}");
+    }
 }
 
 #[test]

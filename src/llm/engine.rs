@@ -50,14 +50,23 @@ impl Engine {
         drop(gguf);
         let path = path.as_path();
         let backend = backend()?;
-        if cfg!(feature = "cuda") && opts.gpu_layers > 0 && !backend.supports_gpu_offload() {
-            tracing::error!(
-                "this is a CUDA build but no GPU was found: every layer runs on the CPU"
-            );
+        if opts.gpu_layers > 0 && !backend.supports_gpu_offload() {
+            if cfg!(feature = "cuda") {
+                tracing::error!(
+                    gpu_layers = opts.gpu_layers,
+                    "this is a CUDA build but no GPU was found: every layer runs on the CPU"
+                );
+            } else {
+                tracing::warn!(
+                    gpu_layers = opts.gpu_layers,
+                    "this build has no GPU backend (build with --features cuda): every layer runs on the CPU"
+                );
+            }
         }
+        // ggml's features, as ggml sees them at run time (its CPU backend
+        // picks kernels by the CPU it runs on, not by how Rust was compiled).
         tracing::info!(
-            neon = cfg!(target_feature = "neon"),
-            avx2 = cfg!(target_feature = "avx2"),
+            ggml = %super::system_info().unwrap_or_default(),
             cuda = cfg!(feature = "cuda"),
             gpu_layers = opts.gpu_layers,
             "backend"
