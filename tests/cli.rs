@@ -349,3 +349,42 @@ fn a_profiles_store_is_used_only_where_this_user_can_write() {
         )
     );
 }
+
+#[test]
+fn a_store_this_user_cannot_write_is_named_with_the_fix() {
+    // "Permission denied (os error 13)" alone did not say which store, or
+    // why that one. Root writes anywhere, so the command runs as `nobody`.
+    if !Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    {
+        eprintln!("skipped: needs root to run a command as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let bin = std::fs::canonicalize(ferrite_bin()).unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(&bin)
+        .args(["models", "pull"])
+        .env("FERRITE_HOME", &store)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the model store is {} (FERRITE_HOME)",
+            store.display()
+        )) && err.contains("set FERRITE_HOME to a folder you own")
+            && err.contains("Permission denied"),
+        "{err}"
+    );
+}

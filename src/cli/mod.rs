@@ -65,18 +65,22 @@ fn usage_error(e: clap::Error) -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx::new(&cli.board)?;
+    command(&ctx, cli.cmd).map_err(|e| settings::store_hint(e, &ctx))
+}
+
+fn command(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let mut out = Out::new();
-    match cli.cmd {
-        Cmd::Ask(a) => ask::run(&ctx, a, &mut out)?,
-        Cmd::Chat(a) => return chat::run(&ctx, a, &mut out),
-        Cmd::Transcribe(a) => transcribe::run(&ctx, a, &mut out)?,
-        Cmd::Perplexity(a) => perplexity::run(&ctx, a, &mut out)?,
-        Cmd::Bench(a) => bench::run(&ctx, a, &mut out)?,
-        Cmd::Serve(a) => serve::run(&ctx, a, false, &mut out)?,
-        Cmd::Listen(a) => serve::run(&ctx, a, true, &mut out)?,
-        Cmd::Models { cmd } => models::run(&ctx, cmd, &mut out)?,
-        Cmd::Finetune(a) => finetune::run(&ctx, a, &mut out)?,
-        Cmd::Board { cmd } => board::run(&ctx, cmd, &mut out)?,
+    match cmd {
+        Cmd::Ask(a) => ask::run(ctx, a, &mut out)?,
+        Cmd::Chat(a) => return chat::run(ctx, a, &mut out),
+        Cmd::Transcribe(a) => transcribe::run(ctx, a, &mut out)?,
+        Cmd::Perplexity(a) => perplexity::run(ctx, a, &mut out)?,
+        Cmd::Bench(a) => bench::run(ctx, a, &mut out)?,
+        Cmd::Serve(a) => serve::run(ctx, a, false, &mut out)?,
+        Cmd::Listen(a) => serve::run(ctx, a, true, &mut out)?,
+        Cmd::Models { cmd } => models::run(ctx, cmd, &mut out)?,
+        Cmd::Finetune(a) => finetune::run(ctx, a, &mut out)?,
+        Cmd::Board { cmd } => board::run(ctx, cmd, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -74,6 +74,29 @@ pub(crate) fn store_root(board: &Board) -> StoreRoot {
     }
 }
 
+/// A permission error on a file in the model store says which store it is,
+/// why it is there, and how to choose another: the fix a user needs, which
+/// the bare "Permission denied" does not give.
+pub(crate) fn store_hint(e: anyhow::Error, ctx: &Ctx) -> anyhow::Error {
+    let root = ctx.store.root();
+    let denied = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    let in_store = e
+        .chain()
+        .any(|c| c.to_string().contains(&*root.to_string_lossy()));
+    if denied && in_store {
+        e.context(format!(
+            "the model store is {} ({}); this user cannot write there: set FERRITE_HOME to a folder you own, or run as the store's owner (the service's: sudo -u ferrite)",
+            root.display(),
+            ctx.store_origin
+        ))
+    } else {
+        e
+    }
+}
+
 /// The board profile `--board` names: `auto` is the one `board detect`
 /// finds on this machine (`host` where it finds no known board).
 pub(crate) fn load_board(spec: &str) -> anyhow::Result<Board> {
