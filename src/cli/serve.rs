@@ -25,6 +25,9 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         }
         return Ok(());
     }
+    // Under systemd from here on: the start timeout is extended while the
+    // model (and, with --listen, the Whisper model) is found or pulled.
+    let service = super::service::Systemd::start();
     // An explicit -c is held against the model's trained context before the
     // service starts (a default is cut to fit, as for every command).
     if let Some(c) = a.model.ctx_size {
@@ -61,7 +64,6 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     } else {
         None
     };
-    let service = super::service::Systemd::start();
     let result = if stdio {
         assistant::serve(
             &opts,
