@@ -732,3 +732,33 @@ fn a_usb_folder_of_pinned_models_imports_under_their_names() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn listen_on_a_microphone_says_it_is_listening() {
+    // ALSA's `null` device stands in for the microphone: silence forever,
+    // so the process is stopped once it has said how it listens.
+    use std::io::{BufRead, BufReader};
+    let home = tempfile::tempdir().unwrap();
+    let stt = whisper_path("whisper-tiny.en");
+    let mut child = Command::new(crate::common::ferrite_bin())
+        .args(["listen", "--device", "null", "-m"])
+        .arg(model_path())
+        .arg("--stt-model")
+        .arg(&stt)
+        .env("FERRITE_HOME", home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        first.trim_end(),
+        "listening on null: speak (a pause ends the question)"
+    );
+}
