@@ -28,18 +28,7 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     // Under systemd from here on: the start timeout is extended while the
     // model (and, with --listen, the Whisper model) is found or pulled.
     let service = super::service::Systemd::start();
-    // An explicit -c is held against the model's trained context before the
-    // service starts (a default is cut to fit, as for every command).
-    if let Some(c) = a.model.ctx_size {
-        let (_, path) = ctx.resolve(a.model.model.as_deref())?;
-        let g = ferrite::gguf::GgufFile::open(&path)?;
-        let train = g.summary().context_length.unwrap_or(0);
-        if train > 0 && u64::from(c) > train {
-            anyhow::bail!(
-                "a context of {c} tokens is more than the {train} the model was trained on: use -c {train} or less"
-            );
-        }
-    }
+    check_ctx_size(ctx, &a.model)?;
     // `listen` talks to the terminal unless a port is named.
     let stdio = a.stdio
         || (listen
@@ -98,6 +87,23 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         let _ = thread.join();
     }
     Ok(result?)
+}
+
+/// An explicit -c is held against the model's trained context before the
+/// service starts (a default is cut to fit, as for every command).
+fn check_ctx_size(ctx: &Ctx, m: &super::args::ModelArgs) -> anyhow::Result<()> {
+    let Some(c) = m.ctx_size else {
+        return Ok(());
+    };
+    let (_, path) = ctx.resolve(m.model.as_deref())?;
+    let g = ferrite::gguf::GgufFile::open(&path)?;
+    let train = g.summary().context_length.unwrap_or(0);
+    if train > 0 && u64::from(c) > train {
+        anyhow::bail!(
+            "a context of {c} tokens is more than the {train} the model was trained on: use -c {train} or less"
+        );
+    }
+    Ok(())
 }
 
 /// The status LED's thread and how to stop it.
