@@ -98,19 +98,7 @@ enum Next {
 }
 
 pub(crate) fn run(ctx: &Ctx, a: ChatArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let opts = ServeOptions {
-        lora: a.lora,
-        model: a.model.model.clone().or(ctx.board.default_model.clone()),
-        load: ctx.load_opts(&a.model),
-        session: ctx.session_opts(&a.model, a.gen.beams as usize),
-        params: a.gen.params(),
-        system: a.system,
-        echo: false,
-        json: false,
-        max_line_bytes: 1 << 20,
-        board: ctx.board.clone(),
-        sys_root: assistant::default_sys_root(),
-    };
+    let opts = ctx.serve_options(a.lora, &a.model, &a.gen, a.system);
     let intr = Arc::new(Interrupt::default());
     watch_sigint(intr.clone())?;
     let mut lines = Lines::open()?;

@@ -35,17 +35,10 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
             && a.port.is_none()
             && (!a.ear.wav.is_empty() || ctx.board.serial_port.is_none()));
     let opts = assistant::ServeOptions {
-        lora: a.lora,
-        model: a.model.model.clone().or(ctx.board.default_model.clone()),
-        load: ctx.load_opts(&a.model),
-        session: ctx.session_opts(&a.model, a.gen.beams as usize),
-        params: a.gen.params(),
-        system: a.system,
         echo: !a.no_echo && !stdio,
         json: a.json,
         max_line_bytes: a.max_line as usize,
-        board: ctx.board.clone(),
-        sys_root: assistant::default_sys_root(),
+        ..ctx.serve_options(a.lora, &a.model, &a.gen, a.system)
     };
     let mut led = None;
     let ear = if listen {

@@ -18,7 +18,7 @@ use ferrite::gguf::GgufFile;
 use ferrite::llm::{self, Engine, LoadOptions, SessionOptions};
 use ferrite::models::{Manifest, Store};
 
-use super::args::{ModelArgs, SpeechArgs};
+use super::args::{GenArgs, ModelArgs, SpeechArgs};
 
 pub(crate) struct Ctx {
     pub(crate) board: Board,
@@ -180,6 +180,31 @@ impl Ctx {
             threads,
             &a.language,
         )?)
+    }
+
+    /// What the assistant core runs with, from the flags `chat`, `serve` and
+    /// `listen` share; the console's own settings (echo, JSON, line limit)
+    /// start off and at chat's 1 MiB, for `serve` to set from its flags.
+    pub(crate) fn serve_options(
+        &self,
+        lora: Option<String>,
+        m: &ModelArgs,
+        gen: &GenArgs,
+        system: Option<String>,
+    ) -> ferrite::assistant::ServeOptions {
+        ferrite::assistant::ServeOptions {
+            lora,
+            model: m.model.clone().or(self.board.default_model.clone()),
+            load: self.load_opts(m),
+            session: self.session_opts(m, gen.beams as usize),
+            params: gen.params(),
+            system,
+            echo: false,
+            json: false,
+            max_line_bytes: 1 << 20,
+            board: self.board.clone(),
+            sys_root: ferrite::assistant::default_sys_root(),
+        }
     }
 
     pub(crate) fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
