@@ -436,12 +436,24 @@ impl Store {
         manifest: &Manifest,
     ) -> Result<(String, PathBuf), ModelsError> {
         let (actual, _) = sha256_file(file, self.progress.as_ref())?;
+        self.import_hashed(file, name, manifest, &actual)
+    }
+
+    /// `import` of a file whose sha256 is `actual` (hashed once by the
+    /// caller, not again here).
+    fn import_hashed(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+        manifest: &Manifest,
+        actual: &str,
+    ) -> Result<(String, PathBuf), ModelsError> {
         let pinned = manifest.models.iter().find(|e| e.sha256 == actual);
         let (name, file_name) = match pinned {
             Some(entry) if name.is_none_or(|n| n == entry.name) => {
                 (entry.name.clone(), entry.file.clone())
             }
-            _ => self.check_unpinned(file, name, manifest, &actual)?,
+            _ => self.check_unpinned(file, name, manifest, actual)?,
         };
         let dir = self.model_dir(&name);
         std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
@@ -517,13 +529,13 @@ impl Store {
         Ok(files
             .into_iter()
             .map(|f| {
-                let got =
-                    sha256_file(&f, self.progress.as_ref()).and_then(|(sha, _)| {
-                        match manifest.models.iter().find(|e| e.sha256 == sha) {
-                            Some(e) => self.import(&f, Some(&e.name), manifest).map(|(n, _)| n),
-                            None => Err(ModelsError::NotPinned { path: f.clone() }),
-                        }
-                    });
+                let got = sha256_file(&f, self.progress.as_ref()).and_then(|(sha, _)| {
+                    if manifest.models.iter().any(|e| e.sha256 == sha) {
+                        self.import_hashed(&f, None, manifest, &sha).map(|(n, _)| n)
+                    } else {
+                        Err(ModelsError::NotPinned { path: f.clone() })
+                    }
+                });
                 (f, got)
             })
             .collect())
