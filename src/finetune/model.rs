@@ -62,18 +62,7 @@ impl Base {
             cfg.n_layer = n.min(cfg.n_layer);
         }
         let dev = Device::Cpu;
-        let mut file = std::fs::File::open(path).map_err(|source| FinetuneError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let content =
-            candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|source| {
-                FinetuneError::Weights {
-                    path: path.to_path_buf(),
-                    tensor: None,
-                    source: Box::new(source),
-                }
-            })?;
+        let (mut file, content) = open_weights(path)?;
         let mut get = |name: &str| -> Result<Tensor, FinetuneError> {
             let q =
                 content
@@ -211,4 +200,24 @@ impl Base {
         let x = self.hidden(lora, 1, tokens.len(), tokens)?;
         self.output.forward(&self.out_norm.forward(&x)?)
     }
+}
+
+/// Open a GGUF and read candle's index of its tensors (the file is kept
+/// open to read them from).
+pub(super) fn open_weights(
+    path: &Path,
+) -> Result<(std::fs::File, candle_core::quantized::gguf_file::Content), FinetuneError> {
+    let mut file = std::fs::File::open(path).map_err(|source| FinetuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let content =
+        candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|source| {
+            FinetuneError::Weights {
+                path: path.to_path_buf(),
+                tensor: None,
+                source: Box::new(source),
+            }
+        })?;
+    Ok((file, content))
 }

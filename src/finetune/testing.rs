@@ -118,19 +118,7 @@ pub fn write_f32_model(model: &Path, out: &Path) -> Result<(), FinetuneError> {
         w.kv(k, v.clone());
     }
     w.kv("general.file_type", crate::gguf::Value::U32(0));
-    let io = |source| FinetuneError::Io {
-        path: model.to_path_buf(),
-        source,
-    };
-    let mut file = std::fs::File::open(model).map_err(io)?;
-    let content =
-        candle_core::quantized::gguf_file::Content::read(&mut file).map_err(|source| {
-            FinetuneError::Weights {
-                path: model.to_path_buf(),
-                tensor: None,
-                source: Box::new(source),
-            }
-        })?;
+    let (mut file, content) = super::model::open_weights(model)?;
     let dev = candle_core::Device::Cpu;
     for t in &g.tensors {
         let q = content.tensor(&mut file, &t.name, &dev)?;
