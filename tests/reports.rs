@@ -165,12 +165,7 @@ impl Chat {
     }
 
     fn sigint(&self) {
-        let ok = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        crate::common::signal(self.child.id(), "INT");
     }
 }
 

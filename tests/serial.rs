@@ -518,11 +518,7 @@ fn systemd_ready_before_the_port_exists_then_serves_and_stops_on_sigterm() {
         assert!(t0.elapsed() < T, "no answer streamed: {}", term.text());
         thread::sleep(Duration::from_millis(10));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::common::signal(child.id(), "TERM");
     let t0 = Instant::now();
     let code = loop {
         if let Some(code) = child.try_wait().unwrap() {

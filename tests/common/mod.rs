@@ -329,3 +329,14 @@ pub fn llama_cpp_probe(model: &Path) -> std::process::ExitStatus {
         .status()
         .unwrap()
 }
+
+/// Send signal `sig` (`"INT"`, `"TERM"`) to process `pid` through the
+/// shell's builtin `kill` (procps' /bin/kill may be absent on a fresh
+/// machine).
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -{sig} {pid}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid} failed");
+}
