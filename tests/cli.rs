@@ -280,6 +280,25 @@ fn a_small_context_and_too_many_threads_are_said_not_silent() {
         "{err}"
     );
     assert!(!err.contains("more threads than CPU cores"), "{err}");
+    // Another size off the 256-cell block, through another command: a
+    // console conversation, whose prompt (SmolLM2's template with its
+    // system turn, then the question) is longer than the 24-token batch
+    // llama.cpp cuts to, so it is decoded in several batches (this aborted
+    // in llama.cpp before the batch followed the context's).
+    let out = crate::common::ferrite_with_input(
+        home.path(),
+        &[
+            "serve", "--stdio", "-m", m, "-c", "24", "-n", "6", "--temp", "0",
+        ],
+        format!("{q}\n").as_bytes(),
+    );
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(said.contains("Tokyo"), "{said}");
+    assert!(err.contains("asked=24 got=256"), "{err}");
     let out = ferrite(home.path(), &["ask", "-m", m, "-n", "1", "-t", &over, q]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
