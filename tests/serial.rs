@@ -740,6 +740,6 @@ fn chat_on_a_terminal_edits_lines_and_takes_commands() {
     term.expect("/reset", T);
     term.expect("> ", T);
     term.send(b"\x04");
-    let status = socat.wait().unwrap();
+    let status = crate::common::wait_exit(&mut socat, T, "chat after ^D");
     assert!(status.success(), "{status:?}");
 }

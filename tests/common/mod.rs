@@ -333,6 +333,27 @@ pub fn llama_cpp_probe(model: &Path) -> std::process::ExitStatus {
 /// Send signal `sig` (`"INT"`, `"TERM"`) to process `pid` through the
 /// shell's builtin `kill` (procps' /bin/kill may be absent on a fresh
 /// machine).
+/// Wait at most `timeout` for `child` to exit; past it the child is killed
+/// and the test fails (a test must never hang CI). Returns the exit status.
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if t0.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?}; killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn signal(pid: u32, sig: &str) {
     let ok = std::process::Command::new("sh")
         .args(["-c", &format!("kill -{sig} {pid}")])
