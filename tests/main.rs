@@ -17,3 +17,4 @@ mod serial;
 mod speech;
 mod templates;
 mod vocab;
+mod wav_files;

@@ -13,6 +13,7 @@ pub mod convert;
 pub mod ct2;
 pub mod listen;
 pub mod resample;
+pub mod riff;
 pub mod vad;
 pub mod wav;
 pub mod whisper;

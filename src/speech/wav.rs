@@ -1,9 +1,12 @@
 //! WAV files in: any rate, any channel count, integer or float PCM, down-mixed
 //! and resampled to `Pcm16k`.
 //!
-//! Checked before use: the RIFF header (hound), a data chunk that holds the
-//! samples its header promises (a cut-off file says so instead of yielding a
-//! short clip), and at least one sample.
+//! The container is walked by `riff` (streamed sizes, extra and odd-sized
+//! chunks, as sox and Python's `wave` read them); hound decodes the samples
+//! from an exactly-sized copy of the header, so its format checks (PCM 8–32
+//! bit, float 32, WAVE_FORMAT_EXTENSIBLE) still apply. Checked before use: a
+//! data chunk that holds the samples its header promises (a cut-off file
+//! says so instead of yielding a short clip), and at least one sample.
 
 use std::path::Path;
 
@@ -42,7 +45,21 @@ pub fn read(path: &Path) -> Result<Wav, SpeechError> {
     if meta.len() == 0 {
         return Err(wav_err(path, "empty file (0 bytes): not a WAV file"));
     }
-    let reader = hound::WavReader::open(path)
+    let bytes = std::fs::read(path).map_err(|e| SpeechError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    let layout = super::riff::walk(&bytes).map_err(|e| wav_err(path, e.to_string()))?;
+    if layout.streamed {
+        tracing::debug!(
+            bytes = layout.data.len(),
+            "streamed WAV: samples run to the end of the file"
+        );
+    }
+    let fmt = &bytes[layout.fmt.clone()];
+    let header = super::riff::canonical_header(fmt, layout.data.len());
+    let exact = std::io::Read::chain(&header[..], &bytes[layout.data.clone()]);
+    let reader = hound::WavReader::new(exact)
         .map_err(|e| wav_err(path, format!("not a readable WAV file: {e}")))?;
     let spec = reader.spec();
     if spec.channels == 0 || spec.sample_rate < 1000 || spec.sample_rate > 384_000 {
