@@ -16,5 +16,6 @@ mod resample;
 mod serial;
 mod speech;
 mod templates;
+mod vad_model;
 mod vocab;
 mod wav_files;

@@ -13,7 +13,7 @@ use ferrite::speech::ct2::Ct2Model;
 use ferrite::speech::listen::{self, Heard};
 use ferrite::speech::{wav, Pcm16k, Transcriber, VadConfig, WavSource};
 
-use crate::common::{engine, ferrite, model_path};
+use crate::common::{engine, ferrite, model_path, whisper_path};
 use crate::eqnice;
 
 fn store() -> (Store, Manifest) {
@@ -21,18 +21,6 @@ fn store() -> (Store, Manifest) {
         crate::common::store(),
         Manifest::parse(models::BUILTIN, "builtin").unwrap(),
     )
-}
-
-/// A Whisper model from the store, pulled (fetched + converted) on first use;
-/// one pull at a time, since tests run in parallel and share the store.
-fn whisper_path(name: &str) -> PathBuf {
-    static PULL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = PULL.lock().unwrap_or_else(|e| e.into_inner());
-    let (store, manifest) = store();
-    store
-        .resolve(Some(name), &manifest, true)
-        .unwrap_or_else(|e| panic!("{name} could not be pulled: {e}"))
-        .1
 }
 
 fn tiny() -> &'static Transcriber {
@@ -72,6 +60,8 @@ fn transcribe_cli(file: &Path, model: Option<&Path>) -> std::process::Output {
         &[
             "transcribe",
             file.to_str().unwrap(),
+            "--vad-model",
+            crate::common::silero_path().to_str().unwrap(),
             "--whisper",
             model.to_str().unwrap(),
         ],
@@ -275,6 +265,8 @@ fn listen_answers_a_spoken_question() {
     let out = Command::new(crate::common::ferrite_bin())
         .args(["listen", "--wav"])
         .arg(&q)
+        .arg("--vad-model")
+        .arg(crate::common::silero_path())
         .args(["--whisper"])
         .arg(whisper_path("whisper-tiny.en"))
         .args(["-m"])
@@ -329,6 +321,9 @@ fn push_to_talk_hears_only_the_held_sentence() {
     let rx = listen::spawn(
         Box::new(WavSource::new(Pcm16k(all))),
         stt,
+        Some(ferrite::speech::neural_vad::Gate::new(
+            ferrite::speech::neural_vad::SileroVad::load(crate::common::silero_path(), 1).unwrap(),
+        )),
         VadConfig::default(),
         Some(Box::new(ScriptedPin::new(levels))),
         status.clone(),
@@ -651,6 +646,8 @@ fn serve_listen_answers_typed_and_spoken_queries() {
             q.to_str().unwrap(),
             "--whisper",
             stt.to_str().unwrap(),
+            "--vad-model",
+            crate::common::silero_path().to_str().unwrap(),
             "-m",
             model_path().to_str().unwrap(),
             "--temp",
@@ -745,6 +742,8 @@ fn listen_on_a_microphone_says_it_is_listening() {
         .arg(model_path())
         .arg("--stt-model")
         .arg(&stt)
+        .arg("--vad-model")
+        .arg(crate::common::silero_path())
         .env("FERRITE_HOME", home.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())

@@ -251,6 +251,14 @@ pub(crate) enum ModelsCmd {
         /// Output file (e.g. ggml-tiny.en.bin).
         out: PathBuf,
     },
+    /// Convert Silero VAD's safetensors (from the `silero-vad` package) to
+    /// whisper.cpp's VAD model format.
+    ConvertVad {
+        /// silero_vad_16k.safetensors (or a folder holding it as model.bin).
+        src: PathBuf,
+        /// Output file (e.g. ggml-silero-vad.bin).
+        out: PathBuf,
+    },
     /// Validate a GGUF file (or pulled model) and print what it holds.
     Info {
         /// A file path or a model name.
@@ -337,6 +345,11 @@ pub(crate) struct SpeechArgs {
     /// CPU threads for whisper (default: the board's, else all cores).
     #[arg(long = "stt-threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) stt_threads: Option<u32>,
+    /// Learned voice detector that confirms each utterance holds speech
+    /// before whisper hears it: a model name (pulled on first use) or a
+    /// whisper.cpp VAD .bin path; `none` leaves the spectral detector alone.
+    #[arg(long = "vad-model", default_value = "silero-vad")]
+    pub(crate) vad_model: String,
     /// VAD: frames quieter than this (dBFS) are never speech.
     #[arg(long = "vad-db", default_value_t = -45.0, allow_negative_numbers = true)]
     pub(crate) vad_db: f32,

@@ -16,6 +16,17 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
         ModelsCmd::List => list(ctx, out),
         ModelsCmd::Pull { name } => pull(ctx, name.as_deref(), out),
         ModelsCmd::Verify { name } => verify(ctx, name, out),
+        ModelsCmd::ConvertVad { src, out: dest } => {
+            ferrite::speech::silero::convert_silero(&src, &dest)?;
+            ferrite::speech::neural_vad::check_model(&dest)?;
+            let (sha, size) = models::sha256_file(&dest, &super::progress::Bars::default())?;
+            writeln!(
+                out,
+                "{}: Silero VAD for whisper.cpp; {size} bytes, sha256 {sha}",
+                dest.display()
+            )?;
+            Ok(())
+        }
         ModelsCmd::ConvertWhisper { ct2_dir, out: dest } => {
             let c = ferrite::speech::convert_whisper(&ct2_dir, &dest)?;
             let (sha, size) = models::sha256_file(&dest, &super::progress::Bars::default())?;

@@ -144,6 +144,7 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
             Err(err) => return Err(err.into()),
         }
     }
-    let heard = speech::listen::spawn(source, stt, e.speech.vad()?, ptt, status.clone());
+    let gate = ctx.speech_gate(&e.speech)?;
+    let heard = speech::listen::spawn(source, stt, gate, e.speech.vad()?, ptt, status.clone());
     Ok(assistant::Ear { heard, status })
 }

@@ -116,11 +116,7 @@ impl Ctx {
         let root = store_root(&board);
         let store = Store::new(root.path.clone())
             .with_python(std::env::var("FERRITE_PYTHON").unwrap_or_else(|_| "python3".into()))
-            .with_converter(Box::new(|src, dst| {
-                ferrite::speech::convert_whisper(src, dst)
-                    .map(drop)
-                    .map_err(Into::into)
-            }))
+            .with_converter(ferrite::speech::converter())
             .with_progress(Box::new(super::progress::Bars::default()));
         Ok(Ctx {
             board,
@@ -180,6 +176,31 @@ impl Ctx {
             threads,
             &a.language,
         )?)
+    }
+
+    /// The Silero gate `--vad-model` names, pulled on first use; `none`, or
+    /// a pull that fails (an offline board without it), leaves the spectral
+    /// detector alone, said once on stderr.
+    pub(crate) fn speech_gate(
+        &self,
+        a: &SpeechArgs,
+    ) -> anyhow::Result<Option<ferrite::speech::neural_vad::Gate>> {
+        if a.vad_model == "none" {
+            return Ok(None);
+        }
+        let path = match self.store.resolve(Some(&a.vad_model), &self.manifest, true) {
+            Ok((_, p)) => p,
+            Err(e) if a.vad_model == "silero-vad" => {
+                tracing::warn!(
+                    "{}: the learned voice detector is not available, so the spectral detector alone decides what is speech",
+                    ferrite::report(&e)
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let vad = ferrite::speech::neural_vad::SileroVad::load(&path, 1)?;
+        Ok(Some(ferrite::speech::neural_vad::Gate::new(vad)))
     }
 
     /// What the assistant core runs with, from the flags `chat`, `serve` and

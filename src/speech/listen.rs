@@ -9,6 +9,7 @@
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
+use super::neural_vad::Gate;
 use super::vad::{Vad, VadConfig};
 use super::whisper::{Transcriber, Transcript};
 use super::{AudioSource, Pcm16k};
@@ -27,10 +28,12 @@ pub enum Heard {
 
 const CHUNK: usize = 320;
 
-/// Start listening. Dropping the receiver stops both threads.
+/// Start listening; `gate` (Silero) drops candidates that hold no speech
+/// before whisper sees them. Dropping the receiver stops both threads.
 pub fn spawn(
     mut source: Box<dyn AudioSource + Send>,
     stt: Transcriber,
+    gate: Option<Gate>,
     vad: VadConfig,
     mut ptt: Option<Button>,
     status: StatusCell,
@@ -51,7 +54,7 @@ pub fn spawn(
         .expect("spawn capture thread");
     std::thread::Builder::new()
         .name("ear-stt".into())
-        .spawn(move || transcribe(stt, utt_rx, heard_tx, status))
+        .spawn(move || transcribe(stt, gate, utt_rx, heard_tx, status))
         .expect("spawn transcription thread");
     heard_rx
 }
@@ -142,13 +145,22 @@ fn held_speech(cfg: VadConfig, held: Vec<f32>) -> Option<Pcm16k> {
 
 fn transcribe(
     stt: Transcriber,
+    mut gate: Option<Gate>,
     rx: Receiver<Option<Pcm16k>>,
     tx: SyncSender<Heard>,
     status: StatusCell,
 ) {
     while let Ok(Some(u)) = rx.recv() {
         status.set(Status::Thinking);
-        let heard = match stt.transcribe(&u) {
+        let speech = match gate.as_mut().map_or(Ok(true), |g| g.holds_speech(&u)) {
+            Ok(false) => {
+                status.set(Status::Idle);
+                continue;
+            }
+            Ok(true) => Ok(()),
+            Err(e) => Err(e),
+        };
+        let heard = match speech.and_then(|()| stt.transcribe(&u)) {
             Ok(t) if t.text.is_empty() => {
                 tracing::info!(seconds = u.seconds(), "utterance held no words");
                 status.set(Status::Idle);

@@ -3,17 +3,21 @@
 //! The stages follow the data: `wav` and `capture` produce audio, `resample`
 //! brings it to whisper's 16 kHz mono (`Pcm16k`), `vad` cuts it into
 //! utterances (and keeps silence and noise away from whisper, which invents
-//! words for them), `whisper` turns an utterance into a `Transcript` with
-//! whisper.cpp. `ct2` and `convert` turn the CTranslate2 Whisper models that
-//! registries ship into whisper.cpp's own format. whisper.cpp links the same
+//! words for them), `neural_vad` (Silero) confirms each holds speech,
+//! `whisper` turns an utterance into a `Transcript` with whisper.cpp. `riff`
+//! walks WAV containers for `wav`. `ct2` and `convert` turn the CTranslate2
+//! Whisper models that registries ship into whisper.cpp's own format, and
+//! `silero` does the same for Silero VAD's safetensors. whisper.cpp links the same
 //! ggml as llama.cpp (see boards/ggml.sh), so both run in one process.
 
 pub mod capture;
 pub mod convert;
 pub mod ct2;
 pub mod listen;
+pub mod neural_vad;
 pub mod resample;
 pub mod riff;
+pub mod silero;
 pub mod vad;
 pub mod wav;
 pub mod whisper;
@@ -24,6 +28,18 @@ pub use capture::{AudioSource, WavSource};
 pub use convert::convert_whisper;
 pub use vad::{Vad, VadConfig};
 pub use whisper::{Transcriber, Transcript};
+
+/// The store's converter for models pulled in another format: Whisper from
+/// CTranslate2, Silero VAD from safetensors (`models::Converter`).
+pub fn converter() -> Box<crate::models::Converter> {
+    Box::new(|kind, src, dst| {
+        match kind {
+            crate::models::ModelKind::Vad => silero::convert_silero(src, dst).map(drop),
+            _ => convert_whisper(src, dst).map(drop),
+        }
+        .map_err(Into::into)
+    })
+}
 
 /// Whisper's sample rate.
 pub const SAMPLE_RATE: u32 = 16_000;

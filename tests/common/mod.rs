@@ -39,11 +39,33 @@ pub fn store() -> Store {
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("ferrite")
         });
-    Store::new(root).with_converter(Box::new(|src, dst| {
-        ferrite::speech::convert_whisper(src, dst)
-            .map(drop)
-            .map_err(Into::into)
-    }))
+    Store::new(root).with_converter(ferrite::speech::converter())
+}
+
+/// A Whisper model from the store, pulled (fetched + converted) on first use;
+/// one pull at a time, since tests run in parallel and share the store.
+pub fn whisper_path(name: &str) -> PathBuf {
+    static PULL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = PULL.lock().unwrap_or_else(|e| e.into_inner());
+    let store = store();
+    let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
+    store
+        .resolve(Some(name), &manifest, true)
+        .unwrap_or_else(|e| panic!("{name} could not be pulled: {e}"))
+        .1
+}
+
+/// Silero VAD from the store, pulled (fetched + converted) on first use;
+/// one pull at a time, since tests run in parallel and share the store.
+pub fn silero_path() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
+        store()
+            .resolve(Some("silero-vad"), &manifest, true)
+            .unwrap_or_else(|e| panic!("silero-vad could not be pulled: {e}"))
+            .1
+    })
 }
 
 /// The default model's path: `FERRITE_TEST_MODEL`, else pulled into the

@@ -1,0 +1,309 @@
+//! The learned voice detector (issue #15): Silero VAD converted from the
+//! `silero-vad` package and run by whisper.cpp's VAD must agree with the
+//! package's own ONNX model run by ONNX Runtime (tests/ref/silero_onnx.py),
+//! and must keep non-speech sound of every kind away from whisper.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use ferrite::speech::neural_vad::{SileroVad, THRESHOLD};
+use ferrite::speech::{wav, Pcm16k};
+
+fn scratch(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vad-model");
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn silero() -> std::sync::MutexGuard<'static, SileroVad> {
+    static VAD: OnceLock<Mutex<SileroVad>> = OnceLock::new();
+    VAD.get_or_init(|| Mutex::new(SileroVad::load(crate::common::silero_path(), 1).unwrap()))
+        .lock()
+        .unwrap()
+}
+
+/// The package's ONNX model (the reference), unpacked once.
+fn onnx_model() -> PathBuf {
+    static ONNX: OnceLock<PathBuf> = OnceLock::new();
+    ONNX.get_or_init(|| {
+        let dir = scratch("wheel");
+        let onnx = dir.join("silero_vad/data/silero_vad_16k_op15.onnx");
+        if !onnx.is_file() {
+            let st = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "silero-vad==6.2.3",
+                    "-d",
+                ])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(st.success(), "pip download silero-vad");
+            let st = Command::new("python3")
+                .args(["-m", "zipfile", "-e"])
+                .arg(dir.join("silero_vad-6.2.3-py3-none-any.whl"))
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(st.success());
+        }
+        onnx
+    })
+    .clone()
+}
+
+/// ONNX Runtime's probabilities for `pcm`, one per 512-sample window.
+fn onnx_probabilities(pcm: &Pcm16k) -> Vec<f32> {
+    let mut child = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/ref/silero_onnx.py"
+        ))
+        .arg(onnx_model())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes: Vec<u8> = pcm.0.iter().flat_map(|v| v.to_le_bytes()).collect();
+    child.stdin.take().unwrap().write_all(&bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the ONNX reference failed (bash .ci/deps installs onnxruntime)"
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
+}
+
+fn espeak(text: &str, voice: &str, rate: u32, name: &str) -> Pcm16k {
+    let p = scratch(name);
+    let st = Command::new("espeak-ng")
+        .args(["-v", voice, "-s", &rate.to_string(), "-w"])
+        .arg(&p)
+        .arg(text)
+        .status()
+        .expect("espeak-ng (bash .ci/deps installs it)");
+    assert!(st.success());
+    wav::read(&p).unwrap().to_pcm16k()
+}
+
+#[test]
+fn whisper_cpp_runs_silero_as_onnx_runtime_does() {
+    let mut pcm = Pcm16k(vec![0.0; 8000]);
+    pcm.0.extend(
+        espeak(
+            "What is the capital of France? Turn on the kitchen light.",
+            "en-us",
+            150,
+            "agree-1.wav",
+        )
+        .0,
+    );
+    pcm.0.extend(vec![0.0; 16000]);
+    pcm.0
+        .extend(espeak("Set a timer for ten minutes.", "en-gb", 120, "agree-2.wav").0);
+    let ours = silero().probabilities(&pcm).unwrap();
+    let theirs = onnx_probabilities(&pcm);
+    assert_eq!(ours.len(), theirs.len());
+    let n = ours.len() as f32;
+    let mean_abs = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / n;
+    let agree = ours
+        .iter()
+        .zip(&theirs)
+        .filter(|(a, b)| (**a >= THRESHOLD) == (**b >= THRESHOLD))
+        .count() as f32
+        / n;
+    eprintln!(
+        "silero: {} windows, mean |p - p_onnx| = {mean_abs:.4}, decisions agree on {:.1}%",
+        ours.len(),
+        100.0 * agree
+    );
+    assert!(mean_abs < 0.05, "mean |p - p_onnx| = {mean_abs}");
+    assert!(agree > 0.95, "decisions agree on {agree}");
+}
+
+fn sox(args: &[&str]) {
+    let st = Command::new("sox")
+        .args(args)
+        .status()
+        .expect("sox (bash .ci/deps installs it)");
+    assert!(st.success(), "sox {args:?}");
+}
+
+/// Five seconds of each kind of non-speech sound, made by sox: noise
+/// colours, a tone, a plucked chord (music), clicks, and a fan (a hum in
+/// brown noise). Whisper alone hears "You" in most of them.
+fn non_speech() -> Vec<(&'static str, PathBuf)> {
+    let kinds: [(&str, &[&str]); 7] = [
+        ("brown", &["synth", "5", "brownnoise", "vol", "0.3"]),
+        ("pink", &["synth", "5", "pinknoise", "vol", "0.3"]),
+        ("white", &["synth", "5", "whitenoise", "vol", "0.3"]),
+        ("tone", &["synth", "5", "sine", "440", "vol", "0.3"]),
+        (
+            "chord",
+            &[
+                "synth", "5", "pluck", "C4", "pluck", "E4", "pluck", "G4", "remix", "-", "vol",
+                "0.5",
+            ],
+        ),
+        ("clicks", &["synth", "5", "square", "2", "vol", "0.3"]),
+        (
+            "fan",
+            &[
+                "synth",
+                "5",
+                "brownnoise",
+                "sine",
+                "120",
+                "remix",
+                "-",
+                "vol",
+                "0.3",
+            ],
+        ),
+    ];
+    kinds
+        .iter()
+        .map(|(name, effect)| {
+            let p = scratch(&format!("nonspeech-{name}.wav"));
+            let mut args = vec![
+                "-n",
+                "-r",
+                "16000",
+                "-b",
+                "16",
+                "-c",
+                "1",
+                p.to_str().unwrap(),
+            ];
+            args.extend_from_slice(effect);
+            sox(&args);
+            (*name, p)
+        })
+        .collect()
+}
+
+fn transcribe(file: &Path, vad_model: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let out = crate::common::ferrite(
+        home.path(),
+        &[
+            "transcribe",
+            file.to_str().unwrap(),
+            "--whisper",
+            crate::common::whisper_path("whisper-tiny.en")
+                .to_str()
+                .unwrap(),
+            "--vad-model",
+            vad_model,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn non_speech_sound_of_every_kind_transcribes_to_nothing() {
+    // Whisper alone hears "You" in most of these (brown, tone, chord,
+    // clicks); benches/vad.sh reports it. With the gate: nothing.
+    let silero = crate::common::silero_path().to_str().unwrap();
+    for (name, file) in non_speech() {
+        let text = transcribe(&file, silero);
+        assert_eq!(text, "", "{name}: words invented from non-speech");
+    }
+}
+
+#[test]
+fn speech_in_noise_still_passes_the_gate() {
+    // A question mixed into brown noise at about 10 dB SNR is still heard.
+    let q = scratch("snr-q.wav");
+    let st = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "140", "-w"])
+        .arg(&q)
+        .arg("What is the capital of Japan?")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let q16 = scratch("snr-q16.wav");
+    sox(&[
+        q.to_str().unwrap(),
+        "-r",
+        "16000",
+        "-b",
+        "16",
+        q16.to_str().unwrap(),
+        "pad",
+        "0.5",
+        "0.5",
+    ]);
+    let noise = scratch("snr-noise.wav");
+    let secs = wav::read(&q16).unwrap().seconds().to_string();
+    sox(&[
+        "-n",
+        "-r",
+        "16000",
+        "-b",
+        "16",
+        "-c",
+        "1",
+        noise.to_str().unwrap(),
+        "synth",
+        &secs,
+        "brownnoise",
+        "vol",
+        "0.05",
+    ]);
+    let mixed = scratch("snr-mixed.wav");
+    sox(&[
+        "-m",
+        q16.to_str().unwrap(),
+        noise.to_str().unwrap(),
+        mixed.to_str().unwrap(),
+    ]);
+    let text = transcribe(&mixed, crate::common::silero_path().to_str().unwrap());
+    assert!(text.contains("capital of Japan"), "{text:?}");
+}
+
+#[test]
+fn a_cut_or_foreign_vad_model_is_a_clear_error() {
+    let full = std::fs::read(crate::common::silero_path()).unwrap();
+    for (name, bytes, want) in [
+        (
+            "cut",
+            full[..full.len() * 2 / 3].to_vec(),
+            "runs past the end",
+        ),
+        ("header", full[..30].to_vec(), "truncated"),
+        (
+            "foreign",
+            b"lmgg\x0a\0\0\0whisper-xx".to_vec(),
+            "not silero-16k",
+        ),
+    ] {
+        let p = scratch(&format!("bad-{name}.bin"));
+        std::fs::write(&p, bytes).unwrap();
+        let e = match SileroVad::load(&p, 1) {
+            Ok(_) => panic!("{name}: loaded"),
+            Err(e) => ferrite::report(&e),
+        };
+        assert!(e.contains(want), "{name}: {e}");
+    }
+}
