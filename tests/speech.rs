@@ -89,7 +89,7 @@ fn sox(args: &[&str]) {
 
 /// Lower-case words without punctuation; digits spelled out, as WER
 /// normalisers do ("10 minutes" is "ten minutes").
-fn words(s: &str) -> Vec<String> {
+pub(crate) fn words(s: &str) -> Vec<String> {
     s.to_lowercase()
         .split(|c: char| !c.is_alphanumeric() && c != '\'')
         .filter(|w| !w.is_empty())
@@ -103,7 +103,7 @@ fn words(s: &str) -> Vec<String> {
 }
 
 /// Word error rate: word-level edit distance over the reference length.
-fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
+pub(crate) fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
     let (r, h) = (words(reference), words(hypothesis));
     let mut prev: Vec<usize> = (0..=h.len()).collect();
     for i in 1..=r.len() {

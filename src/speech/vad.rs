@@ -6,8 +6,11 @@
 //! over the tracked noise floor) and not noise-like (spectral flatness over
 //! 250 Hz–4 kHz below a limit: voiced speech is harmonic, noise is flat). An
 //! utterance starts after `min_speech_ms` of mostly-speech frames, keeps
-//! `pre_roll_ms` before that, and ends after `hangover_ms` without speech (or
-//! at `max_utterance_ms`, whisper's 30 s window).
+//! `pre_roll_ms` before that, and ends after `hangover_ms` without speech.
+//! Speech that runs on to `max_utterance_ms` (under whisper's 30 s window) is
+//! cut at the quietest 60 ms of its last `cut_search_ms`, a gap between
+//! words, and goes on in the next utterance: a cut at the limit itself split
+//! a word, and whisper dropped both halves.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -35,6 +38,8 @@ pub struct VadConfig {
     pub hangover_ms: u32,
     pub pre_roll_ms: u32,
     pub max_utterance_ms: u32,
+    /// How far back from the limit a long utterance looks for its cut.
+    pub cut_search_ms: u32,
 }
 
 impl Default for VadConfig {
@@ -47,6 +52,7 @@ impl Default for VadConfig {
             hangover_ms: 700,
             pre_roll_ms: 240,
             max_utterance_ms: 29_000,
+            cut_search_ms: 5_000,
         }
     }
 }
@@ -70,8 +76,10 @@ pub struct Vad {
     pending: Vec<f32>,
     noise_db: f32,
     /// Recent frames before an utterance starts (pre-roll and onset).
-    recent: VecDeque<(Vec<f32>, bool)>,
+    recent: VecDeque<(Vec<f32>, bool, f32)>,
     current: Option<Vec<f32>>,
+    /// Loudness (dB) of each frame of `current`, to find where to cut it.
+    current_db: Vec<f32>,
     quiet_frames: usize,
     speech_frames: usize,
 }
@@ -93,6 +101,7 @@ impl Vad {
             noise_db: -90.0,
             recent: VecDeque::new(),
             current: None,
+            current_db: Vec::new(),
             quiet_frames: 0,
             speech_frames: 0,
         }
@@ -154,7 +163,7 @@ impl Vad {
         let chunk: Vec<f32> = self.pending.drain(..n).collect();
         for frame in chunk.chunks_exact(FRAME) {
             let st = self.classify(frame);
-            if let Some(u) = self.step(frame, st.speech) {
+            if let Some(u) = self.step(frame, st) {
                 done.push(u);
             }
         }
@@ -165,13 +174,15 @@ impl Vad {
     pub fn finish(&mut self) -> Option<Pcm16k> {
         let cur = self.current.take()?;
         self.recent.clear();
+        self.current_db.clear();
         (self.speech_frames >= frames(self.cfg.min_speech_ms)).then_some(Pcm16k(cur))
     }
 
-    fn step(&mut self, frame: &[f32], speech: bool) -> Option<Pcm16k> {
+    fn step(&mut self, frame: &[f32], st: FrameStats) -> Option<Pcm16k> {
+        let speech = st.speech;
         match self.current.as_mut() {
             None => {
-                self.recent.push_back((frame.to_vec(), speech));
+                self.recent.push_back((frame.to_vec(), speech, st.db));
                 let keep = frames(self.cfg.pre_roll_ms) + frames(self.cfg.min_speech_ms) * 2;
                 while self.recent.len() > keep {
                     self.recent.pop_front();
@@ -187,7 +198,9 @@ impl Vad {
                     .count();
                 if speech && voiced >= frames(self.cfg.min_speech_ms) {
                     let mut u = Vec::new();
-                    for (f, _) in self.recent.drain(..) {
+                    self.current_db.clear();
+                    for (f, _, db) in self.recent.drain(..) {
+                        self.current_db.push(db);
                         u.extend_from_slice(&f);
                     }
                     self.current = Some(u);
@@ -198,20 +211,49 @@ impl Vad {
             }
             Some(u) => {
                 u.extend_from_slice(frame);
+                self.current_db.push(st.db);
                 if speech {
                     self.quiet_frames = 0;
                     self.speech_frames += 1;
                 } else {
                     self.quiet_frames += 1;
                 }
-                let too_long = u.len() >= frames(self.cfg.max_utterance_ms) * FRAME;
-                if self.quiet_frames >= frames(self.cfg.hangover_ms) || too_long {
-                    let u = self.current.take().expect("in an utterance");
-                    return Some(Pcm16k(u));
+                if self.quiet_frames >= frames(self.cfg.hangover_ms) {
+                    self.current_db.clear();
+                    return self.current.take().map(Pcm16k);
+                }
+                if u.len() >= frames(self.cfg.max_utterance_ms) * FRAME {
+                    return Some(self.cut_long());
                 }
                 None
             }
         }
+    }
+
+    /// Cut the utterance in progress at the quietest 60 ms (3 frames) of its
+    /// last `cut_search_ms`; return the part before, keep the rest going.
+    fn cut_long(&mut self) -> Pcm16k {
+        let u = self.current.as_mut().expect("in an utterance");
+        let n = self.current_db.len();
+        let span = frames(self.cfg.cut_search_ms).clamp(3, n);
+        let energy = |i: usize| -> f32 {
+            self.current_db[i - 1..=i + 1]
+                .iter()
+                .map(|db| 10f32.powf(db / 10.0))
+                .sum()
+        };
+        // The middle frame of the quietest three; ties go to the later one.
+        let cut = (n - span + 1..n - 1)
+            .min_by(|&a, &b| energy(a).total_cmp(&energy(b)).then(b.cmp(&a)))
+            .unwrap_or(n - 1);
+        let rest = u.split_off(cut * FRAME);
+        let head = std::mem::replace(u, rest);
+        self.current_db.drain(..cut);
+        tracing::debug!(
+            at_s = cut as f32 * FRAME as f32 / SAMPLE_RATE as f32,
+            "long speech cut at its quietest point"
+        );
+        Pcm16k(head)
     }
 
     /// All utterances in a whole recording.
@@ -269,6 +311,28 @@ mod tests {
         assert_eq!(us.len(), 1);
         let secs = us[0].seconds();
         assert!((1.0..2.1).contains(&secs), "{secs}");
+    }
+
+    #[test]
+    fn long_speech_is_cut_in_its_quietest_gap_before_the_limit() {
+        // 26 s of buzz, a 100 ms gap (far shorter than the hangover), 10 s
+        // more: the cut falls in the gap, not at the 29 s limit.
+        let mut x = vec![0.0; 8_000];
+        x.extend(buzz(26 * 16_000));
+        x.extend(vec![0.0; 1_600]);
+        x.extend(buzz(10 * 16_000));
+        x.extend(vec![0.0; 24_000]);
+        let us = Vad::split(VadConfig::default(), &Pcm16k(x));
+        assert_eq!(us.len(), 2);
+        // Both sides of the cut are the gap's silence.
+        let silent = |s: &[f32]| s.iter().all(|v| *v == 0.0);
+        let first = &us[0].0;
+        assert!(
+            silent(&first[first.len() - 160..]),
+            "the first part ends in sound"
+        );
+        assert!(silent(&us[1].0[..160]), "the second part starts in sound");
+        assert!(us[0].seconds() < 27.0, "{}", us[0].seconds());
     }
 
     #[test]
