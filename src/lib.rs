@@ -9,9 +9,11 @@
 //! `finetune` trains LoRA adapters on the device; `adapter` is their file
 //! format, shared by the trainer and the runtime that hot-swaps them.
 //! `speech` turns WAV files and a microphone into text through whisper.cpp,
-//! on the same ggml as llama.cpp; `hw` holds the GPIO seams.
+//! on the same ggml as llama.cpp; `tts` speaks answers with a Piper voice;
+//! `hw` holds the GPIO seams.
 
 pub mod adapter;
+pub mod alsa;
 pub mod assistant;
 pub mod board;
 pub mod console;
@@ -22,6 +24,7 @@ pub mod llm;
 pub mod models;
 pub mod progress;
 pub mod speech;
+pub mod tts;
 
 /// An error and its causes on one line, `what: why: why`, as a person reads
 /// it. Every error in ferrite says only its own level (what ferrite was

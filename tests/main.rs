@@ -17,6 +17,7 @@ mod resample;
 mod serial;
 mod speech;
 mod templates;
+mod tts;
 mod vad_model;
 mod vocab;
 mod wav_files;

@@ -23,7 +23,7 @@ fn store() -> (Store, Manifest) {
     )
 }
 
-fn tiny() -> &'static Transcriber {
+pub(crate) fn tiny() -> &'static Transcriber {
     static T: OnceLock<Transcriber> = OnceLock::new();
     T.get_or_init(|| Transcriber::load(&whisper_path("whisper-tiny.en"), 2, "en").unwrap())
 }
@@ -117,7 +117,7 @@ pub(crate) fn wer(reference: &str, hypothesis: &str) -> (usize, usize) {
     (prev[h.len()], r.len())
 }
 
-const SENTENCES: [&str; 11] = [
+pub(crate) const SENTENCES: [&str; 11] = [
     "What is the capital of France?",
     "The weather today is sunny and warm.",
     "Please turn off the lights in the kitchen.",

@@ -44,6 +44,8 @@ pub(crate) enum Cmd {
     Listen(ServeArgs),
     /// Transcribe a WAV file (any rate and channel count) with whisper.cpp.
     Transcribe(TranscribeArgs),
+    /// Speak text with a Piper voice: to the speaker, or to a WAV file (-o).
+    Say(SayArgs),
     /// Perplexity of a text file, computed as llama.cpp's llama-perplexity does.
     Perplexity(PerplexityArgs),
     /// Prompt-processing and generation speed, in llama-bench's format.
@@ -121,6 +123,52 @@ pub(crate) struct TranscribeArgs {
     /// Print audio length, compute time and real-time factor to stderr.
     #[arg(long)]
     pub(crate) stats: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct SayArgs {
+    /// What to say (several words are joined; `-` reads stdin).
+    #[arg(required = true)]
+    pub(crate) text: Vec<String>,
+    /// Write a 16-bit WAV file at the voice's rate instead of playing.
+    #[arg(short = 'o', long = "output")]
+    pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) voice: VoiceArgs,
+    /// Print audio length, compute time and real-time factor to stderr.
+    #[arg(long)]
+    pub(crate) stats: bool,
+}
+
+/// How answers are spoken (`say`, `listen --speak`).
+#[derive(Args, Clone)]
+pub(crate) struct VoiceArgs {
+    /// Piper voice: a model name (pulled on first use) or an .onnx path
+    /// with its .onnx.json beside it.
+    #[arg(long, default_value = "piper-joe-medium")]
+    pub(crate) voice: String,
+    /// Speaking rate: 2 is twice as fast (Piper's length scale divided by it).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) rate: f32,
+    /// ALSA playback device (`default`, `plughw:1,0`; `null` discards).
+    #[arg(long = "audio-out", default_value = "default")]
+    pub(crate) audio_out: String,
+    /// CPU threads for the voice (default: the board's, else all cores).
+    #[arg(long = "tts-threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) tts_threads: Option<u32>,
+}
+
+impl VoiceArgs {
+    /// The speaking options, range-checked.
+    pub(crate) fn options(&self) -> anyhow::Result<ferrite::tts::SpeakOptions> {
+        if !(0.25..=4.0).contains(&self.rate) {
+            anyhow::bail!("--rate must be from 0.25 to 4, not {}", self.rate);
+        }
+        Ok(ferrite::tts::SpeakOptions {
+            rate: self.rate,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Args)]

@@ -15,6 +15,7 @@ mod models;
 mod out;
 mod perplexity;
 mod progress;
+mod say;
 mod serve;
 mod service;
 mod settings;
@@ -74,6 +75,7 @@ fn command(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Ask(a) => ask::run(ctx, a, &mut out)?,
         Cmd::Chat(a) => return chat::run(ctx, a, &mut out),
         Cmd::Transcribe(a) => transcribe::run(ctx, a, &mut out)?,
+        Cmd::Say(a) => say::run(ctx, a, &mut out)?,
         Cmd::Perplexity(a) => perplexity::run(ctx, a, &mut out)?,
         Cmd::Bench(a) => bench::run(ctx, a, &mut out)?,
         Cmd::Serve(a) => serve::run(ctx, a, false, &mut out)?,

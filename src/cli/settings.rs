@@ -18,7 +18,7 @@ use ferrite::gguf::GgufFile;
 use ferrite::llm::{self, Engine, LoadOptions, SessionOptions};
 use ferrite::models::{Manifest, Store};
 
-use super::args::{GenArgs, ModelArgs, SpeechArgs};
+use super::args::{GenArgs, ModelArgs, SpeechArgs, VoiceArgs};
 
 pub(crate) struct Ctx {
     pub(crate) board: Board,
@@ -176,6 +176,22 @@ impl Ctx {
             threads,
             &a.language,
         )?)
+    }
+
+    /// The Piper voice `--voice` names, with ONNX Runtime for this machine;
+    /// both pulled on first use.
+    pub(crate) fn voice(&self, a: &VoiceArgs) -> anyhow::Result<ferrite::tts::PiperVoice> {
+        let (_, rt) = self.store.resolve(
+            Some(&ferrite::tts::runtime::model_name()),
+            &self.manifest,
+            true,
+        )?;
+        ferrite::tts::runtime::init(&rt)?;
+        let (_, onnx) = self.store.resolve(Some(&a.voice), &self.manifest, true)?;
+        let threads = a
+            .tts_threads
+            .map_or_else(|| self.board.threads() as usize, |t| t as usize);
+        Ok(ferrite::tts::PiperVoice::load(&onnx, threads)?)
     }
 
     /// The Silero gate `--vad-model` names, pulled on first use; `none`, or

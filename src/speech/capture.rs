@@ -1,13 +1,13 @@
 //! Where utterance audio comes from: the `AudioSource` seam.
 //!
 //! `AlsaSource` captures from a microphone through ALSA's `libasound.so.2`,
-//! loaded at run time: the binary then cross-compiles for every board without
-//! an ALSA sysroot, and a box without ALSA gets a clear error only when it asks
-//! for a microphone. ALSA's `plug` layer converts the device's native format
+//! loaded at run time (`crate::alsa`): the binary then cross-compiles for
+//! every board without an ALSA sysroot, and a box without ALSA gets a clear
+//! error only when it asks for a microphone. ALSA's `plug` layer converts the device's native format
 //! to 16 kHz mono S16, so no resampling happens here. `WavSource` plays a file
 //! through the same seam for `listen --wav` and the tests.
 
-use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CStr, CString};
+use std::ffi::{c_int, c_ulong, c_void, CStr, CString};
 
 use super::{Pcm16k, SpeechError, SAMPLE_RATE};
 
@@ -38,69 +38,12 @@ impl AudioSource for WavSource {
     }
 }
 
-type PcmPtr = *mut c_void;
-
-struct Alsa {
-    _lib: libloading::Library,
-    open: unsafe extern "C" fn(*mut PcmPtr, *const c_char, c_int, c_int) -> c_int,
-    set_params: unsafe extern "C" fn(PcmPtr, c_int, c_int, c_uint, c_uint, c_int, c_uint) -> c_int,
-    readi: unsafe extern "C" fn(PcmPtr, *mut c_void, c_ulong) -> c_long,
-    recover: unsafe extern "C" fn(PcmPtr, c_int, c_int) -> c_int,
-    close: unsafe extern "C" fn(PcmPtr) -> c_int,
-    strerror: unsafe extern "C" fn(c_int) -> *const c_char,
-    name_hint: unsafe extern "C" fn(c_int, *const c_char, *mut *mut *mut c_void) -> c_int,
-    get_hint: unsafe extern "C" fn(*const c_void, *const c_char) -> *mut c_char,
-    free_hint: unsafe extern "C" fn(*mut *mut c_void) -> c_int,
-}
-
-const SND_PCM_STREAM_CAPTURE: c_int = 1;
-const SND_PCM_FORMAT_S16_LE: c_int = 2;
-const SND_PCM_ACCESS_RW_INTERLEAVED: c_int = 3;
+use crate::alsa::{
+    Alsa, PcmPtr, SND_PCM_ACCESS_RW_INTERLEAVED, SND_PCM_FORMAT_S16_LE, SND_PCM_STREAM_CAPTURE,
+};
 
 extern "C" {
     fn free(p: *mut c_void);
-}
-
-impl Alsa {
-    fn load() -> Result<Alsa, SpeechError> {
-        // SAFETY: libasound's initialisers have no preconditions; the symbols
-        // are looked up with their documented C signatures below.
-        unsafe {
-            let lib = libloading::Library::new("libasound.so.2").map_err(|source| {
-                SpeechError::AlsaLibrary {
-                    what: "cannot load ALSA (libasound.so.2; install the libasound2 package)",
-                    source,
-                }
-            })?;
-            macro_rules! sym {
-                ($name:literal) => {
-                    *lib.get($name).map_err(|source| SpeechError::AlsaLibrary {
-                        what: "libasound.so.2 lacks a symbol",
-                        source,
-                    })?
-                };
-            }
-            Ok(Alsa {
-                open: sym!(b"snd_pcm_open\0"),
-                set_params: sym!(b"snd_pcm_set_params\0"),
-                readi: sym!(b"snd_pcm_readi\0"),
-                recover: sym!(b"snd_pcm_recover\0"),
-                close: sym!(b"snd_pcm_close\0"),
-                strerror: sym!(b"snd_strerror\0"),
-                name_hint: sym!(b"snd_device_name_hint\0"),
-                get_hint: sym!(b"snd_device_name_get_hint\0"),
-                free_hint: sym!(b"snd_device_name_free_hint\0"),
-                _lib: lib,
-            })
-        }
-    }
-
-    fn error(&self, code: c_int) -> String {
-        // SAFETY: snd_strerror returns a static string for any code.
-        unsafe { CStr::from_ptr((self.strerror)(code)) }
-            .to_string_lossy()
-            .into_owned()
-    }
 }
 
 /// One capture device as ALSA describes it.
@@ -112,7 +55,7 @@ pub struct Device {
 
 /// Capture devices (`ferrite listen --list-devices`).
 pub fn list_devices() -> Result<Vec<Device>, SpeechError> {
-    let alsa = Alsa::load()?;
+    let alsa = Alsa::load().map_err(SpeechError::Alsa)?;
     let mut hints: *mut *mut c_void = std::ptr::null_mut();
     let iface = CString::new("pcm").expect("no NUL");
     // SAFETY: documented use of the hint API; every string it returns is
@@ -164,7 +107,7 @@ unsafe impl Send for AlsaSource {}
 impl AlsaSource {
     /// Open `device` (`default`, `plughw:1,0`, ...) for capture.
     pub fn open(device: &str) -> Result<AlsaSource, SpeechError> {
-        let alsa = Alsa::load()?;
+        let alsa = Alsa::load().map_err(SpeechError::Alsa)?;
         let name = CString::new(device)
             .map_err(|_| SpeechError::Capture("device name contains NUL".into()))?;
         let mut pcm: PcmPtr = std::ptr::null_mut();

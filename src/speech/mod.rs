@@ -72,12 +72,8 @@ pub enum SpeechError {
     },
     #[error("audio capture: {0}")]
     Capture(String),
-    #[error("audio capture: {what}")]
-    AlsaLibrary {
-        what: &'static str,
-        #[source]
-        source: libloading::Error,
-    },
+    #[error("audio capture")]
+    Alsa(#[source] crate::alsa::AlsaError),
     #[error("{path}")]
     Io {
         path: PathBuf,

@@ -119,9 +119,18 @@ pub fn read(path: &Path) -> Result<Wav, SpeechError> {
 /// Write 16 kHz mono PCM as a 16-bit WAV (recordings, test fixtures),
 /// atomically.
 pub fn write_16k(path: &Path, pcm: &Pcm16k) -> Result<(), SpeechError> {
+    write_mono(path, super::SAMPLE_RATE, &pcm.0)
+}
+
+/// Write mono samples in [-1, 1] at `rate` Hz as a 16-bit WAV, atomically
+/// (temp file, fsync, rename).
+///
+/// # Errors
+/// `SpeechError::Io` when the file cannot be written.
+pub fn write_mono(path: &Path, rate: u32, samples: &[f32]) -> Result<(), SpeechError> {
     let spec = hound::WavSpec {
         channels: 1,
-        sample_rate: super::SAMPLE_RATE,
+        sample_rate: rate,
         bits_per_sample: 16,
         sample_format: hound::SampleFormat::Int,
     };
@@ -129,7 +138,7 @@ pub fn write_16k(path: &Path, pcm: &Pcm16k) -> Result<(), SpeechError> {
     {
         let mut w =
             hound::WavWriter::new(&mut buf, spec).map_err(|e| wav_err(path, e.to_string()))?;
-        for s in &pcm.0 {
+        for s in samples {
             w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
                 .map_err(|e| wav_err(path, e.to_string()))?;
         }

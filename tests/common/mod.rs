@@ -30,7 +30,12 @@ macro_rules! eqnice {
 /// `~/.local/share/ferrite` (as the CLI resolves it), able to convert the
 /// Whisper models it pulls.
 pub fn store() -> Store {
-    let root = std::env::var_os("FERRITE_HOME")
+    Store::new(store_root()).with_converter(ferrite::speech::converter())
+}
+
+/// The store the tests pull into: `FERRITE_HOME`, else the user's.
+pub fn store_root() -> PathBuf {
+    std::env::var_os("FERRITE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             std::env::var_os("XDG_DATA_HOME")
@@ -38,8 +43,7 @@ pub fn store() -> Store {
                 .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
                 .unwrap_or_else(|| PathBuf::from("."))
                 .join("ferrite")
-        });
-    Store::new(root).with_converter(ferrite::speech::converter())
+        })
 }
 
 /// A Whisper model from the store, pulled (fetched + converted) on first use;

@@ -1,0 +1,179 @@
+//! Text to IPA phonemes with espeak-ng's library, as Piper itself does.
+//!
+//! `libespeak-ng.so.1` (Debian's and Raspberry Pi OS's `libespeak-ng1`) is
+//! loaded at run time, like ALSA: the binary cross-compiles without an
+//! espeak sysroot, and a box without it gets a clear error only when asked
+//! to speak. Calls (espeak-ng's `speak_lib.h`): `espeak_Initialize`,
+//! `espeak_SetVoiceByName`, then `espeak_TextToPhonemes(&text,
+//! espeakCHARS_UTF8, espeakPHONEMES_IPA)` until the text is consumed; each
+//! call returns one clause's phonemes, words separated by spaces.
+//!
+//! espeak-ng keeps global state and is not thread-safe, so one process-wide
+//! instance is used behind a mutex.
+//!
+//! Clause punctuation: the library drops it, but Piper voices were trained
+//! with it (`,` `.` `?` `!` ... are in their phoneme maps and shape the
+//! prosody), so the text is cut at clause punctuation here, each clause is
+//! phonemized, and its punctuation is appended, as piper-phonemize does with
+//! espeak's clause terminators.
+
+use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::sync::{Mutex, OnceLock};
+
+use super::TtsError;
+
+const AUDIO_OUTPUT_SYNCHRONOUS: c_int = 2;
+const ESPEAK_CHARS_UTF8: c_int = 1;
+const ESPEAK_PHONEMES_IPA: c_int = 0x02;
+
+type Initialize = unsafe extern "C" fn(c_int, c_int, *const c_char, c_int) -> c_int;
+type SetVoiceByName = unsafe extern "C" fn(*const c_char) -> c_int;
+type TextToPhonemes = unsafe extern "C" fn(*mut *const c_void, c_int, c_int) -> *const c_char;
+
+struct Espeak {
+    _lib: libloading::Library,
+    set_voice: SetVoiceByName,
+    to_phonemes: TextToPhonemes,
+    voice: Option<String>,
+}
+
+// The function pointers stay valid while `_lib` is loaded; all use is behind
+// the mutex below.
+unsafe impl Send for Espeak {}
+
+fn load() -> Result<Espeak, TtsError> {
+    let unavailable = |e: libloading::Error| TtsError::Espeak {
+        msg: "cannot load libespeak-ng.so.1 (install libespeak-ng1)".into(),
+        source: Some(Box::new(e)),
+    };
+    // SAFETY: loading a system library whose initialisers are plain C.
+    let lib = unsafe { libloading::Library::new("libespeak-ng.so.1") }.map_err(unavailable)?;
+    // SAFETY: the symbols have the types of espeak-ng's speak_lib.h.
+    let (init, set_voice, to_phonemes) = unsafe {
+        (
+            *lib.get::<Initialize>(b"espeak_Initialize\0")
+                .map_err(unavailable)?,
+            *lib.get::<SetVoiceByName>(b"espeak_SetVoiceByName\0")
+                .map_err(unavailable)?,
+            *lib.get::<TextToPhonemes>(b"espeak_TextToPhonemes\0")
+                .map_err(unavailable)?,
+        )
+    };
+    // SAFETY: synchronous mode, default buffer, default data path, no options.
+    let rate = unsafe { init(AUDIO_OUTPUT_SYNCHRONOUS, 0, std::ptr::null(), 0) };
+    if rate <= 0 {
+        return Err(TtsError::Espeak {
+            msg: "espeak_Initialize failed (is espeak-ng-data installed?)".into(),
+            source: None,
+        });
+    }
+    Ok(Espeak {
+        _lib: lib,
+        set_voice,
+        to_phonemes,
+        voice: None,
+    })
+}
+
+fn instance() -> Result<&'static Mutex<Espeak>, TtsError> {
+    static ESPEAK: OnceLock<Result<Mutex<Espeak>, String>> = OnceLock::new();
+    ESPEAK
+        .get_or_init(|| load().map(Mutex::new).map_err(|e| crate::report(&e)))
+        .as_ref()
+        .map_err(|msg| TtsError::Espeak {
+            msg: msg.clone(),
+            source: None,
+        })
+}
+
+/// Whether `c` ends a clause (kept as a phoneme, as Piper keeps it).
+fn is_clause_end(c: char) -> bool {
+    matches!(c, '.' | ',' | '?' | '!' | ';' | ':')
+}
+
+/// Whether `c` ends a sentence (Piper synthesises sentence by sentence).
+pub fn is_sentence_end(c: char) -> bool {
+    matches!(c, '.' | '?' | '!')
+}
+
+/// IPA phonemes of `text` in espeak-ng's `voice` (e.g. `en-us`), one string
+/// per sentence, clause punctuation kept.
+///
+/// # Errors
+/// `TtsError::Espeak` when the library cannot be loaded or does not know
+/// the voice.
+pub fn phonemize(text: &str, voice: &str) -> Result<Vec<String>, TtsError> {
+    let mut es = instance()?.lock().unwrap_or_else(|e| e.into_inner());
+    if es.voice.as_deref() != Some(voice) {
+        let name = CString::new(voice).map_err(|_| TtsError::Espeak {
+            msg: format!("voice name {voice:?} holds a NUL"),
+            source: None,
+        })?;
+        // SAFETY: a valid C string; espeak copies what it needs.
+        if unsafe { (es.set_voice)(name.as_ptr()) } != 0 {
+            return Err(TtsError::Espeak {
+                msg: format!("espeak-ng has no voice `{voice}`"),
+                source: None,
+            });
+        }
+        es.voice = Some(voice.to_string());
+    }
+    let mut sentences = Vec::new();
+    let mut current = String::new();
+    let mut clause = String::new();
+    let flush = |clause: &mut String, current: &mut String, punct: Option<char>| {
+        let ph = clause_phonemes(&es, clause);
+        clause.clear();
+        if !ph.is_empty() || punct.is_some() {
+            if !current.is_empty() && !ph.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(&ph);
+            if let Some(p) = punct {
+                current.push(p);
+            }
+        }
+    };
+    for c in text.chars() {
+        if is_clause_end(c) {
+            flush(&mut clause, &mut current, Some(c));
+            if is_sentence_end(c) && !current.trim().is_empty() {
+                sentences.push(std::mem::take(&mut current));
+            }
+        } else if c != '\0' {
+            clause.push(c);
+        }
+    }
+    flush(&mut clause, &mut current, None);
+    if !current.trim().is_empty() {
+        sentences.push(current);
+    }
+    Ok(sentences)
+}
+
+/// One clause's phonemes (no punctuation in `text`).
+fn clause_phonemes(es: &Espeak, text: &str) -> String {
+    let Ok(c) = CString::new(text.trim()) else {
+        return String::new();
+    };
+    let mut ptr = c.as_ptr() as *const c_void;
+    let mut out = Vec::new();
+    while !ptr.is_null() {
+        // SAFETY: `ptr` points into `c` (NUL-terminated), which outlives the
+        // loop; espeak advances it and sets it to NULL at the end, and the
+        // returned string is valid until the next call.
+        let ph = unsafe { (es.to_phonemes)(&mut ptr, ESPEAK_CHARS_UTF8, ESPEAK_PHONEMES_IPA) };
+        if ph.is_null() {
+            break;
+        }
+        // SAFETY: a NUL-terminated string owned by espeak.
+        let s = unsafe { CStr::from_ptr(ph) }
+            .to_string_lossy()
+            .trim()
+            .to_string();
+        if !s.is_empty() {
+            out.push(s);
+        }
+    }
+    out.join(" ")
+}

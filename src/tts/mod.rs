@@ -1,0 +1,59 @@
+//! Speaking: text → phonemes → audio, with a Piper voice.
+//!
+//! The stages follow the data: `espeak` turns text into IPA phonemes with
+//! espeak-ng's library (as Piper does), one string per sentence; `piper`
+//! maps them to the voice's phoneme ids and runs the VITS model on ONNX
+//! Runtime (`runtime` loads the shared library from the store at run time).
+//! Sentences are synthesised one at a time, so a caller can play the first
+//! while the next is made; `playback` is where the audio goes (a speaker
+//! through ALSA, or memory).
+
+pub mod espeak;
+pub mod piper;
+pub mod playback;
+pub mod runtime;
+
+use std::path::PathBuf;
+
+pub use piper::{PiperVoice, SpeakOptions};
+
+/// Why speaking failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TtsError {
+    #[error("espeak-ng: {msg}")]
+    Espeak {
+        msg: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("{path}: {msg}")]
+    Voice { path: PathBuf, msg: String },
+    #[error("ONNX Runtime ({path}): {msg}")]
+    Runtime {
+        path: PathBuf,
+        msg: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    #[error("audio playback: {0}")]
+    Playback(String),
+    #[error("{path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Mono audio at `rate` Hz, samples in [-1, 1].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Audio {
+    pub rate: u32,
+    pub samples: Vec<f32>,
+}
+
+impl Audio {
+    pub fn seconds(&self) -> f64 {
+        self.samples.len() as f64 / self.rate.max(1) as f64
+    }
+}
