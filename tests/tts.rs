@@ -179,3 +179,111 @@ fn bad_say_requests_are_clear_errors() {
     let out = say("  ", &f, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to say"));
 }
+
+/// A speaker stand-in that plays in real time: each chunk takes as long as
+/// it lasts; it counts what was heard and whether it was stopped.
+#[derive(Clone, Default)]
+struct RealTimeSink {
+    heard: std::sync::Arc<std::sync::Mutex<(usize, bool)>>,
+}
+
+impl ferrite::tts::playback::AudioSink for RealTimeSink {
+    fn play(&mut self, audio: &ferrite::tts::Audio) -> Result<(), ferrite::tts::TtsError> {
+        std::thread::sleep(std::time::Duration::from_secs_f64(audio.seconds()));
+        self.heard.lock().unwrap().0 += audio.samples.len();
+        Ok(())
+    }
+    fn stop(&mut self) {
+        self.heard.lock().unwrap().1 = true;
+    }
+    fn drain(&mut self) {}
+}
+
+/// Barge-in: once the ear sets the status to Listening (push-to-talk
+/// pressed, or speech begun), speaking stops within 100 ms of audio and
+/// the sentences still queued are dropped.
+#[test]
+fn barge_in_stops_speaking_within_100_ms() {
+    use ferrite::hw::{Status, StatusCell};
+    let voice = PiperVoice::load(voice_path(), 2).unwrap();
+    let rate = voice.sample_rate() as usize;
+    let sink = RealTimeSink::default();
+    let status = StatusCell::default();
+    let speaker = ferrite::tts::speaker::Speaker::spawn(
+        voice,
+        Box::new(sink.clone()),
+        Default::default(),
+        status.clone(),
+    );
+    for s in SENTENCES {
+        speaker.say(s.to_string());
+    }
+    // A second of the answer is heard, then the button is pressed.
+    let t0 = std::time::Instant::now();
+    while sink.heard.lock().unwrap().0 < rate {
+        assert!(t0.elapsed().as_secs() < 30, "nothing was spoken");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(status.get(), Status::Speaking);
+    let at_press = sink.heard.lock().unwrap().0;
+    status.set(Status::Listening);
+    let t1 = std::time::Instant::now();
+    while speaker.is_speaking() {
+        assert!(t1.elapsed().as_secs() < 5, "speaking did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (heard, stopped) = *sink.heard.lock().unwrap();
+    let after_ms = (heard - at_press) * 1000 / rate;
+    eprintln!("barge-in: {after_ms} ms of audio after the press");
+    assert!(after_ms <= 100, "{after_ms} ms after the press");
+    assert!(stopped, "the sink was not told to drop its buffer");
+    assert_eq!(status.get(), Status::Listening, "the ear keeps the status");
+}
+
+/// `listen --speak`: the answer to a spoken question is spoken, through
+/// ALSA itself (its `file` plugin writes what would reach the speaker), and
+/// whisper hears the answer in it.
+#[test]
+fn listen_speaks_the_answer() {
+    let q = scratch("speak-q.wav");
+    let st = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "140", "-w"])
+        .arg(&q)
+        .arg("What is the capital of Japan?")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    voice_path();
+    let spoken = scratch("spoken.wav");
+    let _ = std::fs::remove_file(&spoken);
+    let out = Command::new(crate::common::ferrite_bin())
+        .args(["listen", "--speak", "--wav"])
+        .arg(&q)
+        .arg("--audio-out")
+        .arg(format!("file:FILE={},FORMAT=wav", spoken.display()))
+        .arg("--whisper")
+        .arg(crate::common::whisper_path("whisper-tiny.en"))
+        .arg("--vad-model")
+        .arg(crate::common::silero_path())
+        .arg("-m")
+        .arg(crate::common::model_path())
+        .args(["--temp", "0", "-t", "2", "-n", "40"])
+        .env("FERRITE_HOME", crate::common::store_root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Tokyo"), "{text}");
+    let w = ferrite::speech::wav::read(&spoken).unwrap();
+    let heard = crate::speech::tiny().transcribe(&w.to_pcm16k()).unwrap();
+    assert!(
+        heard.text.contains("Tokyo"),
+        "spoken: {:?}, written: {text}",
+        heard.text
+    );
+}

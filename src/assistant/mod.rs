@@ -59,6 +59,8 @@ impl Service for NoService {}
 pub struct Ear {
     pub heard: std::sync::mpsc::Receiver<Heard>,
     pub status: StatusCell,
+    /// Answers to spoken questions are spoken too (`--speak`).
+    pub mouth: Option<crate::tts::speaker::Speaker>,
 }
 
 /// What `ferrite serve` was asked to do.

@@ -28,6 +28,7 @@ use crate::hw::Status;
 use crate::llm::{AdapterId, Engine};
 use crate::models::{Manifest, Store};
 use crate::speech::listen::Heard;
+use crate::tts::sentences::Splitter;
 
 /// Bytes typed during an answer that are kept for afterwards.
 const MAX_TYPE_AHEAD: usize = 64 * 1024;
@@ -606,8 +607,24 @@ impl<'a, 'm> Console<'a, 'm> {
                     stt_s: t.compute_s,
                 });
                 ear.status.set(Status::Thinking);
-                let end = self.dispatch(Request::Question(t.text));
-                ear.status.set(Status::Idle);
+                let end = match &ear.mouth {
+                    None => self.dispatch(Request::Question(t.text)),
+                    Some(mouth) => {
+                        // Speak each sentence as soon as it is written.
+                        let mut split = Splitter::default();
+                        let end = self.dispatch_with(Request::Question(t.text), &mut |ev| {
+                            if let Event::Token { text } = ev {
+                                split.push(text).into_iter().for_each(|s| mouth.say(s));
+                            }
+                        });
+                        split.finish().into_iter().for_each(|s| mouth.say(s));
+                        end
+                    }
+                };
+                // The speaker may have taken the status over.
+                if ear.status.get() == Status::Thinking {
+                    ear.status.set(Status::Idle);
+                }
                 if end.is_none() {
                     self.prompt();
                 }
@@ -682,6 +699,11 @@ impl<'a, 'm> Console<'a, 'm> {
     /// Hand a request to the core, rendering what it emits while watching
     /// the link for a cancel.
     fn dispatch(&mut self, req: Request) -> Option<End> {
+        self.dispatch_with(req, &mut |_| {})
+    }
+
+    /// `dispatch`, with `tee` seeing every event too (the speaker).
+    fn dispatch_with(&mut self, req: Request, tee: &mut dyn FnMut(&Event)) -> Option<End> {
         let mut watch = Watch {
             ch: self.ch,
             json: self.opts.json,
@@ -690,7 +712,10 @@ impl<'a, 'm> Console<'a, 'm> {
             eof: &mut self.eof,
             link_lost: false,
         };
-        let outcome = self.core.handle(req, &mut |ev| watch.emit(ev));
+        let outcome = self.core.handle(req, &mut |ev| {
+            tee(&ev);
+            watch.emit(ev)
+        });
         if watch.link_lost {
             return Some(End::LinkLost);
         }

@@ -115,6 +115,8 @@ pub struct Board {
     pub led_pin: Option<u8>,
     /// ALSA capture device.
     pub audio_device: String,
+    /// ALSA playback device for spoken answers.
+    pub audio_out_device: String,
     /// SoC temperature file in millidegrees; `None` = first thermal zone.
     pub thermal_zone: Option<PathBuf>,
     pub thermal_limit_c: f64,
@@ -142,6 +144,7 @@ impl Default for Board {
             ptt_pin: None,
             led_pin: None,
             audio_device: "default".into(),
+            audio_out_device: "default".into(),
             thermal_zone: None,
             thermal_limit_c: 85.0,
             throttle_threads: 1,

@@ -150,9 +150,10 @@ pub(crate) struct VoiceArgs {
     /// Speaking rate: 2 is twice as fast (Piper's length scale divided by it).
     #[arg(long, default_value_t = 1.0)]
     pub(crate) rate: f32,
-    /// ALSA playback device (`default`, `plughw:1,0`; `null` discards).
-    #[arg(long = "audio-out", default_value = "default")]
-    pub(crate) audio_out: String,
+    /// ALSA playback device (`default`, `plughw:1,0`; `null` discards;
+    /// default: the board's audio_out_device).
+    #[arg(long = "audio-out")]
+    pub(crate) audio_out: Option<String>,
     /// CPU threads for the voice (default: the board's, else all cores).
     #[arg(long = "tts-threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) tts_threads: Option<u32>,
@@ -358,6 +359,12 @@ pub(crate) struct ServeArgs {
 
 #[derive(Args)]
 pub(crate) struct EarArgs {
+    /// Speak the answers to spoken questions, sentence by sentence while
+    /// they are written; speech or push-to-talk stops the speaking.
+    #[arg(long)]
+    pub(crate) speak: bool,
+    #[command(flatten)]
+    pub(crate) voice: VoiceArgs,
     /// ALSA capture device (default: the board's audio_device).
     #[arg(long, conflicts_with = "wav")]
     pub(crate) device: Option<String>,

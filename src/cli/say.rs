@@ -33,7 +33,12 @@ pub(crate) fn run(ctx: &Ctx, a: SayArgs, out: &mut Out) -> anyhow::Result<()> {
         None => {
             // Play on a thread so the next sentence is made while this one
             // is heard.
-            let mut sink = AlsaSink::open(&a.voice.audio_out, voice.sample_rate())?;
+            let dev = a
+                .voice
+                .audio_out
+                .as_deref()
+                .unwrap_or(&ctx.board.audio_out_device);
+            let mut sink = AlsaSink::open(dev, voice.sample_rate())?;
             let (tx, rx) = mpsc::sync_channel::<Audio>(2);
             let player = std::thread::spawn(move || -> anyhow::Result<()> {
                 for s in rx {

@@ -146,5 +146,27 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
     }
     let gate = ctx.speech_gate(&e.speech)?;
     let heard = speech::listen::spawn(source, stt, gate, e.speech.vad()?, ptt, status.clone());
-    Ok(assistant::Ear { heard, status })
+    let mouth = if e.speak {
+        let voice = ctx.voice(&e.voice)?;
+        let dev = e
+            .voice
+            .audio_out
+            .as_deref()
+            .unwrap_or(&ctx.board.audio_out_device);
+        let sink = ferrite::tts::playback::AlsaSink::open(dev, voice.sample_rate())?;
+        let opts = e.voice.options()?;
+        Some(ferrite::tts::speaker::Speaker::spawn(
+            voice,
+            Box::new(sink),
+            opts,
+            status.clone(),
+        ))
+    } else {
+        None
+    };
+    Ok(assistant::Ear {
+        heard,
+        status,
+        mouth,
+    })
 }

@@ -36,6 +36,8 @@ pub enum Status {
     Idle = 0,
     Listening = 1,
     Thinking = 2,
+    /// An answer is being spoken.
+    Speaking = 3,
 }
 
 /// The status shared between the speech thread, the assistant and the LED.
@@ -51,12 +53,14 @@ impl StatusCell {
         match self.0.load(Ordering::Relaxed) {
             1 => Status::Listening,
             2 => Status::Thinking,
+            3 => Status::Speaking,
             _ => Status::Idle,
         }
     }
 }
 
-/// Drive `led` from `status` until `stop` is set: off, on, or 4 Hz blinking.
+/// Drive `led` from `status` until `stop` is set: off (idle), on
+/// (listening), 4 Hz blinking (thinking) or 1 Hz blinking (speaking).
 pub fn spawn_led(
     mut led: Led,
     status: StatusCell,
@@ -66,7 +70,9 @@ pub fn spawn_led(
         .name("status-led".into())
         .spawn(move || {
             let mut phase = false;
+            let mut tick = 0u32;
             while !stop.load(Ordering::Relaxed) {
+                tick = tick.wrapping_add(1);
                 let on = match status.get() {
                     Status::Idle => false,
                     Status::Listening => true,
@@ -74,6 +80,7 @@ pub fn spawn_led(
                         phase = !phase;
                         phase
                     }
+                    Status::Speaking => tick % 8 < 4,
                 };
                 let _ = if on { led.set_high() } else { led.set_low() };
                 std::thread::sleep(Duration::from_millis(125));

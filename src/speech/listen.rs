@@ -106,12 +106,19 @@ fn capture(
                         return Ok(());
                     }
                 }
-                if status.get() != Status::Thinking {
-                    status.set(if vad.in_speech() {
+                match status.get() {
+                    Status::Thinking => {}
+                    // New speech while an answer is spoken: barge in.
+                    Status::Speaking => {
+                        if vad.in_speech() {
+                            status.set(Status::Listening);
+                        }
+                    }
+                    _ => status.set(if vad.in_speech() {
                         Status::Listening
                     } else {
                         Status::Idle
-                    });
+                    }),
                 }
             }
         }

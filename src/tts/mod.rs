@@ -12,6 +12,8 @@ pub mod espeak;
 pub mod piper;
 pub mod playback;
 pub mod runtime;
+pub mod sentences;
+pub mod speaker;
 
 use std::path::PathBuf;
 

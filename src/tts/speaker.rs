@@ -1,0 +1,141 @@
+//! The mouth: sentences in, spoken on a thread of their own, so the model
+//! goes on writing while the first sentence is heard.
+//!
+//! Audio is played in 50 ms chunks; between chunks the speaker looks at the
+//! shared status, and when the ear has set it to `Listening` (push-to-talk
+//! pressed, or speech begun) it stops at once: the queued sentences are
+//! dropped and the sink discards what it holds (barge-in). While it speaks
+//! the status is `Speaking` (the LED blinks slowly).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+
+use super::playback::AudioSink;
+use super::{Audio, PiperVoice, SpeakOptions};
+use crate::hw::{Status, StatusCell};
+
+/// Milliseconds of audio handed to the sink at a time.
+const CHUNK_MS: usize = 50;
+
+/// A voice and a sink, driven from a thread.
+pub struct Speaker {
+    tx: Option<Sender<String>>,
+    pending: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Speaker {
+    /// Start the speaking thread.
+    pub fn spawn(
+        voice: PiperVoice,
+        sink: Box<dyn AudioSink + Send>,
+        opts: SpeakOptions,
+        status: StatusCell,
+    ) -> Speaker {
+        let (tx, rx) = mpsc::channel::<String>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (pending.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("speaker".into())
+            .spawn(move || speak_loop(voice, sink, opts, status, rx, p, s))
+            .expect("spawn speaker thread");
+        Speaker {
+            tx: Some(tx),
+            pending,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queue one sentence.
+    pub fn say(&self, sentence: String) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+        self.stop.store(false, Ordering::SeqCst);
+        if let Some(tx) = &self.tx {
+            if tx.send(sentence).is_err() {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Stop speaking now, dropping what is queued.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether sentences are queued or being heard.
+    pub fn is_speaking(&self) -> bool {
+        self.pending.load(Ordering::SeqCst) > 0
+    }
+
+    /// Wait until everything queued has been heard (or stopped).
+    pub fn wait(&self) {
+        while self.is_speaking() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Speaker {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn speak_loop(
+    mut voice: PiperVoice,
+    mut sink: Box<dyn AudioSink + Send>,
+    opts: SpeakOptions,
+    status: StatusCell,
+    rx: Receiver<String>,
+    pending: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+) {
+    let barged =
+        |stop: &AtomicBool| stop.load(Ordering::SeqCst) || status.get() == Status::Listening;
+    for sentence in rx {
+        if !barged(&stop) {
+            status.set(Status::Speaking);
+            let mut cut = false;
+            let spoken = voice.speak(&sentence, &opts, |a| {
+                let n = (a.rate as usize * CHUNK_MS / 1000).max(1);
+                for chunk in a.samples.chunks(n) {
+                    if barged(&stop) {
+                        cut = true;
+                        return false;
+                    }
+                    let piece = Audio {
+                        rate: a.rate,
+                        samples: chunk.to_vec(),
+                    };
+                    if let Err(e) = sink.play(&piece) {
+                        tracing::warn!(error = %crate::report(&e), "playback failed");
+                        return false;
+                    }
+                }
+                true
+            });
+            if let Err(e) = spoken {
+                tracing::warn!(error = %crate::report(&e), "could not speak a sentence");
+            }
+            if cut {
+                tracing::info!("barge-in: speaking stopped");
+                sink.stop();
+            }
+        }
+        if pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if !barged(&stop) {
+                sink.drain();
+            }
+            if status.get() == Status::Speaking {
+                status.set(Status::Idle);
+            }
+        }
+    }
+}
