@@ -131,7 +131,7 @@ pub(crate) const SENTENCES: [&str; 11] = [
     "Can you recommend a good book to read?",
 ];
 
-fn corpus_wer(stt: &Transcriber) -> f64 {
+pub(crate) fn corpus_wer(stt: &Transcriber) -> f64 {
     let (mut errors, mut total) = (0, 0);
     for (i, s) in SENTENCES.iter().enumerate() {
         let w = wav::read(&speak(s, &format!("wer-{i}.wav"))).unwrap();
@@ -149,14 +149,32 @@ fn wer_tiny_en_on_spoken_sentences() {
     let w = corpus_wer(tiny());
     eprintln!("whisper-tiny.en WER {:.1}%", w * 100.0);
     assert!(w <= 0.15, "WER {w}");
+    // The CLI's default encodes only what the utterance fills: it must not
+    // cost accuracy here.
+    let fit = Transcriber::load(&whisper_path("whisper-tiny.en"), 2, "en")
+        .unwrap()
+        .fit_audio_ctx(true);
+    let wf = corpus_wer(&fit);
+    eprintln!(
+        "whisper-tiny.en, fitted audio context: WER {:.1}%",
+        wf * 100.0
+    );
+    assert!(wf <= w + 0.02, "fitted WER {wf} vs {w}");
 }
 
 #[test]
 fn wer_base_on_spoken_sentences() {
-    let stt = Transcriber::load(&whisper_path("whisper-base"), 2, "en").unwrap();
-    let w = corpus_wer(&stt);
-    eprintln!("whisper-base WER {:.1}%", w * 100.0);
-    assert!(w <= 0.10, "WER {w}");
+    for fit in [false, true] {
+        let stt = Transcriber::load(&whisper_path("whisper-base"), 2, "en")
+            .unwrap()
+            .fit_audio_ctx(fit);
+        let w = corpus_wer(&stt);
+        eprintln!(
+            "whisper-base WER {:.1}% (fitted audio context: {fit})",
+            w * 100.0
+        );
+        assert!(w <= 0.10, "WER {w} (fit {fit})");
+    }
 }
 
 #[test]

@@ -287,3 +287,104 @@ fn listen_speaks_the_answer() {
         heard.text
     );
 }
+
+/// Bench, not a test (benches/voice.sh runs it): from the end of a spoken
+/// question to the first sample of the spoken answer, by stage, with
+/// tiny.en, SmolLM2 and the Piper voice on this machine's threads.
+#[test]
+#[ignore]
+fn voice_latency_report() {
+    use std::ops::ControlFlow;
+    use std::time::Instant;
+
+    let threads = 2;
+    let q = scratch("latency-q.wav");
+    let st = Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "140", "-w"])
+        .arg(&q)
+        .arg("What is the capital of Japan?")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pcm = ferrite::speech::wav::read(&q).unwrap().to_pcm16k();
+    // The CLI's default (`--audio-ctx fit`); FERRITE_BENCH_AUDIO_CTX=full
+    // for whisper's whole window.
+    let fit = std::env::var("FERRITE_BENCH_AUDIO_CTX").map_or(true, |v| v != "full");
+    let stt = ferrite::speech::Transcriber::load(
+        &crate::common::whisper_path("whisper-tiny.en"),
+        threads,
+        "en",
+    )
+    .unwrap()
+    .fit_audio_ctx(fit);
+    println!(
+        "stt: whisper-tiny.en, fit_audio_ctx {fit}: corpus WER {:.1}%",
+        100.0 * crate::speech::corpus_wer(&stt)
+    );
+    let mut gate = ferrite::speech::neural_vad::Gate::new(
+        ferrite::speech::neural_vad::SileroVad::load(crate::common::silero_path(), 1).unwrap(),
+    );
+    let mut voice = PiperVoice::load(voice_path(), threads).unwrap();
+    let mut session = crate::common::engine()
+        .session(ferrite::llm::SessionOptions {
+            ctx_tokens: 1024,
+            threads: threads as i32,
+            ..Default::default()
+        })
+        .unwrap();
+    // Warm every stage once (first-call allocations are not latency).
+    let _ = stt.transcribe(&pcm).unwrap();
+    let _ = voice
+        .speak("Warm up.", &Default::default(), |_| true)
+        .unwrap();
+    let mut rows = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(gate.holds_speech(&pcm).unwrap());
+        let gate_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let heard = stt.transcribe(&pcm).unwrap();
+        let stt_ms = t.elapsed().as_secs_f64() * 1e3;
+        session.reset();
+        let t = Instant::now();
+        let mut split = ferrite::tts::sentences::Splitter::default();
+        let mut first: Option<(String, f64)> = None;
+        let params = ferrite::llm::GenParams {
+            n_predict: Some(64),
+            ..ferrite::llm::GenParams::greedy()
+        };
+        session
+            .ask(&heard.text, &params, &mut |piece: &str| {
+                if first.is_none() {
+                    if let Some(s) = split.push(piece).into_iter().next() {
+                        first = Some((s, t.elapsed().as_secs_f64() * 1e3));
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        let (sentence, llm_ms) =
+            first.unwrap_or_else(|| (split.finish().unwrap(), t.elapsed().as_secs_f64() * 1e3));
+        let t = Instant::now();
+        let mut tts_ms = 0.0;
+        voice
+            .speak(&sentence, &Default::default(), |_| {
+                tts_ms = t.elapsed().as_secs_f64() * 1e3;
+                false
+            })
+            .unwrap();
+        rows.push((gate_ms, stt_ms, llm_ms, tts_ms, sentence));
+    }
+    rows.sort_by(|a, b| (a.0 + a.1 + a.2 + a.3).total_cmp(&(b.0 + b.1 + b.2 + b.3)));
+    let (gate_ms, stt_ms, llm_ms, tts_ms, sentence) = &rows[rows.len() / 2];
+    let total = gate_ms + stt_ms + llm_ms + tts_ms;
+    println!(
+        "question {:.2} s of audio; first sentence {sentence:?}\n\
+         median of 5, {threads} threads: silero gate {gate_ms:.0} ms | stt {stt_ms:.0} ms | \
+         llm to first sentence {llm_ms:.0} ms | tts first sentence {tts_ms:.0} ms | \
+         total {total:.0} ms after the utterance is cut (the VAD's hangover, 700 ms by default, \
+         comes before; push-to-talk has none)",
+        pcm.seconds()
+    );
+}

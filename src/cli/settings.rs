@@ -171,11 +171,10 @@ impl Ctx {
         let threads = a
             .stt_threads
             .map_or_else(|| self.board.threads() as usize, |t| t as usize);
-        Ok(ferrite::speech::Transcriber::load(
-            &path,
-            threads,
-            &a.language,
-        )?)
+        Ok(
+            ferrite::speech::Transcriber::load(&path, threads, &a.language)?
+                .fit_audio_ctx(a.audio_ctx == "fit"),
+        )
     }
 
     /// The Piper voice `--voice` names, with ONNX Runtime for this machine;
