@@ -307,3 +307,187 @@ fn a_cut_or_foreign_vad_model_is_a_clear_error() {
         assert!(e.contains(want), "{name}: {e}");
     }
 }
+
+/// A 16 kHz mono clip made by sox from `effect` (`synth ...`).
+fn sox_clip(name: &str, secs: f32, effect: &[&str]) -> Vec<f32> {
+    let p = scratch(&format!("set-{name}.wav"));
+    let s = secs.to_string();
+    // -R: repeatable noise, so the figures do not move between runs.
+    let mut args = vec![
+        "-R",
+        "-n",
+        "-r",
+        "16000",
+        "-b",
+        "16",
+        "-c",
+        "1",
+        p.to_str().unwrap(),
+        "synth",
+        &s,
+    ];
+    args.extend_from_slice(effect);
+    sox(&args);
+    wav::read(&p).unwrap().samples
+}
+
+fn rms(x: &[f32]) -> f32 {
+    (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
+}
+
+/// Frames (20 ms) of `n` samples covered by `parts`, located in `whole`.
+fn covered(whole: &[f32], parts: &[Pcm16k]) -> Vec<bool> {
+    let mut marks = vec![false; whole.len() / 320];
+    for p in parts {
+        // Utterances are exact slices of the input: find where each starts.
+        let head = &p.0[..p.0.len().min(640)];
+        if let Some(at) = whole.windows(head.len()).position(|w| w == head) {
+            for f in at / 320..((at + p.0.len()) / 320).min(marks.len()) {
+                marks[f] = true;
+            }
+        }
+    }
+    marks
+}
+
+/// Bench, not a test (benches/voice.sh runs it): the spectral detector
+/// alone against spectral + Silero gate on one labelled set. Speech:
+/// espeak-ng sentences in 4 voices at 2 rates, mixed at 0, 10 and 20 dB SNR
+/// with brown, pink and white noise, a tone and plucked music; non-speech:
+/// the same sounds alone and silence. Frame-level precision/recall (a
+/// frame counts as detected when it is in an utterance that reaches
+/// whisper) and utterances that reach whisper per hour of non-speech.
+#[test]
+#[ignore]
+fn vad_labelled_set_report() {
+    let cfg = ferrite::speech::VadConfig::default();
+    let noises: Vec<(&str, Vec<f32>)> = vec![
+        ("brown", sox_clip("brown", 8.0, &["brownnoise"])),
+        ("pink", sox_clip("pink", 8.0, &["pinknoise"])),
+        ("white", sox_clip("white", 8.0, &["whitenoise"])),
+        ("tone", sox_clip("tone", 8.0, &["sine", "300"])),
+        (
+            "music",
+            sox_clip(
+                "music",
+                8.0,
+                &[
+                    "pluck", "C4", "pluck", "E4", "pluck", "G4", "remix", "-", "tremolo", "3", "60",
+                ],
+            ),
+        ),
+    ];
+    let texts = [
+        "What is the capital of France?",
+        "Turn off the lights in the kitchen.",
+        "Set a timer for ten minutes.",
+        "Remind me to buy milk tomorrow.",
+    ];
+    let voices = ["en-us", "en-gb", "en-us+f3", "en-gb+m3"];
+    // (true positives, false positives, false negatives) per detector.
+    let mut frames = [(0usize, 0usize, 0usize); 3];
+    let mut n_speech = 0;
+    for (ti, text) in texts.iter().enumerate() {
+        for (vi, voice) in voices.iter().enumerate() {
+            for rate in [130u32, 175] {
+                let clean = espeak(text, voice, rate, &format!("set-{ti}-{vi}-{rate}.wav")).0;
+                for (nname, noise) in &noises {
+                    for snr in [0f32, 10.0, 20.0] {
+                        let gain = rms(&clean) / 10f32.powf(snr / 20.0) / rms(noise).max(1e-9);
+                        let mut x: Vec<f32> = noise.iter().map(|v| v * gain).collect();
+                        let at = 24_000;
+                        for (i, s) in clean.iter().enumerate() {
+                            if at + i < x.len() {
+                                x[at + i] += s;
+                            }
+                        }
+                        let peak = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                        if peak > 0.99 {
+                            x.iter_mut().for_each(|v| *v *= 0.99 / peak);
+                        }
+                        let labels: Vec<bool> = (0..x.len() / 320)
+                            .map(|f| {
+                                let a = f * 320;
+                                a >= at
+                                    && a + 320 <= at + clean.len()
+                                    && rms(&clean[a - at..a - at + 320]) > 0.1 * rms(&clean)
+                            })
+                            .collect();
+                        let pcm = Pcm16k(x);
+                        let parts = ferrite::speech::Vad::split(cfg, &pcm);
+                        let gated: Vec<Pcm16k> = parts
+                            .iter()
+                            .filter(|p| silero().speech_ms(p).unwrap() >= 250)
+                            .cloned()
+                            .collect();
+                        // Silero alone, frame by frame: the window holding
+                        // each 20 ms frame's middle.
+                        let probs = silero().probabilities(&pcm).unwrap();
+                        let by_frame: Vec<bool> = (0..labels.len())
+                            .map(|f| {
+                                probs
+                                    .get((f * 320 + 160) / 512)
+                                    .is_some_and(|p| *p >= THRESHOLD)
+                            })
+                            .collect();
+                        for (d, pred) in
+                            [covered(&pcm.0, &parts), covered(&pcm.0, &gated), by_frame]
+                                .iter()
+                                .enumerate()
+                        {
+                            for (l, p) in labels.iter().zip(pred.iter()) {
+                                match (l, p) {
+                                    (true, true) => frames[d].0 += 1,
+                                    (false, true) => frames[d].1 += 1,
+                                    (true, false) => frames[d].2 += 1,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        n_speech += 1;
+                        let _ = nname;
+                    }
+                }
+            }
+        }
+    }
+    // Non-speech: each sound alone (at three levels) and silence.
+    let mut triggers = [0usize; 2];
+    let mut seconds = 0.0;
+    for (_, noise) in &noises {
+        for level in [0.05f32, 0.2, 0.5] {
+            let g = level / rms(noise).max(1e-9);
+            let pcm = Pcm16k(noise.iter().map(|v| (v * g).clamp(-1.0, 1.0)).collect());
+            seconds += pcm.seconds();
+            let parts = ferrite::speech::Vad::split(cfg, &pcm);
+            triggers[0] += parts.len();
+            triggers[1] += parts
+                .iter()
+                .filter(|p| silero().speech_ms(p).unwrap() >= 250)
+                .count();
+        }
+    }
+    seconds += 60.0; // a minute of digital silence: no trigger by either
+    let per_hour = |n: usize| n as f64 * 3600.0 / seconds;
+    println!("labelled set: {n_speech} speech clips (4 voices x 2 rates x 4 sentences x 5 noises x 3 SNRs), {seconds:.0} s of non-speech");
+    println!("| detector | frame precision | frame recall | utterances reaching whisper per hour of non-speech |");
+    println!("|---|---|---|---|");
+    for (d, name) in [
+        "spectral (zero-download fallback)",
+        "spectral + Silero gate (default)",
+        "Silero frames alone (p >= 0.5; no utterances)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (tp, fp, fn_) = frames[d];
+        let trig = triggers
+            .get(d)
+            .map_or("–".to_string(), |t| format!("{:.0}", per_hour(*t)));
+        println!(
+            "| {name} | {:.3} | {:.3} | {trig} |",
+            tp as f64 / (tp + fp).max(1) as f64,
+            tp as f64 / (tp + fn_).max(1) as f64,
+        );
+    }
+}
