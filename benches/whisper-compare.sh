@@ -25,7 +25,7 @@ audio_s="$(sox --i -D "$work/speech.wav")"
 echo "audio: $audio_s s, model $model_name, $threads threads"
 for r in $(seq "$rounds"); do
   hyperfine -N --warmup 1 --runs 5 --export-json "$work/h$r.json" \
-    -n ferrite "$ferrite transcribe $work/speech.wav -m $model -t $threads --no-vad" \
+    -n ferrite "$ferrite transcribe $work/speech.wav -m $model -t $threads --no-vad --audio-ctx full" \
     -n whisper-cli "$cli -m $model -f $work/speech.wav -t $threads -nt -bs 1 -bo 1 -sns -np" >/dev/null
 done
 python3 - "$work" "$rounds" "$audio_s" <<'PY'
@@ -40,6 +40,6 @@ for r in range(1, rounds + 1):
 print(f"median speed ratio ferrite/whisper-cli = {statistics.median(ratios):.3f} (goal >= 0.98)")
 PY
 echo "transcripts:"
-"$ferrite" transcribe "$work/speech.wav" -m "$model" -t "$threads" --no-vad
+"$ferrite" transcribe "$work/speech.wav" -m "$model" -t "$threads" --no-vad --audio-ctx full
 "$cli" -m "$model" -f "$work/speech.wav" -t "$threads" -nt -bs 1 -bo 1 -sns -np 2>/dev/null
 rm -rf "$work"

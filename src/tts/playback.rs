@@ -156,8 +156,12 @@ impl AudioSink for AlsaSink {
     }
 
     fn drain(&mut self) {
-        // SAFETY: valid handle.
-        unsafe { (self.alsa.drain)(self.pcm) };
+        // SAFETY: valid handle; drain leaves it stopped, prepare makes it
+        // playable for the next answer.
+        unsafe {
+            (self.alsa.drain)(self.pcm);
+            (self.alsa.prepare)(self.pcm);
+        }
     }
 }
 
