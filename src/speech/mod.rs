@@ -13,6 +13,7 @@
 pub mod capture;
 pub mod convert;
 pub mod ct2;
+pub mod guards;
 pub mod listen;
 pub mod neural_vad;
 pub mod resample;

@@ -5,8 +5,9 @@
 //! vocabulary, every tensor header and its data within the file), because
 //! whisper.cpp trusts the sizes it reads and a cut-off file makes it allocate
 //! garbage. Decoding is greedy with timestamps off (the assistant wants text,
-//! and a Pi wants speed); segments whisper itself calls non-speech are dropped,
-//! a second guard after the VAD against words invented from silence.
+//! and a Pi wants speed); segments whisper itself doubts (`guards`:
+//! no-speech probability, log-probability, compression ratio) are dropped,
+//! a last guard after the voice detectors against words invented from noise.
 
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use std::time::Instant;
 use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
 
 use super::convert::{Hparams, GGML_MAGIC};
-use super::{Pcm16k, SpeechError};
+use super::{guards, Pcm16k, SpeechError};
 
 /// Text of one utterance, and what it cost.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +37,6 @@ impl Transcript {
     }
 }
 
-/// Segments whose no-speech probability is above this are dropped.
-const NO_SPEECH_DROP: f32 = 0.6;
 
 pub struct Transcriber {
     ctx: WhisperContext,
@@ -337,19 +336,30 @@ impl Transcriber {
                 what: "transcription failed",
                 source,
             })?;
+        let eot = self.ctx.token_eot();
         let mut text = String::new();
         for seg in state.as_iter() {
-            if seg.no_speech_probability() > NO_SPEECH_DROP {
-                tracing::debug!(
-                    p = seg.no_speech_probability(),
-                    "dropped a non-speech segment"
-                );
-                continue;
-            }
             let s = seg.to_str_lossy().map_err(|source| SpeechError::Whisper {
                 what: "a segment's text",
                 source,
             })?;
+            let logprobs: Vec<f32> = (0..seg.n_tokens())
+                .filter_map(|i| seg.get_token(i))
+                .map(|t| t.token_data())
+                .filter(|d| d.id < eot)
+                .map(|d| d.plog)
+                .collect();
+            let scores = guards::Scores {
+                no_speech: seg.no_speech_probability(),
+                avg_logprob: logprobs.iter().sum::<f32>() / logprobs.len().max(1) as f32,
+                compression_ratio: guards::compression_ratio(s.trim()),
+            };
+            let verdict = guards::judge(&scores);
+            tracing::debug!(?scores, ?verdict, text = %s, "segment");
+            if verdict != guards::Verdict::Keep {
+                tracing::info!(?verdict, ?scores, "dropped a segment whisper itself doubts");
+                continue;
+            }
             text.push_str(&s);
         }
         let text = clean(&text);
