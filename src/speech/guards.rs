@@ -81,7 +81,15 @@ mod tests {
         };
         assert_eq!(judge(&s(0.9, -0.2, 1.0)), Verdict::Silence);
         assert_eq!(judge(&s(0.1, -1.5, 3.0)), Verdict::Garbled);
-        assert_eq!(judge(&s(0.1, -0.3, 3.0)), Verdict::Keep, "a sure repetition");
-        assert_eq!(judge(&s(0.1, -1.5, 1.2)), Verdict::Keep, "an unsure sentence");
+        assert_eq!(
+            judge(&s(0.1, -0.3, 3.0)),
+            Verdict::Keep,
+            "a sure repetition"
+        );
+        assert_eq!(
+            judge(&s(0.1, -1.5, 1.2)),
+            Verdict::Keep,
+            "an unsure sentence"
+        );
     }
 }

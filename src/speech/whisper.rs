@@ -37,7 +37,6 @@ impl Transcript {
     }
 }
 
-
 pub struct Transcriber {
     ctx: WhisperContext,
     path: PathBuf,
@@ -336,6 +335,19 @@ impl Transcriber {
                 what: "transcription failed",
                 source,
             })?;
+        let text = self.kept_text(&state)?;
+        let text = clean(&text);
+        let t = Transcript {
+            text,
+            audio_s: pcm.seconds(),
+            compute_s: start.elapsed().as_secs_f64(),
+        };
+        tracing::info!(rtf = t.rtf(), chars = t.text.len(), "transcribed");
+        Ok(t)
+    }
+
+    /// The text of the segments `guards` keeps.
+    fn kept_text(&self, state: &whisper_rs::WhisperState) -> Result<String, SpeechError> {
         let eot = self.ctx.token_eot();
         let mut text = String::new();
         for seg in state.as_iter() {
@@ -362,14 +374,7 @@ impl Transcriber {
             }
             text.push_str(&s);
         }
-        let text = clean(&text);
-        let t = Transcript {
-            text,
-            audio_s: pcm.seconds(),
-            compute_s: start.elapsed().as_secs_f64(),
-        };
-        tracing::info!(rtf = t.rtf(), chars = t.text.len(), "transcribed");
-        Ok(t)
+        Ok(text)
     }
 }
 
