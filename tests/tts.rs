@@ -210,7 +210,7 @@ fn barge_in_stops_speaking_within_100_ms() {
     let sink = RealTimeSink::default();
     let status = StatusCell::default();
     let speaker = ferrite::tts::speaker::Speaker::spawn(
-        voice,
+        Box::new(voice),
         Box::new(sink.clone()),
         Default::default(),
         status.clone(),
@@ -400,4 +400,31 @@ fn voice_latency_report() {
          comes before; push-to-talk has none)",
         pcm.seconds()
     );
+}
+
+/// The fallback voice works from an empty store (nothing is pulled) and is
+/// understood.
+#[test]
+fn the_espeak_voice_needs_no_download() {
+    let home = tempfile::tempdir().unwrap();
+    let f = scratch("espeak-voice.wav");
+    let out = Command::new(crate::common::ferrite_bin())
+        // 140 words a minute: espeak's default 175 is hard going for tiny.en
+        // (see the README's speech section).
+        .args(["say", "--voice", "espeak", "--rate", "0.8", "-o"])
+        .arg(&f)
+        .arg("Please turn off the lights in the kitchen.")
+        .env("FERRITE_HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!home.path().join("models").exists(), "something was pulled");
+    let w = ferrite::speech::wav::read(&f).unwrap();
+    let heard = crate::speech::tiny().transcribe(&w.to_pcm16k()).unwrap();
+    let (e, n) = wer("Please turn off the lights in the kitchen.", &heard.text);
+    assert!(e * 5 <= n, "{:?}", heard.text);
 }

@@ -144,7 +144,8 @@ pub(crate) struct SayArgs {
 #[derive(Args, Clone)]
 pub(crate) struct VoiceArgs {
     /// Piper voice: a model name (pulled on first use) or an .onnx path
-    /// with its .onnx.json beside it.
+    /// with its .onnx.json beside it; `espeak` or `espeak:VOICE` for
+    /// espeak-ng's own voice (robotic, no download).
     #[arg(long, default_value = "piper-joe-medium")]
     pub(crate) voice: String,
     /// Speaking rate: 2 is twice as fast (Piper's length scale divided by it).

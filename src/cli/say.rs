@@ -26,7 +26,7 @@ pub(crate) fn run(ctx: &Ctx, a: SayArgs, out: &mut Out) -> anyhow::Result<()> {
     let (audio_s, compute_s) = match &a.output {
         Some(path) => {
             let mut sink = MemorySink::default();
-            let spoken = voice.speak(&text, &opts, |s| sink.play(s).is_ok())?;
+            let spoken = voice.speak_each(&text, &opts, &mut |s| sink.play(s).is_ok())?;
             ferrite::speech::wav::write_mono(path, voice.sample_rate(), &sink.audio.samples)?;
             spoken
         }
@@ -47,7 +47,7 @@ pub(crate) fn run(ctx: &Ctx, a: SayArgs, out: &mut Out) -> anyhow::Result<()> {
                 sink.drain();
                 Ok(())
             });
-            let spoken = voice.speak(&text, &opts, |s| tx.send(s.clone()).is_ok());
+            let spoken = voice.speak_each(&text, &opts, &mut |s| tx.send(s.clone()).is_ok());
             drop(tx);
             player
                 .join()

@@ -177,9 +177,21 @@ impl Ctx {
         )
     }
 
-    /// The Piper voice `--voice` names, with ONNX Runtime for this machine;
-    /// both pulled on first use.
-    pub(crate) fn voice(&self, a: &VoiceArgs) -> anyhow::Result<ferrite::tts::PiperVoice> {
+    /// The voice `--voice` names: `espeak[:VOICE]` (no download), or a
+    /// Piper voice with ONNX Runtime for this machine, both pulled on first
+    /// use.
+    pub(crate) fn voice(&self, a: &VoiceArgs) -> anyhow::Result<Box<dyn ferrite::tts::Voice>> {
+        if let Some(rest) = a.voice.strip_prefix("espeak") {
+            let name = rest.strip_prefix(':').unwrap_or("en-us");
+            return Ok(Box::new(ferrite::tts::fallback::EspeakVoice::new(name)?));
+        }
+        let runtime = ferrite::tts::runtime::model_name();
+        if self.manifest.get(&runtime).is_none() {
+            anyhow::bail!(
+                "Piper voices need ONNX Runtime, which has no build for {} (a 32-bit OS?); use `--voice espeak`, or a 64-bit OS",
+                std::env::consts::ARCH
+            );
+        }
         let (_, rt) = self.store.resolve(
             Some(&ferrite::tts::runtime::model_name()),
             &self.manifest,
@@ -190,7 +202,7 @@ impl Ctx {
         let threads = a
             .tts_threads
             .map_or_else(|| self.board.threads() as usize, |t| t as usize);
-        Ok(ferrite::tts::PiperVoice::load(&onnx, threads)?)
+        Ok(Box::new(ferrite::tts::PiperVoice::load(&onnx, threads)?))
     }
 
     /// The Silero gate `--vad-model` names, pulled on first use; `none`, or

@@ -17,7 +17,8 @@
 //! phonemized, and its punctuation is appended, as piper-phonemize does with
 //! espeak's clause terminators.
 
-use std::ffi::{c_char, c_int, c_void, CStr, CString};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::{Mutex, OnceLock};
 
 use super::TtsError;
@@ -29,11 +30,34 @@ const ESPEAK_PHONEMES_IPA: c_int = 0x02;
 type Initialize = unsafe extern "C" fn(c_int, c_int, *const c_char, c_int) -> c_int;
 type SetVoiceByName = unsafe extern "C" fn(*const c_char) -> c_int;
 type TextToPhonemes = unsafe extern "C" fn(*mut *const c_void, c_int, c_int) -> *const c_char;
+/// `t_espeak_callback`: samples, their count, events; 0 = go on.
+type SynthCallback = unsafe extern "C" fn(*mut i16, c_int, *mut c_void) -> c_int;
+type SetSynthCallback = unsafe extern "C" fn(SynthCallback);
+type Synth = unsafe extern "C" fn(
+    *const c_void,
+    usize,
+    c_uint,
+    c_int,
+    c_uint,
+    c_uint,
+    *mut c_uint,
+    *mut c_void,
+) -> c_int;
+type SetParameter = unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+
+const POS_CHARACTER: c_int = 1;
+const ESPEAK_RATE: c_int = 1;
+/// espeak-ng's default speaking rate, words per minute.
+pub const DEFAULT_WPM: f32 = 175.0;
 
 struct Espeak {
     _lib: libloading::Library,
     set_voice: SetVoiceByName,
     to_phonemes: TextToPhonemes,
+    synth: Synth,
+    set_parameter: SetParameter,
+    /// Samples per second of espeak's own audio (22050).
+    rate: u32,
     voice: Option<String>,
 }
 
@@ -59,6 +83,16 @@ fn load() -> Result<Espeak, TtsError> {
                 .map_err(unavailable)?,
         )
     };
+    // SAFETY: as above.
+    let (set_callback, synth, set_parameter) = unsafe {
+        (
+            *lib.get::<SetSynthCallback>(b"espeak_SetSynthCallback\0")
+                .map_err(unavailable)?,
+            *lib.get::<Synth>(b"espeak_Synth\0").map_err(unavailable)?,
+            *lib.get::<SetParameter>(b"espeak_SetParameter\0")
+                .map_err(unavailable)?,
+        )
+    };
     // SAFETY: synchronous mode, default buffer, default data path, no options.
     let rate = unsafe { init(AUDIO_OUTPUT_SYNCHRONOUS, 0, std::ptr::null(), 0) };
     if rate <= 0 {
@@ -67,10 +101,15 @@ fn load() -> Result<Espeak, TtsError> {
             source: None,
         });
     }
+    // SAFETY: a plain function pointer with the callback's C signature.
+    unsafe { set_callback(collect) };
     Ok(Espeak {
         _lib: lib,
         set_voice,
         to_phonemes,
+        synth,
+        set_parameter,
+        rate: rate as u32,
         voice: None,
     })
 }
@@ -104,6 +143,11 @@ pub fn is_sentence_end(c: char) -> bool {
 /// the voice.
 pub fn phonemize(text: &str, voice: &str) -> Result<Vec<String>, TtsError> {
     let mut es = instance()?.lock().unwrap_or_else(|e| e.into_inner());
+    select_voice(&mut es, voice)?;
+    phonemize_with(&es, text)
+}
+
+fn select_voice(es: &mut Espeak, voice: &str) -> Result<(), TtsError> {
     if es.voice.as_deref() != Some(voice) {
         let name = CString::new(voice).map_err(|_| TtsError::Espeak {
             msg: format!("voice name {voice:?} holds a NUL"),
@@ -118,11 +162,15 @@ pub fn phonemize(text: &str, voice: &str) -> Result<Vec<String>, TtsError> {
         }
         es.voice = Some(voice.to_string());
     }
+    Ok(())
+}
+
+fn phonemize_with(es: &Espeak, text: &str) -> Result<Vec<String>, TtsError> {
     let mut sentences = Vec::new();
     let mut current = String::new();
     let mut clause = String::new();
     let flush = |clause: &mut String, current: &mut String, punct: Option<char>| {
-        let ph = clause_phonemes(&es, clause);
+        let ph = clause_phonemes(es, clause);
         clause.clear();
         if !ph.is_empty() || punct.is_some() {
             if !current.is_empty() && !ph.is_empty() {
@@ -176,4 +224,67 @@ fn clause_phonemes(es: &Espeak, text: &str) -> String {
         }
     }
     out.join(" ")
+}
+
+thread_local! {
+    /// Where `collect` puts espeak's samples: espeak's synchronous mode calls
+    /// it on the thread that called `espeak_Synth`, under the mutex.
+    static SAMPLES: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// espeak's synthesis callback: keep the samples, go on.
+unsafe extern "C" fn collect(wav: *mut i16, n: c_int, _events: *mut c_void) -> c_int {
+    if !wav.is_null() && n > 0 {
+        // SAFETY: espeak passes `n` valid samples at `wav`.
+        let s = unsafe { std::slice::from_raw_parts(wav, n as usize) };
+        SAMPLES.with(|b| b.borrow_mut().extend_from_slice(s));
+    }
+    0
+}
+
+/// Speak `text` with espeak-ng's own synthesiser (formant, robotic, no
+/// download): the fallback voice. `wpm` is the speaking rate.
+///
+/// # Errors
+/// `TtsError::Espeak` when the library is missing, does not know `voice`,
+/// or fails.
+pub fn synthesize(text: &str, voice: &str, wpm: u32) -> Result<super::Audio, TtsError> {
+    let mut es = instance()?.lock().unwrap_or_else(|e| e.into_inner());
+    select_voice(&mut es, voice)?;
+    let c = CString::new(text.replace('\0', " ")).expect("NULs replaced");
+    SAMPLES.with(|b| b.borrow_mut().clear());
+    // SAFETY: espeak's documented calls; the text is NUL-terminated and
+    // outlives the synchronous call, which invokes `collect` on this thread.
+    let rc = unsafe {
+        (es.set_parameter)(ESPEAK_RATE, wpm.clamp(80, 450) as c_int, 0);
+        (es.synth)(
+            c.as_ptr() as *const c_void,
+            c.as_bytes_with_nul().len(),
+            0,
+            POS_CHARACTER,
+            0,
+            ESPEAK_CHARS_UTF8 as c_uint,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    if rc != 0 {
+        return Err(TtsError::Espeak {
+            msg: format!("espeak_Synth failed ({rc})"),
+            source: None,
+        });
+    }
+    let samples = SAMPLES.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    Ok(super::Audio {
+        rate: es.rate,
+        samples: samples.iter().map(|&s| f32::from(s) / 32768.0).collect(),
+    })
+}
+
+/// espeak-ng's own sample rate (22050 Hz).
+///
+/// # Errors
+/// `TtsError::Espeak` when the library cannot be loaded.
+pub fn sample_rate() -> Result<u32, TtsError> {
+    Ok(instance()?.lock().unwrap_or_else(|e| e.into_inner()).rate)
 }

@@ -9,6 +9,7 @@
 //! through ALSA, or memory).
 
 pub mod espeak;
+pub mod fallback;
 pub mod piper;
 pub mod playback;
 pub mod runtime;
@@ -45,6 +46,24 @@ pub enum TtsError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A voice: text in, audio out, sentence by sentence.
+pub trait Voice: Send {
+    /// Samples per second of what `speak_each` makes.
+    fn sample_rate(&self) -> u32;
+    /// Speak `text`, calling `each` with every sentence's audio as soon as
+    /// it is made (return false to stop early). Returns (audio seconds,
+    /// compute seconds).
+    ///
+    /// # Errors
+    /// `TtsError` from phonemizing or synthesis.
+    fn speak_each(
+        &mut self,
+        text: &str,
+        opts: &SpeakOptions,
+        each: &mut dyn FnMut(&Audio) -> bool,
+    ) -> Result<(f64, f64), TtsError>;
 }
 
 /// Mono audio at `rate` Hz, samples in [-1, 1].

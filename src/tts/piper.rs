@@ -17,7 +17,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 use serde::Deserialize;
 
-use super::{Audio, TtsError};
+use super::{Audio, TtsError, Voice};
 
 #[derive(Debug, Clone, Deserialize)]
 struct Config {
@@ -241,5 +241,20 @@ impl PiperVoice {
             }
         }
         Ok((audio_s, compute_s))
+    }
+}
+
+impl Voice for PiperVoice {
+    fn sample_rate(&self) -> u32 {
+        PiperVoice::sample_rate(self)
+    }
+
+    fn speak_each(
+        &mut self,
+        text: &str,
+        opts: &SpeakOptions,
+        each: &mut dyn FnMut(&Audio) -> bool,
+    ) -> Result<(f64, f64), TtsError> {
+        self.speak(text, opts, each)
     }
 }

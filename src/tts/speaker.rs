@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use super::playback::AudioSink;
-use super::{Audio, PiperVoice, SpeakOptions};
+use super::{Audio, SpeakOptions, Voice};
 use crate::hw::{Status, StatusCell};
 
 /// Milliseconds of audio handed to the sink at a time.
@@ -29,7 +29,7 @@ pub struct Speaker {
 impl Speaker {
     /// Start the speaking thread.
     pub fn spawn(
-        voice: PiperVoice,
+        voice: Box<dyn Voice>,
         sink: Box<dyn AudioSink + Send>,
         opts: SpeakOptions,
         status: StatusCell,
@@ -89,7 +89,7 @@ impl Drop for Speaker {
 }
 
 fn speak_loop(
-    mut voice: PiperVoice,
+    mut voice: Box<dyn Voice>,
     mut sink: Box<dyn AudioSink + Send>,
     opts: SpeakOptions,
     status: StatusCell,
@@ -103,7 +103,7 @@ fn speak_loop(
         if !barged(&stop) {
             status.set(Status::Speaking);
             let mut cut = false;
-            let spoken = voice.speak(&sentence, &opts, |a| {
+            let spoken = voice.speak_each(&sentence, &opts, &mut |a| {
                 let n = (a.rate as usize * CHUNK_MS / 1000).max(1);
                 for chunk in a.samples.chunks(n) {
                     if barged(&stop) {
