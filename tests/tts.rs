@@ -428,3 +428,20 @@ fn the_espeak_voice_needs_no_download() {
     let (e, n) = wer("Please turn off the lights in the kitchen.", &heard.text);
     assert!(e * 5 <= n, "{:?}", heard.text);
 }
+
+/// Punctuation inside a number or a time is read, not cut at; runs of it
+/// end one clause; nothing made of punctuation alone is spoken.
+#[test]
+fn numbers_and_runs_of_punctuation_are_not_cut() {
+    let s = espeak::phonemize("It costs 2.1 dollars at 3:30... Really?! Yes.", "en-us").unwrap();
+    assert_eq!(s.len(), 3, "{s:?}");
+    assert!(
+        s[0].ends_with('.') && s[1].ends_with('?') && s[2].ends_with('.'),
+        "{s:?}"
+    );
+    assert!(
+        s.iter().all(|x| x.chars().any(char::is_alphabetic)),
+        "{s:?}"
+    );
+    assert!(espeak::phonemize("... ?! .", "en-us").unwrap().is_empty());
+}

@@ -611,6 +611,7 @@ impl<'a, 'm> Console<'a, 'm> {
                     None => self.dispatch(Request::Question(t.text)),
                     Some(mouth) => {
                         // Speak each sentence as soon as it is written.
+                        mouth.begin();
                         let mut split = Splitter::default();
                         let end = self.dispatch_with(Request::Question(t.text), &mut |ev| {
                             if let Event::Token { text } = ev {
@@ -621,10 +622,8 @@ impl<'a, 'm> Console<'a, 'm> {
                         end
                     }
                 };
-                // The speaker may have taken the status over.
-                if ear.status.get() == Status::Thinking {
-                    ear.status.set(Status::Idle);
-                }
+                // The speaker or the ear may have taken the status over.
+                ear.status.transition(&[Status::Thinking], Status::Idle);
                 if end.is_none() {
                     self.prompt();
                 }

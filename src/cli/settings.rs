@@ -181,8 +181,8 @@ impl Ctx {
     /// Piper voice with ONNX Runtime for this machine, both pulled on first
     /// use.
     pub(crate) fn voice(&self, a: &VoiceArgs) -> anyhow::Result<Box<dyn ferrite::tts::Voice>> {
-        if let Some(rest) = a.voice.strip_prefix("espeak") {
-            let name = rest.strip_prefix(':').unwrap_or("en-us");
+        if a.voice == "espeak" || a.voice.starts_with("espeak:") {
+            let name = a.voice.strip_prefix("espeak:").unwrap_or("en-us");
             return Ok(Box::new(ferrite::tts::fallback::EspeakVoice::new(name)?));
         }
         let runtime = ferrite::tts::runtime::model_name();

@@ -49,6 +49,16 @@ impl StatusCell {
         self.0.store(s as u8, Ordering::Relaxed);
     }
 
+    /// Set `to` if the status is one of `from`, in one atomic step (the
+    /// ear, the assistant and the speaker all write it); true if it was set.
+    pub fn transition(&self, from: &[Status], to: Status) -> bool {
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |cur| {
+                from.iter().any(|f| *f as u8 == cur).then_some(to as u8)
+            })
+            .is_ok()
+    }
+
     pub fn get(&self) -> Status {
         match self.0.load(Ordering::Relaxed) {
             1 => Status::Listening,

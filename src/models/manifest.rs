@@ -176,6 +176,19 @@ impl Manifest {
                             m.name
                         )));
                     }
+                    for f in files {
+                        let base = f.rsplit('/').next().unwrap_or(f);
+                        if base.is_empty()
+                            || base == ".."
+                            || base == m.file
+                            || base == "receipt.toml"
+                        {
+                            return Err(bad(format!(
+                                "model `{}`: `files` entry {f:?} would not be a separate file beside the model",
+                                m.name
+                            )));
+                        }
+                    }
                     let pinned = files_sha256.len() == files.len()
                         || (files_sha256.is_empty() && m.kind.is_converted());
                     if !pinned {

@@ -92,10 +92,13 @@ fn check_header(b: &[u8]) -> Result<usize, String> {
         .map(|i| i32_at(b, at + 4 * i))
         .collect::<Option<_>>()
         .ok_or("truncated in the hyper-parameters")?;
-    if ints[3] != WINDOW as i32 || ints[5] != 4 {
+    // Exactly what `silero::convert_silero` writes: whisper.cpp sizes its
+    // tensors from these, so anything else could make it allocate absurdly.
+    let want = super::silero::HEADER;
+    if ints[3..] != want[..] {
         return Err(format!(
-            "window {} and {} layers: not Silero 16 kHz",
-            ints[3], ints[5]
+            "hyper-parameters {:?}, not Silero 16 kHz's {want:?}",
+            &ints[3..]
         ));
     }
     Ok(at + 4 * 22)
@@ -119,7 +122,7 @@ fn count_tensors(b: &[u8], mut at: usize) -> Result<usize, String> {
             if !(1..=1 << 20).contains(&d) {
                 return Err(format!("tensor dim {d} at byte {at}"));
             }
-            n *= d as u64;
+            n = n.checked_mul(d as u64).ok_or("tensor size overflows")?;
         }
         let data_at = at + 12 + 4 * n_dims as usize + name_len as usize;
         let end = (data_at as u64).saturating_add(n * if ttype == 1 { 2 } else { 4 });

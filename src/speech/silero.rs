@@ -28,6 +28,31 @@ const VERSION: [i32; 3] = [6, 2, 3];
 /// Samples per detector step at 16 kHz (32 ms), and the context carried.
 pub const WINDOW: usize = 512;
 const CONTEXT: i32 = 64;
+
+/// The hyper-parameters after the version, as written here and checked by
+/// `neural_vad::check_model`: window, context, layers, (in, out, kernel) ×
+/// 4, LSTM input and hidden sizes, final conv in and out.
+pub const HEADER: [i32; 19] = [
+    WINDOW as i32,
+    CONTEXT,
+    4,
+    129,
+    128,
+    3,
+    128,
+    64,
+    3,
+    64,
+    64,
+    3,
+    64,
+    128,
+    3,
+    128,
+    128,
+    128,
+    1,
+];
 const MODEL_TYPE: &str = "silero-16k";
 
 fn bad(path: &Path, msg: impl Into<String>) -> SpeechError {
@@ -166,6 +191,15 @@ pub fn convert_silero(src: &Path, out: &Path) -> Result<u64, SpeechError> {
         .map_err(|e| bad(&file, format!("not a safetensors file: {e}")))?;
     let (tensors, layers) = plan(&st, &file)?;
     let hidden = layers[3][1];
+    let mut header = vec![WINDOW as i32, CONTEXT, layers.len() as i32];
+    header.extend(layers.iter().flatten());
+    header.extend([hidden, hidden, hidden, 1]);
+    if header[..] != HEADER[..] {
+        return Err(bad(
+            &file,
+            format!("layer sizes {header:?}, not Silero 16 kHz's {HEADER:?}"),
+        ));
+    }
     let mut written = 0u64;
     crate::gguf::write_atomic(out, |w| {
         let mut put = |b: &[u8]| -> std::io::Result<()> {
@@ -175,11 +209,7 @@ pub fn convert_silero(src: &Path, out: &Path) -> Result<u64, SpeechError> {
         put(&super::convert::GGML_MAGIC.to_le_bytes())?;
         put(&(MODEL_TYPE.len() as i32).to_le_bytes())?;
         put(MODEL_TYPE.as_bytes())?;
-        let mut ints: Vec<i32> = VERSION.to_vec();
-        ints.extend([WINDOW as i32, CONTEXT, layers.len() as i32]);
-        ints.extend(layers.iter().flatten());
-        ints.extend([hidden, hidden, hidden, 1]);
-        for v in ints {
+        for v in VERSION.iter().chain(&header) {
             put(&v.to_le_bytes())?;
         }
         for t in &tensors {

@@ -235,6 +235,11 @@ impl Vad {
     fn cut_long(&mut self) -> Pcm16k {
         let u = self.current.as_mut().expect("in an utterance");
         let n = self.current_db.len();
+        if n < 3 {
+            // Too short to choose (a limit under 60 ms): cut it all.
+            self.current_db.clear();
+            return Pcm16k(self.current.take().unwrap_or_default());
+        }
         let span = frames(self.cfg.cut_search_ms).clamp(3, n);
         let energy = |i: usize| -> f32 {
             self.current_db[i - 1..=i + 1]

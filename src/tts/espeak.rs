@@ -182,18 +182,36 @@ fn phonemize_with(es: &Espeak, text: &str) -> Result<Vec<String>, TtsError> {
             }
         }
     };
-    for c in text.chars() {
-        if is_clause_end(c) {
+    // Punctuation ends a clause only before white space or the end ("2.1",
+    // "3:30", "1,000" stay inside theirs, for espeak to read); a run of it
+    // ("...", "?!") ends one clause, with its first mark.
+    let chars: Vec<char> = text.chars().filter(|&c| c != '\0').collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let mut j = i;
+        while j < chars.len() && is_clause_end(chars[j]) {
+            j += 1;
+        }
+        let ends = j > i && chars.get(j).is_none_or(|n| n.is_whitespace());
+        if ends {
             flush(&mut clause, &mut current, Some(c));
-            if is_sentence_end(c) && !current.trim().is_empty() {
-                sentences.push(std::mem::take(&mut current));
+            if is_sentence_end(c) {
+                // A sentence of punctuation alone is not spoken.
+                if current.chars().any(char::is_alphabetic) {
+                    sentences.push(std::mem::take(&mut current));
+                } else {
+                    current.clear();
+                }
             }
-        } else if c != '\0' {
+            i = j;
+        } else {
             clause.push(c);
+            i += 1;
         }
     }
     flush(&mut clause, &mut current, None);
-    if !current.trim().is_empty() {
+    if current.chars().any(char::is_alphabetic) {
         sentences.push(current);
     }
     Ok(sentences)

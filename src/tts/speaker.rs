@@ -5,7 +5,9 @@
 //! shared status, and when the ear has set it to `Listening` (push-to-talk
 //! pressed, or speech begun) it stops at once: the queued sentences are
 //! dropped and the sink discards what it holds (barge-in). While it speaks
-//! the status is `Speaking` (the LED blinks slowly).
+//! the status is `Speaking` (the LED blinks slowly). The rest of a barged
+//! answer stays unspoken until the next one `begin`s. The answer's text goes
+//! on being written (the console still shows it).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -50,10 +52,15 @@ impl Speaker {
         }
     }
 
-    /// Queue one sentence.
+    /// A new answer begins: a barge-in on the last one no longer holds.
+    pub fn begin(&self) {
+        self.stop.store(false, Ordering::SeqCst);
+    }
+
+    /// Queue one sentence of the current answer (dropped if the answer was
+    /// barged in on).
     pub fn say(&self, sentence: String) {
         self.pending.fetch_add(1, Ordering::SeqCst);
-        self.stop.store(false, Ordering::SeqCst);
         if let Some(tx) = &self.tx {
             if tx.send(sentence).is_err() {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
@@ -97,11 +104,17 @@ fn speak_loop(
     pending: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 ) {
-    let barged =
-        |stop: &AtomicBool| stop.load(Ordering::SeqCst) || status.get() == Status::Listening;
+    // Once the ear has barged in, the rest of this answer stays unspoken
+    // (until `begin`), whatever the status does next.
+    let barged = |stop: &AtomicBool| {
+        if status.get() == Status::Listening {
+            stop.store(true, Ordering::SeqCst);
+        }
+        stop.load(Ordering::SeqCst)
+    };
     for sentence in rx {
-        if !barged(&stop) {
-            status.set(Status::Speaking);
+        let speaking = [Status::Idle, Status::Thinking, Status::Speaking];
+        if !barged(&stop) && status.transition(&speaking, Status::Speaking) {
             let mut cut = false;
             let spoken = voice.speak_each(&sentence, &opts, &mut |a| {
                 let n = (a.rate as usize * CHUNK_MS / 1000).max(1);
@@ -133,9 +146,7 @@ fn speak_loop(
             if !barged(&stop) {
                 sink.drain();
             }
-            if status.get() == Status::Speaking {
-                status.set(Status::Idle);
-            }
+            status.transition(&[Status::Speaking], Status::Idle);
         }
     }
 }
