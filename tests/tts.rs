@@ -254,11 +254,22 @@ fn listen_speaks_the_answers() {
     .iter()
     .enumerate()
     {
-        let q = scratch(&format!("speak-q{i}.wav"));
+        let raw = scratch(&format!("speak-q{i}-raw.wav"));
         let st = Command::new("espeak-ng")
             .args(["-v", "en-us", "-s", "140", "-w"])
-            .arg(&q)
+            .arg(&raw)
             .arg(text)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        // With --speak the files arrive in real time, as from a microphone:
+        // 4 s of quiet after the first question lets its answer be heard
+        // out before the second one (which would otherwise barge in on it).
+        let q = scratch(&format!("speak-q{i}.wav"));
+        let st = Command::new("sox")
+            .arg(&raw)
+            .arg(&q)
+            .args(["pad", "0", "4"])
             .status()
             .unwrap();
         assert!(st.success());

@@ -116,7 +116,10 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
             all.extend(speech::wav::read(f)?.to_pcm16k().0);
             all.extend(std::iter::repeat_n(0.0, speech::SAMPLE_RATE as usize));
         }
-        Box::new(speech::WavSource::new(speech::Pcm16k(all)))
+        let source = speech::WavSource::new(speech::Pcm16k(all));
+        // With spoken answers, files arrive as a microphone would deliver
+        // them, so a question does not barge in on the last answer early.
+        Box::new(if e.speak { source.paced() } else { source })
     };
     let board_ptt = if e.wav.is_empty() {
         ctx.board.ptt_pin

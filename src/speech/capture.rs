@@ -17,20 +17,40 @@ pub trait AudioSource {
     fn read(&mut self, buf: &mut [f32]) -> Result<usize, SpeechError>;
 }
 
-/// Audio from memory (a WAV file already read), in chunks.
+/// Audio from memory (a WAV file already read), in chunks: as fast as it is
+/// read, or (`paced`) no faster than real time, as a microphone delivers it.
 pub struct WavSource {
     pcm: Pcm16k,
     pos: usize,
+    paced: Option<std::time::Instant>,
 }
 
 impl WavSource {
     pub fn new(pcm: Pcm16k) -> WavSource {
-        WavSource { pcm, pos: 0 }
+        WavSource {
+            pcm,
+            pos: 0,
+            paced: None,
+        }
+    }
+
+    /// Deliver the samples at real-time speed (`listen --wav --speak`: a
+    /// question must not arrive while the last answer is still being
+    /// spoken, unless it would have with a microphone).
+    pub fn paced(mut self) -> WavSource {
+        self.paced = Some(std::time::Instant::now());
+        self
     }
 }
 
 impl AudioSource for WavSource {
     fn read(&mut self, buf: &mut [f32]) -> Result<usize, SpeechError> {
+        if let Some(t0) = self.paced {
+            let due = std::time::Duration::from_secs_f64(self.pos as f64 / SAMPLE_RATE as f64);
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         let n = buf.len().min(self.pcm.0.len() - self.pos);
         buf[..n].copy_from_slice(&self.pcm.0[self.pos..self.pos + n]);
         self.pos += n;
