@@ -3,7 +3,7 @@
 //! lets the binary cross-compile for every board without an ALSA sysroot,
 //! and a box without ALSA gets a clear error only when it asks for audio.
 
-use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CStr};
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CStr, CString};
 
 /// libasound could not be loaded, or lacks a function.
 #[derive(Debug, thiserror::Error)]
@@ -87,5 +87,58 @@ impl Alsa {
         unsafe { CStr::from_ptr((self.strerror)(code)) }
             .to_string_lossy()
             .into_owned()
+    }
+}
+
+/// Why `Alsa::open_s16_mono` failed, with ALSA's own words.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The device name holds a NUL.
+    Name,
+    /// `snd_pcm_open` refused the device.
+    Open(String),
+    /// The device cannot take 16-bit mono at the rate asked.
+    Params(String),
+}
+
+impl Alsa {
+    /// Open `device` (`default`, `plughw:1,0`, ...) for `stream`
+    /// (`SND_PCM_STREAM_CAPTURE` or `_PLAYBACK`) as interleaved 16-bit mono
+    /// at `rate` Hz through ALSA's plug layer (soft resampling on), with 100
+    /// ms of buffer. The caller closes the handle (`close`).
+    ///
+    /// # Errors
+    /// `OpenError` naming which step failed.
+    pub fn open_s16_mono(
+        &self,
+        device: &str,
+        stream: c_int,
+        rate: u32,
+    ) -> Result<PcmPtr, OpenError> {
+        let name = CString::new(device).map_err(|_| OpenError::Name)?;
+        let mut pcm: PcmPtr = std::ptr::null_mut();
+        // SAFETY: pcm receives a handle on success.
+        let rc = unsafe { (self.open)(&mut pcm, name.as_ptr(), stream, 0) };
+        if rc < 0 {
+            return Err(OpenError::Open(self.error(rc)));
+        }
+        // SAFETY: pcm is a valid open handle.
+        let rc = unsafe {
+            (self.set_params)(
+                pcm,
+                SND_PCM_FORMAT_S16_LE,
+                SND_PCM_ACCESS_RW_INTERLEAVED,
+                1,
+                rate,
+                1,
+                100_000,
+            )
+        };
+        if rc < 0 {
+            // SAFETY: closing the handle opened above.
+            unsafe { (self.close)(pcm) };
+            return Err(OpenError::Params(self.error(rc)));
+        }
+        Ok(pcm)
     }
 }

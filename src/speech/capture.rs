@@ -58,9 +58,7 @@ impl AudioSource for WavSource {
     }
 }
 
-use crate::alsa::{
-    Alsa, PcmPtr, SND_PCM_ACCESS_RW_INTERLEAVED, SND_PCM_FORMAT_S16_LE, SND_PCM_STREAM_CAPTURE,
-};
+use crate::alsa::{Alsa, OpenError, PcmPtr, SND_PCM_STREAM_CAPTURE};
 
 extern "C" {
     fn free(p: *mut c_void);
@@ -128,38 +126,17 @@ impl AlsaSource {
     /// Open `device` (`default`, `plughw:1,0`, ...) for capture.
     pub fn open(device: &str) -> Result<AlsaSource, SpeechError> {
         let alsa = Alsa::load().map_err(SpeechError::Alsa)?;
-        let name = CString::new(device)
-            .map_err(|_| SpeechError::Capture("device name contains NUL".into()))?;
-        let mut pcm: PcmPtr = std::ptr::null_mut();
-        // SAFETY: pcm receives a handle on success, closed in Drop.
-        let rc = unsafe { (alsa.open)(&mut pcm, name.as_ptr(), SND_PCM_STREAM_CAPTURE, 0) };
-        if rc < 0 {
-            return Err(SpeechError::Capture(format!(
-                "cannot open `{device}`: {}; `ferrite listen --list-devices` shows the devices",
-                alsa.error(rc)
-            )));
-        }
-        // 16 kHz mono S16 through the plug layer (soft_resample=1), 100 ms latency.
-        // SAFETY: pcm is a valid open handle.
-        let rc = unsafe {
-            (alsa.set_params)(
-                pcm,
-                SND_PCM_FORMAT_S16_LE,
-                SND_PCM_ACCESS_RW_INTERLEAVED,
-                1,
-                SAMPLE_RATE,
-                1,
-                100_000,
-            )
-        };
-        if rc < 0 {
-            // SAFETY: closing the handle opened above.
-            unsafe { (alsa.close)(pcm) };
-            return Err(SpeechError::Capture(format!(
-                "`{device}` cannot record 16 kHz mono: {}",
-                alsa.error(rc)
-            )));
-        }
+        let pcm = alsa
+            .open_s16_mono(device, SND_PCM_STREAM_CAPTURE, SAMPLE_RATE)
+            .map_err(|e| {
+                SpeechError::Capture(match e {
+                    OpenError::Name => "device name contains NUL".into(),
+                    OpenError::Open(why) => format!(
+                        "cannot open `{device}`: {why}; `ferrite listen --list-devices` shows the devices"
+                    ),
+                    OpenError::Params(why) => format!("`{device}` cannot record 16 kHz mono: {why}"),
+                })
+            })?;
         Ok(AlsaSource {
             alsa,
             pcm,

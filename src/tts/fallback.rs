@@ -2,8 +2,6 @@
 //! sentence by sentence like Piper. Robotic, but it works on any board with
 //! `libespeak-ng1`, including a 32-bit OS, where ONNX Runtime has no build.
 
-use std::time::Instant;
-
 use super::sentences::Splitter;
 use super::{espeak, Audio, SpeakOptions, TtsError, Voice};
 
@@ -39,20 +37,12 @@ impl Voice for EspeakVoice {
         let mut sentences = split.push(text);
         sentences.extend(split.finish());
         let wpm = (espeak::DEFAULT_WPM * opts.rate) as u32;
-        let (mut audio_s, mut compute_s) = (0.0, 0.0);
-        for (i, s) in sentences.iter().enumerate() {
-            let t0 = Instant::now();
-            let mut a = espeak::synthesize(s, &self.voice, wpm)?;
-            if i > 0 {
-                let gap = (opts.sentence_silence.max(0.0) * a.rate as f32) as usize;
-                a.samples.splice(0..0, std::iter::repeat_n(0.0, gap));
-            }
-            compute_s += t0.elapsed().as_secs_f64();
-            audio_s += a.seconds();
-            if !each(&a) {
-                break;
-            }
-        }
-        Ok((audio_s, compute_s))
+        let voice = &self.voice;
+        super::speak_sentences(
+            &sentences,
+            opts,
+            |s| espeak::synthesize(s, voice, wpm),
+            each,
+        )
     }
 }

@@ -78,3 +78,34 @@ impl Audio {
         self.samples.len() as f64 / self.rate.max(1) as f64
     }
 }
+
+/// Speak `sentences` one by one with `synth`: each after the first is
+/// preceded by `opts.sentence_silence`, and `each` gets every sentence's
+/// audio as soon as it is made (false stops). Returns (audio seconds,
+/// compute seconds). The loop both voices share.
+///
+/// # Errors
+/// What `synth` returns.
+pub(crate) fn speak_sentences(
+    sentences: &[String],
+    opts: &SpeakOptions,
+    mut synth: impl FnMut(&str) -> Result<Audio, TtsError>,
+    each: &mut dyn FnMut(&Audio) -> bool,
+) -> Result<(f64, f64), TtsError> {
+    let (mut audio_s, mut compute_s) = (0.0, 0.0);
+    for (i, sentence) in sentences.iter().enumerate() {
+        let t0 = std::time::Instant::now();
+        let mut a = synth(sentence)?;
+        if i > 0 {
+            let gap = (opts.sentence_silence.max(0.0) * a.rate as f32) as usize;
+            a.samples.splice(0..0, std::iter::repeat_n(0.0, gap));
+        }
+        compute_s += t0.elapsed().as_secs_f64();
+        audio_s += a.seconds();
+        tracing::debug!(%sentence, audio_s = a.seconds(), "spoke a sentence");
+        if !each(&a) {
+            break;
+        }
+    }
+    Ok((audio_s, compute_s))
+}

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use ort::session::Session;
 use ort::value::Tensor;
@@ -223,24 +222,13 @@ impl PiperVoice {
         opts: &SpeakOptions,
         mut each: impl FnMut(&Audio) -> bool,
     ) -> Result<(f64, f64), TtsError> {
-        let voice = self.config.espeak.voice.clone();
-        let mut audio_s = 0.0;
-        let mut compute_s = 0.0;
-        for (i, sentence) in super::espeak::phonemize(text, &voice)?.iter().enumerate() {
-            let t0 = Instant::now();
-            let mut a = self.synthesize_phonemes(sentence, opts)?;
-            if i > 0 {
-                let gap = (opts.sentence_silence.max(0.0) * a.rate as f32) as usize;
-                a.samples.splice(0..0, std::iter::repeat_n(0.0, gap));
-            }
-            compute_s += t0.elapsed().as_secs_f64();
-            audio_s += a.seconds();
-            tracing::debug!(sentence = %sentence, audio_s = a.seconds(), "spoke a sentence");
-            if !each(&a) {
-                break;
-            }
-        }
-        Ok((audio_s, compute_s))
+        let sentences = super::espeak::phonemize(text, &self.config.espeak.voice)?;
+        super::speak_sentences(
+            &sentences,
+            opts,
+            |s| self.synthesize_phonemes(s, opts),
+            &mut each,
+        )
     }
 }
 

@@ -5,12 +5,10 @@
 //! takes. `MemorySink` keeps the samples (for `say -o` and the tests). A sink
 //! can be stopped at once (barge-in): ALSA drops what is queued.
 
-use std::ffi::{c_int, c_ulong, c_void, CString};
+use std::ffi::{c_int, c_ulong, c_void};
 
 use super::{Audio, TtsError};
-use crate::alsa::{
-    Alsa, PcmPtr, SND_PCM_ACCESS_RW_INTERLEAVED, SND_PCM_FORMAT_S16_LE, SND_PCM_STREAM_PLAYBACK,
-};
+use crate::alsa::{Alsa, OpenError, PcmPtr, SND_PCM_STREAM_PLAYBACK};
 
 /// A place to play audio.
 pub trait AudioSink {
@@ -65,37 +63,17 @@ impl AlsaSink {
     /// `TtsError::Playback` when ALSA is missing or the device refuses.
     pub fn open(device: &str, rate: u32) -> Result<AlsaSink, TtsError> {
         let alsa = Alsa::load().map_err(|e| playback_err(crate::report(&e)))?;
-        let name =
-            CString::new(device).map_err(|_| playback_err("device name contains NUL".into()))?;
-        let mut pcm: PcmPtr = std::ptr::null_mut();
-        // SAFETY: pcm receives a handle on success, closed in Drop.
-        let rc = unsafe { (alsa.open)(&mut pcm, name.as_ptr(), SND_PCM_STREAM_PLAYBACK, 0) };
-        if rc < 0 {
-            return Err(playback_err(format!(
-                "cannot open `{device}` for playback: {}",
-                alsa.error(rc)
-            )));
-        }
-        // SAFETY: pcm is a valid open handle.
-        let rc = unsafe {
-            (alsa.set_params)(
-                pcm,
-                SND_PCM_FORMAT_S16_LE,
-                SND_PCM_ACCESS_RW_INTERLEAVED,
-                1,
-                rate,
-                1,
-                100_000,
-            )
-        };
-        if rc < 0 {
-            // SAFETY: closing the handle opened above.
-            unsafe { (alsa.close)(pcm) };
-            return Err(playback_err(format!(
-                "`{device}` cannot play {rate} Hz mono: {}",
-                alsa.error(rc)
-            )));
-        }
+        let pcm = alsa
+            .open_s16_mono(device, SND_PCM_STREAM_PLAYBACK, rate)
+            .map_err(|e| {
+                playback_err(match e {
+                    OpenError::Name => "device name contains NUL".into(),
+                    OpenError::Open(why) => format!("cannot open `{device}` for playback: {why}"),
+                    OpenError::Params(why) => {
+                        format!("`{device}` cannot play {rate} Hz mono: {why}")
+                    }
+                })
+            })?;
         Ok(AlsaSink {
             alsa,
             pcm,
