@@ -13,7 +13,7 @@ use ferrite::speech::ct2::Ct2Model;
 use ferrite::speech::listen::{self, Heard};
 use ferrite::speech::{wav, Pcm16k, Transcriber, VadConfig, WavSource};
 
-use crate::common::{engine, ferrite, model_path, whisper_path};
+use crate::common::{engine, ferrite, model_path, sox, whisper_path};
 use crate::eqnice;
 
 fn store() -> (Store, Manifest) {
@@ -77,14 +77,6 @@ fn transcribed(file: &Path) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn sox(args: &[&str]) {
-    let st = Command::new("sox")
-        .args(args)
-        .status()
-        .expect("sox is needed for the speech tests (bash .ci/deps installs it)");
-    assert!(st.success(), "sox {args:?}");
 }
 
 /// Lower-case words without punctuation; digits spelled out, as WER

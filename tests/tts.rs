@@ -2,7 +2,6 @@
 //! checked against Piper's own phonemizer (the piper-tts package) and by
 //! ear: whisper transcribes what was said.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -37,29 +36,8 @@ fn voice_path() -> &'static Path {
 
 /// Piper's ids for each line, from tests/ref/piper_ids.py.
 fn piper_ids(lines: &[&str]) -> Vec<Vec<Vec<i64>>> {
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/ref/piper_ids.py"
-        ))
-        .arg(voice_path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.join("\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "piper's reference failed (bash .ci/deps installs piper-tts)"
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    let input = lines.join("\n");
+    crate::common::python_ref("piper_ids.py", voice_path(), input.as_bytes(), "piper-tts")
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -3,10 +3,11 @@
 //! package's own ONNX model run by ONNX Runtime (tests/ref/silero_onnx.py),
 //! and must keep non-speech sound of every kind away from whisper.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
+
+use crate::common::sox;
 
 use ferrite::speech::neural_vad::{SileroVad, THRESHOLD};
 use ferrite::speech::{wav, Pcm16k};
@@ -60,25 +61,8 @@ fn onnx_model() -> PathBuf {
 
 /// ONNX Runtime's probabilities for `pcm`, one per 512-sample window.
 fn onnx_probabilities(pcm: &Pcm16k) -> Vec<f32> {
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/ref/silero_onnx.py"
-        ))
-        .arg(onnx_model())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
     let bytes: Vec<u8> = pcm.0.iter().flat_map(|v| v.to_le_bytes()).collect();
-    child.stdin.take().unwrap().write_all(&bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the ONNX reference failed (bash .ci/deps installs onnxruntime)"
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
+    crate::common::python_ref("silero_onnx.py", &onnx_model(), &bytes, "onnxruntime")
         .lines()
         .map(|l| l.parse().unwrap())
         .collect()
@@ -134,14 +118,6 @@ fn whisper_cpp_runs_silero_as_onnx_runtime_does() {
     );
     assert!(mean_abs < 0.05, "mean |p - p_onnx| = {mean_abs}");
     assert!(agree > 0.95, "decisions agree on {agree}");
-}
-
-fn sox(args: &[&str]) {
-    let st = Command::new("sox")
-        .args(args)
-        .status()
-        .expect("sox (bash .ci/deps installs it)");
-    assert!(st.success(), "sox {args:?}");
 }
 
 /// Five seconds of each kind of non-speech sound, made by sox: noise

@@ -387,3 +387,37 @@ pub fn signal(pid: u32, sig: &str) {
         .is_ok_and(|s| s.success());
     assert!(ok, "kill -{sig} {pid} failed");
 }
+
+/// Run a Python reference implementation, `tests/ref/SCRIPT ARG`, with
+/// `input` on its stdin; its stdout. `needs` says what `.ci/deps` installs
+/// for it, for the failure message.
+pub fn python_ref(script: &str, arg: &Path, input: &[u8], needs: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("python3")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/ref")
+                .join(script),
+        )
+        .arg(arg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the reference {script} failed (bash .ci/deps installs {needs})"
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Run sox with `args`; it must succeed.
+pub fn sox(args: &[&str]) {
+    let st = std::process::Command::new("sox")
+        .args(args)
+        .status()
+        .expect("sox is needed for the speech tests (bash .ci/deps installs it)");
+    assert!(st.success(), "sox {args:?}");
+}
