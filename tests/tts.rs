@@ -156,6 +156,12 @@ fn bad_say_requests_are_clear_errors() {
     }
     let out = say("  ", &f, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to say"));
+    // Punctuation alone makes no sound: an error, not an empty WAV.
+    let _ = std::fs::remove_file(&f);
+    let out = say("...", &f, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to say"));
+    assert!(!f.exists(), "an empty WAV was written");
 }
 
 /// A speaker stand-in that plays in real time: each chunk takes as long as

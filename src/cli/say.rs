@@ -27,6 +27,9 @@ pub(crate) fn run(ctx: &Ctx, a: SayArgs, out: &mut Out) -> anyhow::Result<()> {
         Some(path) => {
             let mut sink = MemorySink::default();
             let spoken = voice.speak_each(&text, &opts, &mut |s| sink.play(s).is_ok())?;
+            if sink.audio.samples.is_empty() {
+                anyhow::bail!("nothing to say: the text holds no words");
+            }
             ferrite::speech::wav::write_mono(path, voice.sample_rate(), &sink.audio.samples)?;
             spoken
         }
