@@ -39,7 +39,14 @@ impl PtyPair {
         PtyPair { socat, dev, term }
     }
 
+    /// Unplug: the links go first, then the ptys. Killed, socat leaves its
+    /// links behind pointing at freed `/dev/pts/N` numbers, which another
+    /// test's pair may be given next; a ferrite waiting for its port would
+    /// then open that other test's terminal (CI saw exactly this: the
+    /// returning port got no banner while a queued test's pty had it).
     fn stop(&mut self) {
+        let _ = std::fs::remove_file(&self.dev);
+        let _ = std::fs::remove_file(&self.term);
         let _ = self.socat.kill();
         let _ = self.socat.wait();
     }
