@@ -158,6 +158,14 @@ pub(crate) struct VoiceArgs {
     /// CPU threads for the voice (default: the board's, else all cores).
     #[arg(long = "tts-threads", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) tts_threads: Option<u32>,
+    /// Piper's sampling noise, 0 to 2 (default: the voice's, 0.667 for
+    /// most); 0 with --noise-w-scale 0 gives the same audio on every run.
+    #[arg(long = "noise-scale")]
+    pub(crate) noise_scale: Option<f32>,
+    /// Piper's phoneme-length noise, 0 to 2 (default: the voice's, 0.8 for
+    /// most).
+    #[arg(long = "noise-w-scale")]
+    pub(crate) noise_w: Option<f32>,
 }
 
 impl VoiceArgs {
@@ -166,8 +174,18 @@ impl VoiceArgs {
         if !(0.25..=4.0).contains(&self.rate) {
             anyhow::bail!("--rate must be from 0.25 to 4, not {}", self.rate);
         }
+        for (flag, v) in [
+            ("--noise-scale", self.noise_scale),
+            ("--noise-w-scale", self.noise_w),
+        ] {
+            if let Some(v) = v.filter(|v| !(0.0..=2.0).contains(v)) {
+                anyhow::bail!("{flag} must be from 0 to 2, not {v}");
+            }
+        }
         Ok(ferrite::tts::SpeakOptions {
             rate: self.rate,
+            noise_scale: self.noise_scale,
+            noise_w: self.noise_w,
             ..Default::default()
         })
     }

@@ -51,6 +51,12 @@ pub struct SpeakOptions {
     pub rate: f32,
     /// Silence between sentences, in seconds (Piper's `--sentence-silence`).
     pub sentence_silence: f32,
+    /// VITS's sampling noise (Piper's `--noise-scale`); `None`: the voice's
+    /// `inference.noise_scale`. 0 makes the audio the same on every run.
+    pub noise_scale: Option<f32>,
+    /// Phoneme-length noise (Piper's `--noise-w-scale`); `None`: the voice's
+    /// `inference.noise_w`. 0 makes the timing the same on every run.
+    pub noise_w: Option<f32>,
 }
 
 impl Default for SpeakOptions {
@@ -58,6 +64,8 @@ impl Default for SpeakOptions {
         SpeakOptions {
             rate: 1.0,
             sentence_silence: 0.2,
+            noise_scale: None,
+            noise_w: None,
         }
     }
 }
@@ -176,7 +184,11 @@ impl PiperVoice {
         }
         let inf = self.config.inference;
         let rate = if opts.rate > 0.0 { opts.rate } else { 1.0 };
-        let scales = vec![inf.noise_scale, inf.length_scale / rate, inf.noise_w];
+        let scales = vec![
+            opts.noise_scale.unwrap_or(inf.noise_scale),
+            inf.length_scale / rate,
+            opts.noise_w.unwrap_or(inf.noise_w),
+        ];
         let path = self.path.clone();
         let rt = |e: ort::Error| TtsError::Runtime {
             path: path.clone(),
