@@ -440,3 +440,19 @@ fn numbers_and_runs_of_punctuation_are_not_cut() {
     );
     assert!(espeak::phonemize("... ?! .", "en-us").unwrap().is_empty());
 }
+
+/// A language code (`en-gb`, as `espeak-ng -v` takes it) picks that
+/// language's voice although the library's by-name call refuses it; a code
+/// no voice speaks stays an error.
+#[test]
+fn espeak_voices_are_found_by_language_code() {
+    let by_code = espeak::phonemize("Tomato, schedule.", "en-gb").unwrap();
+    let by_file = espeak::phonemize("Tomato, schedule.", "en").unwrap();
+    let american = espeak::phonemize("Tomato, schedule.", "en-us").unwrap();
+    assert_eq!(by_code, by_file);
+    assert_ne!(by_code, american, "en-gb read as en-us");
+    let e = espeak::phonemize("Hello.", "zz-qq")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no voice `zz-qq`"), "{e}");
+}

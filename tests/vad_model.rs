@@ -173,6 +173,7 @@ fn non_speech() -> Vec<(&'static str, PathBuf)> {
         .collect()
 }
 
+/// The transcript; an empty one must come with stderr's note saying so.
 fn transcribe(file: &Path, vad_model: &str) -> String {
     let home = tempfile::tempdir().unwrap();
     let out = crate::common::ferrite(
@@ -193,7 +194,10 @@ fn transcribe(file: &Path, vad_model: &str) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(text.is_empty(), err.contains("no speech in"), "{err}");
+    text
 }
 
 #[test]

@@ -39,6 +39,14 @@ pub(crate) fn run(ctx: &Ctx, a: TranscribeArgs, out: &mut Out) -> anyhow::Result
         }
     }
     writeln!(out, "{}", texts.join(" "))?;
+    if texts.is_empty() {
+        // The empty line is the transcript (scripts read it); this says why.
+        eprintln!(
+            "no speech in {}: {} stretch(es) of sound, none judged speech (-v says which detector dropped what)",
+            a.file.display(),
+            pieces.len()
+        );
+    }
     if a.stats {
         eprintln!(
             "audio {audio_s:.2} s | {} utterance(s) | compute {compute:.2} s | real-time factor {:.3}",

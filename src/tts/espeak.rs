@@ -4,7 +4,8 @@
 //! loaded at run time, like ALSA: the binary cross-compiles without an
 //! espeak sysroot, and a box without it gets a clear error only when asked
 //! to speak. Calls (espeak-ng's `speak_lib.h`): `espeak_Initialize`,
-//! `espeak_SetVoiceByName`, then `espeak_TextToPhonemes(&text,
+//! `espeak_SetVoiceByName` (or `espeak_SetVoiceByProperties` for a
+//! language code), then `espeak_TextToPhonemes(&text,
 //! espeakCHARS_UTF8, espeakPHONEMES_IPA)` until the text is consumed; each
 //! call returns one clause's phonemes, words separated by spaces.
 //!
@@ -29,6 +30,20 @@ const ESPEAK_PHONEMES_IPA: c_int = 0x02;
 
 type Initialize = unsafe extern "C" fn(c_int, c_int, *const c_char, c_int) -> c_int;
 type SetVoiceByName = unsafe extern "C" fn(*const c_char) -> c_int;
+/// speak_lib.h's `espeak_VOICE`, as `espeak_SetVoiceByProperties` reads it.
+#[repr(C)]
+struct VoiceSpec {
+    name: *const c_char,
+    languages: *const c_char,
+    identifier: *const c_char,
+    gender: u8,
+    age: u8,
+    variant: u8,
+    xx1: u8,
+    score: c_int,
+    spare: *mut c_void,
+}
+type SetVoiceByProperties = unsafe extern "C" fn(*mut VoiceSpec) -> c_int;
 type TextToPhonemes = unsafe extern "C" fn(*mut *const c_void, c_int, c_int) -> *const c_char;
 /// `t_espeak_callback`: samples, their count, events; 0 = go on.
 type SynthCallback = unsafe extern "C" fn(*mut i16, c_int, *mut c_void) -> c_int;
@@ -53,6 +68,7 @@ pub const DEFAULT_WPM: f32 = 175.0;
 struct Espeak {
     _lib: libloading::Library,
     set_voice: SetVoiceByName,
+    set_voice_by_language: SetVoiceByProperties,
     to_phonemes: TextToPhonemes,
     synth: Synth,
     set_parameter: SetParameter,
@@ -84,12 +100,14 @@ fn load() -> Result<Espeak, TtsError> {
         )
     };
     // SAFETY: as above.
-    let (set_callback, synth, set_parameter) = unsafe {
+    let (set_callback, synth, set_parameter, set_voice_by_language) = unsafe {
         (
             *lib.get::<SetSynthCallback>(b"espeak_SetSynthCallback\0")
                 .map_err(unavailable)?,
             *lib.get::<Synth>(b"espeak_Synth\0").map_err(unavailable)?,
             *lib.get::<SetParameter>(b"espeak_SetParameter\0")
+                .map_err(unavailable)?,
+            *lib.get::<SetVoiceByProperties>(b"espeak_SetVoiceByProperties\0")
                 .map_err(unavailable)?,
         )
     };
@@ -106,6 +124,7 @@ fn load() -> Result<Espeak, TtsError> {
     Ok(Espeak {
         _lib: lib,
         set_voice,
+        set_voice_by_language,
         to_phonemes,
         synth,
         set_parameter,
@@ -153,8 +172,25 @@ fn select_voice(es: &mut Espeak, voice: &str) -> Result<(), TtsError> {
             msg: format!("voice name {voice:?} holds a NUL"),
             source: None,
         })?;
-        // SAFETY: a valid C string; espeak copies what it needs.
-        if unsafe { (es.set_voice)(name.as_ptr()) } != 0 {
+        // A voice file's name (`en-us`, `en-gb-x-rp`), else a language code
+        // (`en-gb`, `de`), which the library's by-name call refuses but
+        // espeak-ng's `-v` takes: it asks by properties too.
+        let mut spec = VoiceSpec {
+            name: std::ptr::null(),
+            languages: name.as_ptr(),
+            identifier: std::ptr::null(),
+            gender: 0,
+            age: 0,
+            variant: 0,
+            xx1: 0,
+            score: 0,
+            spare: std::ptr::null_mut(),
+        };
+        // SAFETY: valid C strings and a struct of speak_lib.h's layout;
+        // espeak copies what it needs.
+        if unsafe { (es.set_voice)(name.as_ptr()) } != 0
+            && unsafe { (es.set_voice_by_language)(&mut spec) } != 0
+        {
             return Err(TtsError::Espeak {
                 msg: format!("espeak-ng has no voice `{voice}`"),
                 source: None,
