@@ -16,6 +16,7 @@ mod reports;
 mod resample;
 mod serial;
 mod speech;
+mod structured;
 mod templates;
 mod tts;
 mod vad_model;

@@ -2,7 +2,7 @@
 //! `/model`, `/quit`). These are the only things a console line can make
 //! ferrite do besides answering: nothing is ever passed to a shell.
 
-use crate::llm::GenParams;
+use crate::llm::{GenParams, Grammar};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
@@ -38,6 +38,12 @@ pub enum Setting {
     RepeatPenalty(f32),
     NPredict(Option<usize>),
     Seed(u32),
+    /// Structured output (`json-schema` or `grammar`, by `key`); `None`:
+    /// free text again.
+    Grammar {
+        key: &'static str,
+        grammar: Option<Grammar>,
+    },
 }
 
 pub const HELP: &str = "\
@@ -46,6 +52,8 @@ commands:
   /reset              forget the conversation
   /stats              speed, time to first token, context use, memory, temperature
   /set KEY VALUE      temp, top-k, top-p, min-p, repeat-penalty, n-predict (-1 = no limit), seed
+  /set json-schema J  answers are JSON that fits the JSON Schema J (one line; `off` ends it)
+  /set grammar G      answers fit the one-rule GBNF grammar G (`root ::= ...`; `off` ends it)
   /show               the current sampling settings
   /system TEXT        set the system prompt (/system alone clears it)
   /models             models that /model can switch to
@@ -121,6 +129,13 @@ impl std::fmt::Display for Setting {
             Setting::NPredict(None) => write!(f, "n-predict = -1 (no limit)"),
             Setting::NPredict(Some(n)) => write!(f, "n-predict = {n}"),
             Setting::Seed(v) => write!(f, "seed = {v}"),
+            Setting::Grammar { key, grammar } => {
+                write!(
+                    f,
+                    "{key} = {}",
+                    if grammar.is_some() { "on" } else { "off" }
+                )
+            }
         }
     }
 }
@@ -149,19 +164,34 @@ impl Setting {
                 _ => return Err("n-predict must be a positive whole number or -1".into()),
             }),
             "seed" => Setting::Seed(value.parse().map_err(|_| "seed must be a whole number")?),
-            _ => return Err(format!("unknown setting `{key}`; settable: temp, top-k, top-p, min-p, repeat-penalty, n-predict, seed")),
+            "json-schema" => Setting::Grammar {
+                key: "json-schema",
+                grammar: (value != "off")
+                    .then(|| Grammar::from_json_schema(value, "the schema"))
+                    .transpose()
+                    .map_err(|e| crate::report(&e))?,
+            },
+            "grammar" => Setting::Grammar {
+                key: "grammar",
+                grammar: (value != "off")
+                    .then(|| Grammar::from_gbnf(value, "the grammar"))
+                    .transpose()
+                    .map_err(|e| crate::report(&e))?,
+            },
+            _ => return Err(format!("unknown setting `{key}`; settable: temp, top-k, top-p, min-p, repeat-penalty, n-predict, seed, json-schema, grammar")),
         })
     }
 
     pub fn apply(&self, p: &mut GenParams) {
-        match *self {
-            Setting::Temp(v) => p.temperature = v,
-            Setting::TopK(v) => p.top_k = v,
-            Setting::TopP(v) => p.top_p = v,
-            Setting::MinP(v) => p.min_p = v,
-            Setting::RepeatPenalty(v) => p.repeat_penalty = v,
-            Setting::NPredict(v) => p.n_predict = v,
-            Setting::Seed(v) => p.seed = v,
+        match self {
+            Setting::Temp(v) => p.temperature = *v,
+            Setting::TopK(v) => p.top_k = *v,
+            Setting::TopP(v) => p.top_p = *v,
+            Setting::MinP(v) => p.min_p = *v,
+            Setting::RepeatPenalty(v) => p.repeat_penalty = *v,
+            Setting::NPredict(v) => p.n_predict = *v,
+            Setting::Seed(v) => p.seed = *v,
+            Setting::Grammar { grammar, .. } => p.grammar = grammar.clone(),
         }
     }
 }

@@ -128,6 +128,13 @@ impl<'a, 'm> Core<'a, 'm> {
                 self.answer(&q, emit);
                 Outcome::Continue
             }
+            Request::Structured(q, grammar) => {
+                // For this question only; the console's own setting stays.
+                let kept = self.params.grammar.replace(*grammar);
+                self.answer(&q, emit);
+                self.params.grammar = kept;
+                Outcome::Continue
+            }
             Request::Command(c) => self.command(c, emit),
         }
     }
@@ -222,7 +229,7 @@ impl<'a, 'm> Core<'a, 'm> {
     fn show(&self) -> String {
         let p = &self.params;
         format!(
-            "temp={} top-k={} top-p={} min-p={} repeat-penalty={} n-predict={} seed={}{}",
+            "temp={} top-k={} top-p={} min-p={} repeat-penalty={} n-predict={} seed={}{}{}",
             p.temperature,
             p.top_k,
             p.top_p,
@@ -233,6 +240,11 @@ impl<'a, 'm> Core<'a, 'm> {
                 "random".to_string()
             } else {
                 p.seed.to_string()
+            },
+            if p.grammar.is_some() {
+                " grammar=on"
+            } else {
+                ""
             },
             self.session
                 .system()

@@ -4,11 +4,15 @@
 //! pure function of the line, so it is tested and fuzzed on its own.
 
 use super::commands::Command;
+use crate::llm::Grammar;
 
 /// What one line asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Request {
     Question(String),
+    /// A question whose answer must fit a grammar (the JSON protocol's
+    /// `json_schema` or `grammar` beside `q`), for this answer only.
+    Structured(String, Box<Grammar>),
     Command(Command),
 }
 
@@ -26,12 +30,33 @@ impl Request {
 
 /// Parse one line of the JSON protocol. The error is the message sent back
 /// as `{"error": ...}`. A request with a field besides the one it uses is
-/// refused, not half read.
+/// refused, not half read; a question may carry `json_schema` (a JSON
+/// Schema object) or `grammar` (GBNF text) for its answer.
 pub fn parse_json_line(line: &str) -> Result<Request, String> {
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
     let (key, req) = if let Some(q) = v.get("q").and_then(|q| q.as_str()) {
-        ("q", Request::Question(q.to_string()))
+        let req = match (v.get("json_schema"), v.get("grammar")) {
+            (None, None) => Request::Question(q.to_string()),
+            (Some(_), Some(_)) => {
+                return Err("`json_schema` and `grammar` together: give one".into())
+            }
+            (Some(schema), None) => Request::Structured(
+                q.to_string(),
+                Box::new(
+                    Grammar::from_schema_value(schema, "`json_schema`")
+                        .map_err(|e| crate::report(&e))?,
+                ),
+            ),
+            (None, Some(g)) => {
+                let g = g.as_str().ok_or("`grammar` must be a string of GBNF")?;
+                Request::Structured(
+                    q.to_string(),
+                    Box::new(Grammar::from_gbnf(g, "`grammar`").map_err(|e| crate::report(&e))?),
+                )
+            }
+        };
+        ("q", req)
     } else if let Some(c) = v.get("cmd").and_then(|c| c.as_str()) {
         let c = format!("/{}", c.trim_start_matches('/'));
         match Command::parse(&c) {
@@ -41,10 +66,11 @@ pub fn parse_json_line(line: &str) -> Result<Request, String> {
     } else {
         return Err(EXPECTED.into());
     };
-    if let Some(other) = v
-        .as_object()
-        .and_then(|o| o.keys().find(|k| k.as_str() != key))
-    {
+    if let Some(other) = v.as_object().and_then(|o| {
+        o.keys().find(|k| {
+            k.as_str() != key && !(key == "q" && matches!(k.as_str(), "json_schema" | "grammar"))
+        })
+    }) {
         return Err(format!(
             "unknown field `{other}` in the request: {EXPECTED}"
         ));

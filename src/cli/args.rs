@@ -538,11 +538,39 @@ pub(crate) struct GenArgs {
     /// Stop when this text appears (repeatable).
     #[arg(long = "stop")]
     pub(crate) stop: Vec<String>,
+    /// Constrain answers to this GBNF grammar (llama.cpp's format; the rule
+    /// `root` is the whole answer).
+    #[arg(long, group = "structured")]
+    pub(crate) grammar: Option<String>,
+    /// Constrain answers to the GBNF grammar in FILE.
+    #[arg(long = "grammar-file", group = "structured")]
+    pub(crate) grammar_file: Option<PathBuf>,
+    /// Constrain answers to JSON that fits this JSON Schema, e.g.
+    /// '{"type":"object","properties":{"light":{"enum":["on","off"]}},"required":["light"]}'.
+    #[arg(short = 'j', long = "json-schema", group = "structured")]
+    pub(crate) json_schema: Option<String>,
+    /// Constrain answers to JSON that fits the JSON Schema in FILE.
+    #[arg(long = "json-schema-file", group = "structured")]
+    pub(crate) json_schema_file: Option<PathBuf>,
 }
 
 impl GenArgs {
-    pub(crate) fn params(&self) -> GenParams {
-        GenParams {
+    /// The generation parameters, with the grammar read and converted.
+    pub(crate) fn params(&self) -> Result<GenParams, ferrite::llm::GrammarError> {
+        use ferrite::llm::Grammar;
+        let grammar = if let Some(g) = &self.grammar {
+            Some(Grammar::from_gbnf(g, "--grammar")?)
+        } else if let Some(f) = &self.grammar_file {
+            Some(Grammar::gbnf_file(f)?)
+        } else if let Some(j) = &self.json_schema {
+            Some(Grammar::from_json_schema(j, "--json-schema")?)
+        } else {
+            self.json_schema_file
+                .as_deref()
+                .map(Grammar::json_schema_file)
+                .transpose()?
+        };
+        Ok(GenParams {
             // -1 and -2: no limit but the context.
             n_predict: usize::try_from(self.n_predict).ok(),
             temperature: self.temp,
@@ -559,7 +587,8 @@ impl GenArgs {
                 .unwrap_or(0xFFFF_FFFF),
             beams: self.beams as usize,
             stop: self.stop.clone(),
-        }
+            grammar,
+        })
     }
 }
 

@@ -12,7 +12,7 @@ pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
     sess.set_adapter(adapter)?;
     sess.set_system(a.system);
     let prompt = a.prompt.join(" ");
-    let params = a.gen.params();
+    let params = a.gen.params()?;
     let mut broken = false;
     let reply = {
         let mut sink = out.sink(&mut broken);

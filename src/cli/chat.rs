@@ -98,7 +98,7 @@ enum Next {
 }
 
 pub(crate) fn run(ctx: &Ctx, a: ChatArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let opts = ctx.serve_options(a.lora, &a.model, &a.gen, a.system);
+    let opts = ctx.serve_options(a.lora, &a.model, &a.gen, a.system)?;
     let intr = Arc::new(Interrupt::default());
     watch_sigint(intr.clone())?;
     let mut lines = Lines::open()?;

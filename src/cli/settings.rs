@@ -239,20 +239,20 @@ impl Ctx {
         m: &ModelArgs,
         gen: &GenArgs,
         system: Option<String>,
-    ) -> ferrite::assistant::ServeOptions {
-        ferrite::assistant::ServeOptions {
+    ) -> anyhow::Result<ferrite::assistant::ServeOptions> {
+        Ok(ferrite::assistant::ServeOptions {
             lora,
             model: m.model.clone().or(self.board.default_model.clone()),
             load: self.load_opts(m),
             session: self.session_opts(m, gen.beams as usize),
-            params: gen.params(),
+            params: gen.params()?,
             system,
             echo: false,
             json: false,
             max_line_bytes: 1 << 20,
             board: self.board.clone(),
             sys_root: ferrite::assistant::default_sys_root(),
-        }
+        })
     }
 
     pub(crate) fn load_opts(&self, m: &ModelArgs) -> LoadOptions {

@@ -13,6 +13,7 @@ mod beam;
 mod bench;
 mod chat;
 mod engine;
+mod grammar;
 mod params;
 mod perplexity;
 mod score;
@@ -28,6 +29,7 @@ pub use adapters::{parse_adapter_spec, ActiveAdapter, AdapterId};
 pub use bench::{run_bench, BenchOptions, BenchResult};
 pub use chat::{render_template, Message, Role, TemplateKind};
 pub use engine::{Engine, LoadOptions};
+pub use grammar::{Grammar, GrammarError, MAX_GRAMMAR_BYTES};
 pub use params::GenParams;
 pub use perplexity::{perplexity, PerplexityResult};
 pub use score::{score_answer, TokenScore};
@@ -78,6 +80,8 @@ pub enum LlmError {
     AdapterFile(#[from] crate::adapter::AdapterError),
     #[error("invalid parameter: {0}")]
     Param(String),
+    #[error(transparent)]
+    Grammar(#[from] grammar::GrammarError),
 }
 
 static BACKEND: OnceLock<Result<LlamaBackend, std::sync::Arc<llama_cpp_2::LlamaCppError>>> =

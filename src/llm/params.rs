@@ -8,9 +8,12 @@
 //! 0.8, because a 100M-class model on a board answers factual questions far
 //! more reliably near-greedy, and an appliance should be predictable.
 
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 
+use super::grammar::Grammar;
 use super::LlmError;
 
 /// Everything that shapes one answer.
@@ -34,6 +37,10 @@ pub struct GenParams {
     /// (N = 1 is greedy by construction).
     pub beams: usize,
     pub stop: Vec<String>,
+    /// Structured output: every token must fit this grammar (GBNF, or a
+    /// JSON Schema made GBNF). `None`: free text.
+    #[serde(skip)]
+    pub grammar: Option<Grammar>,
 }
 
 impl Default for GenParams {
@@ -51,6 +58,7 @@ impl Default for GenParams {
             seed: 0xFFFF_FFFF,
             beams: 0,
             stop: Vec::new(),
+            grammar: None,
         }
     }
 }
@@ -128,9 +136,36 @@ impl GenParams {
         }
     }
 
-    /// The sampler chain; call `validate_for` with the same `n_ctx` and
-    /// `n_vocab` first.
-    pub(crate) fn sampler(&self, n_vocab: i32, n_ctx: u32) -> LlamaSampler {
+    /// The sampler chain, with `prompt` already seen by the penalties (as
+    /// in llama-cli); call `validate_for` with the same `n_ctx` and the
+    /// model's vocabulary size first. A grammar goes in front, as in
+    /// llama.cpp's common sampler, so every later stage sees only the tokens
+    /// it allows; it never sees the prompt (whose tokens, an end-of-turn
+    /// among them, it would refuse: llama.cpp aborts on that).
+    ///
+    /// # Errors
+    /// `LlmError::Grammar` when llama.cpp's parser refuses the grammar.
+    pub(crate) fn sampler(
+        &self,
+        model: &LlamaModel,
+        n_ctx: u32,
+        prompt: &[LlamaToken],
+    ) -> Result<LlamaSampler, LlmError> {
+        let grammar = self
+            .grammar
+            .as_ref()
+            .map(|g| g.sampler(model))
+            .transpose()?;
+        let mut chain = self.sampling_chain(model.n_vocab(), n_ctx);
+        chain.accept_many(prompt.iter());
+        Ok(match grammar {
+            Some(g) => LlamaSampler::chain(vec![g, chain], true),
+            None => chain,
+        })
+    }
+
+    /// Penalties, truncation, temperature and the draw (or greedy).
+    fn sampling_chain(&self, n_vocab: i32, n_ctx: u32) -> LlamaSampler {
         let mut chain = Vec::new();
         if self.repeat_penalty != 1.0
             || self.frequency_penalty != 0.0

@@ -408,9 +408,8 @@ impl<'m> Session<'m> {
     ) -> Result<(usize, Finish, f64), LlmError> {
         let model = &self.engine.model;
         let vocab = model.vocab();
-        let mut sampler = params.sampler(model.n_vocab(), self.n_ctx());
         // The penalties look at the prompt too, as in llama-cli.
-        sampler.accept_many(self.cached.iter());
+        let mut sampler = params.sampler(model, self.n_ctx(), &self.cached)?;
         let n_ctx = self.n_ctx() as usize;
         let mut batch = LlamaBatch::new(1, 1);
         let mut n_gen = 0usize;
