@@ -128,6 +128,11 @@ fn good_file_is_pulled_and_verified() {
         store.verify("web", &m),
         Err(ModelsError::HashMismatch { .. })
     ));
+    // As verify's message says, pulling again mends it: a second request.
+    store.pull(m.get("web").unwrap()).unwrap();
+    assert_eq!(srv.ranges.lock().unwrap().len(), 2);
+    assert_eq!(std::fs::read(&p).unwrap(), b);
+    store.verify("web", &m).unwrap();
 }
 
 #[test]

@@ -121,6 +121,10 @@ impl GenParams {
         if self.beams > 16 {
             return bad("at most 16 beams");
         }
+        if self.beams > 0 && self.grammar.is_some() {
+            // Beam search ranks raw logits; it would ignore the grammar.
+            return bad("beam search cannot follow a grammar or JSON schema: drop --beams");
+        }
         Ok(())
     }
 

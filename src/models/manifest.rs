@@ -66,6 +66,32 @@ pub struct ModelEntry {
     pub sources: Vec<Source>,
 }
 
+impl ModelEntry {
+    /// The files kept beside the model as they are and pinned by sha256
+    /// (a Piper voice's `.onnx.json`): `(base name, sha256)`, from the first
+    /// source that pins any. A converted model's files are not listed: the
+    /// conversion's output sha256 covers what they contributed.
+    pub fn pinned_files(&self) -> Vec<(&str, &str)> {
+        self.sources
+            .iter()
+            .find_map(|s| match s {
+                Source::Pip {
+                    files,
+                    files_sha256,
+                    ..
+                } if !files_sha256.is_empty() => Some(
+                    files
+                        .iter()
+                        .zip(files_sha256)
+                        .map(|(f, h)| (f.rsplit('/').next().unwrap_or(f), h.as_str()))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Where a model's bytes come from.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]

@@ -345,12 +345,20 @@ impl Store {
         })
     }
 
-    /// The model's file when its receipt pins the manifest's sha256.
+    /// The model's file when its receipt pins the manifest's sha256 and the
+    /// files kept beside it are there (a deleted `.onnx.json` is fetched
+    /// again; `verify` re-hashes them).
     fn pulled_as_pinned(&self, entry: &ModelEntry) -> Option<PathBuf> {
         let p = self.path(&entry.name).ok()?;
-        self.receipt(&entry.name)
-            .is_some_and(|r| r.sha256 == entry.sha256)
-            .then_some(p)
+        let beside_ok = entry
+            .pinned_files()
+            .iter()
+            .all(|(f, _)| p.with_file_name(f).is_file());
+        (beside_ok
+            && self
+                .receipt(&entry.name)
+                .is_some_and(|r| r.sha256 == entry.sha256))
+        .then_some(p)
     }
 
     fn check_part(&self, entry: &ModelEntry, part: &Path) -> Result<(), ModelsError> {
@@ -376,8 +384,21 @@ impl Store {
     }
 
     /// Re-hash a pulled model against its receipt (and the manifest, when the
-    /// model is in it).
+    /// model is in it), and the files kept beside it against the manifest.
+    /// A mismatch also withdraws the receipt, so that `pull` fetches the
+    /// model again (the bytes stay until it does).
     pub fn verify(&self, name: &str, manifest: &Manifest) -> Result<PathBuf, ModelsError> {
+        let r = self.verify_bytes(name, manifest);
+        if let Err(ModelsError::HashMismatch { .. } | ModelsError::SizeMismatch { .. }) = &r {
+            let receipt = self.receipt_path(name);
+            if let Err(e) = std::fs::remove_file(&receipt) {
+                tracing::warn!(path = %receipt.display(), error = %e, "cannot withdraw the receipt");
+            }
+        }
+        r
+    }
+
+    fn verify_bytes(&self, name: &str, manifest: &Manifest) -> Result<PathBuf, ModelsError> {
         let (p, r) = self.pulled(name)?;
         let expected = manifest
             .get(name)
@@ -404,6 +425,22 @@ impl Store {
                 expected,
                 actual,
             });
+        }
+        for (file, want) in manifest
+            .get(name)
+            .map(ModelEntry::pinned_files)
+            .unwrap_or_default()
+        {
+            let extra = p.with_file_name(file);
+            let (got, _) = sha256_file(&extra, self.progress.as_ref())?;
+            if got != want {
+                return Err(ModelsError::HashMismatch {
+                    name: name.into(),
+                    path: extra,
+                    expected: want.into(),
+                    actual: got,
+                });
+            }
         }
         Ok(p)
     }
