@@ -28,15 +28,16 @@ arm="${1:?usage: boards/qemu-say.sh ARM_BINARY [X86_BINARY]}"
 x86="${2:-target/release/ferrite}"
 root="target/qemu-root-arm64"
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+# The host's Debian release, from its own apt sources (CI runs Debian).
 suite="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
 
 if [ ! -e "$root/usr/lib/aarch64-linux-gnu/libespeak-ng.so.1" ]; then
   command -v mmdebstrap >/dev/null || { $sudo apt-get update -qq; $sudo apt-get install -y -qq mmdebstrap >/dev/null; }
-  rm -rf "$root.tmp"
+  $sudo rm -rf "$root.tmp"
   $sudo mmdebstrap --quiet --variant=extract --architectures=arm64 \
     --include=libespeak-ng1,libstdc++6,libgomp1 "$suite" "$root.tmp"
   [ -z "$sudo" ] || $sudo chown -R "$(id -u):$(id -g)" "$root.tmp"
-  rm -rf "$root" && mv "$root.tmp" "$root"
+  $sudo rm -rf "$root" && mv "$root.tmp" "$root"
 fi
 mkdir -p "$root/proc"
 for i in 0 1; do

@@ -103,7 +103,11 @@ fn the_json_protocol_and_the_console_take_schemas() {
          {{\"q\": \"What is the capital of Japan?\"}}\n\
          {{\"q\": \"x\", \"json_schema\": [1]}}\n\
          {{\"q\": \"x\", \"json_schema\": {{\"type\": \"object\"}}, \"grammar\": \"root ::= \\\"a\\\"\"}}\n\
-         {{\"q\": \"Yes or no?\", \"grammar\": \"root ::= \\\"yes\\\" | \\\"no\\\"\"}}\n"
+         {{\"q\": \"Yes or no?\", \"grammar\": \"root ::= \\\"yes\\\" | \\\"no\\\"\"}}\n\
+         {{\"q\": \"hi\", \"grammar\": \"root ::= [b-a]\"}}\n\
+         {{\"q\": \"hi\", \"grammar\": \"root ::= <[999999]>\"}}\n\
+         {{\"q\": \"hi\", \"grammar\": \"root ::= undefined\"}}\n\
+         {{\"q\": \"What is the capital of Japan?\"}}\n"
     );
     let out = ferrite_with_input(
         home.path(),
@@ -126,19 +130,30 @@ fn the_json_protocol_and_the_console_take_schemas() {
         }
     }
     answers.pop();
-    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert_eq!(answers.len(), 4, "{answers:?}");
+    // Grammars no token can follow end in an error, not an abort, and the
+    // console answers the next question.
+    assert!(answers[3].contains("Tokyo"), "{}", answers[3]);
     validate(LIGHT, &answers[..1]);
     // The schema was for that question only.
     assert!(answers[1].contains("Tokyo"), "{}", answers[1]);
     assert!(answers[2] == "yes" || answers[2] == "no", "{}", answers[2]);
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors.len(), 5, "{errors:?}");
     assert!(errors[0].contains("not a JSON Schema"), "{}", errors[0]);
     assert!(errors[1].contains("give one"), "{}", errors[1]);
+    assert!(errors[2].contains("no token fits"), "{}", errors[2]);
+    assert!(errors[3].contains("no token fits"), "{}", errors[3]);
+    assert!(
+        errors[4].contains("grammar parser refused"),
+        "{}",
+        errors[4]
+    );
 
     // The text console: /set json-schema holds until `off`.
     let input = format!(
         "/set json-schema {LIGHT}\nIs the light on?\nIs it off now?\n/show\n\
-         /set json-schema off\nWhat is the capital of Japan?\n/set grammar answer ::= \"x\"\n"
+         /set json-schema off\nWhat is the capital of Japan?\n/set grammar answer ::= \"x\"\n\
+         /set grammar root ::= undefined\n/show\n"
     );
     let out = ferrite_with_input(
         home.path(),
@@ -159,6 +174,10 @@ fn the_json_protocol_and_the_console_take_schemas() {
         "{text}"
     );
     assert!(text.contains("no `root ::=` rule"), "{text}");
+    // Refused when set, not at the next answer: the setting stays off.
+    assert!(text.contains("grammar parser refused"), "{text}");
+    let last_show = text.lines().rev().find(|l| l.contains("temp=")).unwrap();
+    assert!(!last_show.contains("grammar=on"), "{text}");
 }
 
 #[test]
@@ -166,6 +185,7 @@ fn bad_schemas_and_grammars_are_clear_errors() {
     let home = tempfile::tempdir().unwrap();
     let model = model_path().to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let deep = format!("root ::= {}\"a\"{}", "(".repeat(300), ")".repeat(300));
     let big = dir.path().join("big.gbnf");
     std::fs::write(&big, format!("root ::= \"{}\"", "a".repeat(300_000))).unwrap();
     for (args, says) in [
@@ -180,6 +200,11 @@ fn bad_schemas_and_grammars_are_clear_errors() {
             "grammar parser refused it",
         ),
         (vec!["--grammar", "answer ::= \"a\""], "no `root ::=` rule"),
+        (
+            vec!["--grammar", "root ::= [b-a]"],
+            "no token fits the grammar",
+        ),
+        (vec!["--grammar", &deep], "nests groups 300 deep"),
         (
             vec!["--grammar-file", big.to_str().unwrap()],
             "at most 262144",

@@ -17,7 +17,7 @@ use super::protocol::Request;
 use super::{AssistantError, ServeOptions};
 use crate::board::Governor;
 use crate::gguf::GgufFile;
-use crate::llm::{AdapterId, Engine, GenParams, Message, Session};
+use crate::llm::{AdapterId, Engine, GenParams, LlmError, Message, Session};
 use crate::models::{ModelKind, Store};
 
 /// The front end's side of an answer: render the event; `Break` cancels the
@@ -129,6 +129,10 @@ impl<'a, 'm> Core<'a, 'm> {
                 Outcome::Continue
             }
             Request::Structured(q, grammar) => {
+                if let Err(e) = self.engine.check_grammar(&grammar) {
+                    let _ = emit(Event::error(crate::report(&e)));
+                    return Outcome::Continue;
+                }
                 // For this question only; the console's own setting stays.
                 let kept = self.params.grammar.replace(*grammar);
                 self.answer(&q, emit);
@@ -175,7 +179,15 @@ impl<'a, 'm> Core<'a, 'm> {
             Command::Set(s) => {
                 let mut p = self.params.clone();
                 s.apply(&mut p);
-                match p.validate_for(self.session.n_ctx(), self.engine.n_vocab()) {
+                let checked = p
+                    .validate_for(self.session.n_ctx(), self.engine.n_vocab())
+                    .and_then(|()| {
+                        p.grammar
+                            .as_ref()
+                            .map_or(Ok(()), |g| self.engine.check_grammar(g))
+                            .map_err(LlmError::from)
+                    });
+                match checked {
                     Ok(()) => {
                         self.params = p;
                         Event::info("set", s.to_string())

@@ -824,9 +824,18 @@ fn take_cancel_line(buf: &mut Vec<u8>, from: usize) -> bool {
     let mut start = buf[..from].iter().rposition(is_end).map_or(0, |i| i + 1);
     while let Some(len) = buf[start..].iter().position(is_end) {
         let line = &buf[start..start + len];
-        let cancel = std::str::from_utf8(line)
+        // Only the `cmd` is looked at: a type-ahead question is parsed (its
+        // schema converted) once, when its turn comes, not on every token.
+        let cancel = serde_json::from_slice::<serde_json::Value>(line)
             .ok()
-            .is_some_and(|l| parse_json_line(l.trim()) == Ok(Request::Command(Command::Cancel)));
+            .and_then(|v| match v.as_object() {
+                Some(o) if o.len() == 1 => o.get("cmd").and_then(|c| c.as_str()).map(String::from),
+                _ => None,
+            })
+            .is_some_and(|c| {
+                Command::parse(&format!("/{}", c.trim_start_matches('/')))
+                    == Some(Ok(Command::Cancel))
+            });
         if cancel {
             buf.drain(start..=start + len);
             return true;

@@ -26,9 +26,11 @@ pub(crate) fn run(ctx: &Ctx, a: TranscribeArgs, out: &mut Out) -> anyhow::Result
     };
     let mut texts = Vec::new();
     let mut compute = 0.0;
+    let mut gated = 0;
     for p in &pieces {
         if let Some(g) = gate.as_mut() {
             if !g.holds_speech(p)? {
+                gated += 1;
                 continue;
             }
         }
@@ -41,11 +43,18 @@ pub(crate) fn run(ctx: &Ctx, a: TranscribeArgs, out: &mut Out) -> anyhow::Result
     writeln!(out, "{}", texts.join(" "))?;
     if texts.is_empty() {
         // The empty line is the transcript (scripts read it); this says why.
-        eprintln!(
-            "no speech in {}: {} stretch(es) of sound, none judged speech (-v says which detector dropped what)",
-            a.file.display(),
-            pieces.len()
-        );
+        let why = match (a.no_vad, gated) {
+            (true, _) => "whisper heard no words".to_string(),
+            (false, 0) => format!(
+                "{} stretch(es) of sound, in which whisper heard no words",
+                pieces.len()
+            ),
+            (false, g) => format!(
+                "{} stretch(es) of sound, {g} judged not speech (-v says by which detector), no words in the rest",
+                pieces.len()
+            ),
+        };
+        eprintln!("no speech in {}: {why}", a.file.display());
     }
     if a.stats {
         eprintln!(

@@ -34,6 +34,16 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Whether llama.cpp's grammar parser takes `g` for this model's
+    /// vocabulary (a setting is checked when it is made, not at the next
+    /// answer).
+    ///
+    /// # Errors
+    /// `GrammarError::Parse` as `Grammar::sampler`.
+    pub fn check_grammar(&self, g: &super::Grammar) -> Result<(), super::GrammarError> {
+        g.sampler(&self.model).map(drop)
+    }
+
     /// Validate and load `path`. `name` is what the user calls it.
     pub fn load(name: &str, path: &Path, opts: &LoadOptions) -> Result<Engine, LlmError> {
         Self::from_gguf(name, GgufFile::open(path)?, opts)

@@ -12,12 +12,21 @@
 
 use std::path::Path;
 
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+use llama_cpp_2::token::LlamaToken;
 
 /// The largest grammar or schema text accepted, in bytes. llama.cpp's own
 /// grammars are a few KiB; this bounds what a wire request can make it parse.
 pub const MAX_GRAMMAR_BYTES: usize = 256 * 1024;
+/// The deepest nesting of `( ... )` groups accepted: llama.cpp's parser
+/// recurses once per level, and 100k levels overflow its thread's stack.
+pub const MAX_NESTING: usize = 256;
+/// The most properties one schema object may list: llama.cpp's converter
+/// spends time cubic in the optional ones.
+pub const MAX_PROPERTIES: usize = 256;
 
 /// A GBNF grammar, checked for what can be checked without a model; where it
 /// came from, for error messages.
@@ -42,7 +51,7 @@ pub enum GrammarError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{what} is not a JSON Schema object or boolean")]
+    #[error("{what} is not a JSON Schema (an object)")]
     NotSchema { what: String },
     #[error("{what}: llama.cpp cannot turn this JSON Schema into a grammar")]
     Unsupported {
@@ -50,7 +59,13 @@ pub enum GrammarError {
         #[source]
         source: llama_cpp_2::LlamaCppError,
     },
-    #[error("{what}: llama.cpp's grammar parser refused it (run with -v to see where)")]
+    #[error("{what} nests groups {depth} deep; at most {MAX_NESTING}")]
+    TooDeep { what: String, depth: usize },
+    #[error("{what}: an object with {count} properties; at most {MAX_PROPERTIES}")]
+    TooManyProperties { what: String, count: usize },
+    #[error("{what}: no token fits the grammar here, so the answer stops (a rule this model's vocabulary cannot spell?)")]
+    DeadEnd { what: String },
+    #[error("{what}: llama.cpp's grammar parser refused it (its own message, on ferrite's stderr, says where)")]
     Parse {
         what: String,
         #[source]
@@ -94,6 +109,57 @@ fn read(path: &Path) -> Result<String, GrammarError> {
     })
 }
 
+/// The deepest `( ... )` nesting of GBNF text, outside string literals,
+/// character classes and comments (GBNF as llama.cpp's `grammars/README.md`
+/// gives it: `"..."` and `[...]` with backslash escapes, `#` to line end).
+fn nesting(gbnf: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut it = gbnf.chars();
+    while let Some(c) = it.next() {
+        match c {
+            '"' | '[' => {
+                let close = if c == '"' { '"' } else { ']' };
+                while let Some(d) = it.next() {
+                    if d == '\\' {
+                        it.next();
+                    } else if d == close {
+                        break;
+                    }
+                }
+            }
+            '#' => {
+                for d in it.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '(' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The largest `properties` object anywhere in a schema.
+fn most_properties(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Object(o) => {
+            let here = o
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .map_or(0, serde_json::Map::len);
+            o.values().map(most_properties).fold(here, usize::max)
+        }
+        serde_json::Value::Array(a) => a.iter().map(most_properties).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 impl Grammar {
     /// GBNF text (`what` names it in errors: a file name, "the request").
     ///
@@ -108,6 +174,13 @@ impl Grammar {
         });
         if !has_root {
             return Err(GrammarError::NoRoot { what: what.into() });
+        }
+        let depth = nesting(gbnf);
+        if depth > MAX_NESTING {
+            return Err(GrammarError::TooDeep {
+                what: what.into(),
+                depth,
+            });
         }
         Ok(Grammar {
             gbnf: gbnf.to_string(),
@@ -135,8 +208,15 @@ impl Grammar {
     /// # Errors
     /// As `from_json_schema`.
     pub fn from_schema_value(v: &serde_json::Value, what: &str) -> Result<Grammar, GrammarError> {
-        if !(v.is_object() || v.is_boolean()) {
+        if !v.is_object() {
             return Err(GrammarError::NotSchema { what: what.into() });
+        }
+        let count = most_properties(v);
+        if count > MAX_PROPERTIES {
+            return Err(GrammarError::TooManyProperties {
+                what: what.into(),
+                count,
+            });
         }
         let text = v.to_string();
         bounded(&text, what)?;
@@ -189,6 +269,37 @@ impl Grammar {
     }
 }
 
+/// One token under a grammar, without letting llama.cpp abort: the chain
+/// (grammar in front) is applied to the candidates, and a pick the grammar
+/// masked (logit -inf: no token fits, so greedy or the draw fell on a
+/// masked one) is refused before it is accepted. llama.cpp's own
+/// `llama_sampler_sample` would accept it, and its grammar then aborts the
+/// process (an end-of-generation token while the grammar is unfinished) or
+/// throws across the C boundary.
+///
+/// # Errors
+/// `GrammarError::DeadEnd` when no token fits.
+pub(crate) fn sample_guarded(
+    sampler: &mut LlamaSampler,
+    ctx: &LlamaContext<'_>,
+    idx: i32,
+    grammar: &Grammar,
+) -> Result<LlamaToken, GrammarError> {
+    let dead_end = || GrammarError::DeadEnd {
+        what: grammar.what.clone(),
+    };
+    let mut cands = LlamaTokenDataArray::from_iter(ctx.candidates_ith(idx), false);
+    cands.apply_sampler(sampler);
+    let tok = cands
+        .selected
+        .and_then(|i| cands.data.get(i))
+        .filter(|d| d.logit().is_finite())
+        .map(|d| d.id())
+        .ok_or_else(dead_end)?;
+    sampler.try_accept(tok).map_err(|_| dead_end())?;
+    Ok(tok)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +325,26 @@ mod tests {
         let e = Grammar::from_gbnf(&big, "g").unwrap_err();
         assert!(matches!(e, GrammarError::TooLarge { .. }), "{e}");
         assert!(Grammar::json_object().gbnf().contains("root ::="));
+        let deep = format!("root ::= {}\"a\"{}", "(".repeat(300), ")".repeat(300));
+        let e = Grammar::from_gbnf(&deep, "g").unwrap_err();
+        assert!(matches!(e, GrammarError::TooDeep { depth: 300, .. }), "{e}");
+        // Brackets inside literals, classes and comments are not groups.
+        let quoted = format!(
+            "root ::= \"{}\" [(] # {}\n",
+            "(".repeat(300),
+            "(".repeat(300)
+        );
+        Grammar::from_gbnf(&quoted, "g").unwrap();
+        let props: serde_json::Map<String, serde_json::Value> = (0..300)
+            .map(|i| (format!("p{i}"), serde_json::json!({"type": "string"})))
+            .collect();
+        let wide = serde_json::json!({"type": "object", "properties": {"inner": {"type": "object", "properties": props}}});
+        let e = Grammar::from_schema_value(&wide, "s").unwrap_err();
+        assert!(
+            matches!(e, GrammarError::TooManyProperties { count: 300, .. }),
+            "{e}"
+        );
+        let e = Grammar::from_json_schema("true", "s").unwrap_err();
+        assert!(matches!(e, GrammarError::NotSchema { .. }), "{e}");
     }
 }

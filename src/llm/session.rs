@@ -419,8 +419,12 @@ impl<'m> Session<'m> {
             if params.n_predict.is_some_and(|n| n_gen >= n) {
                 break Finish::Length;
             }
-            // `sample` also accepts the token into the chain.
-            let tok = sampler.sample(&self.ctx, logits_idx);
+            // `sample` also accepts the token into the chain; under a
+            // grammar, the guarded way (see `sample_guarded`).
+            let tok = match &params.grammar {
+                Some(g) => super::grammar::sample_guarded(&mut sampler, &self.ctx, logits_idx, g)?,
+                None => sampler.sample(&self.ctx, logits_idx),
+            };
             if n_gen == 0 {
                 ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
             }
