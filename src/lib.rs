@@ -19,6 +19,7 @@ pub mod board;
 pub mod console;
 pub mod finetune;
 pub mod gguf;
+pub mod http;
 pub mod hw;
 pub mod llm;
 pub mod models;

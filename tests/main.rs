@@ -10,6 +10,7 @@ mod engine;
 mod finetune;
 mod fuzz;
 mod gguf_files;
+mod http;
 mod long_speech;
 mod pull;
 mod reports;

@@ -372,6 +372,22 @@ pub(crate) struct ServeArgs {
     /// Also take spoken queries (microphone, or --wav files).
     #[arg(long)]
     pub(crate) listen: bool,
+    /// Serve the OpenAI-compatible HTTP API on ADDR:PORT (e.g.
+    /// 127.0.0.1:8080) instead of a console: /v1/chat/completions,
+    /// /v1/models, /health.
+    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["port", "stdio", "listen"])]
+    pub(crate) http: Option<std::net::SocketAddr>,
+    /// With --http: the key clients must send (`Authorization: Bearer KEY`);
+    /// required for an address outside loopback.
+    #[arg(long = "api-key", requires = "http")]
+    pub(crate) api_key: Option<String>,
+    /// With --http: serve an address outside loopback without a key.
+    #[arg(long = "insecure-no-auth", requires = "http")]
+    pub(crate) insecure_no_auth: bool,
+    /// With --http: requests that may wait for the model; one more gets a
+    /// 503 at once.
+    #[arg(long = "http-queue", default_value_t = 8, requires = "http", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) http_queue: u32,
     #[command(flatten)]
     pub(crate) ear: EarArgs,
 }

@@ -29,6 +29,9 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     // model (and, with --listen, the Whisper model) is found or pulled.
     let service = super::service::Systemd::start();
     check_ctx_size(ctx, &a.model)?;
+    if let Some(addr) = a.http {
+        return http(ctx, &a, addr, &service);
+    }
     // `listen` talks to the terminal unless a port is named.
     let stdio = a.stdio
         || (listen
@@ -172,4 +175,33 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
         status,
         mouth,
     })
+}
+
+/// `serve --http`: the OpenAI-compatible API on the loaded model.
+fn http(
+    ctx: &Ctx,
+    a: &ServeArgs,
+    addr: std::net::SocketAddr,
+    service: &super::service::Systemd,
+) -> anyhow::Result<()> {
+    use ferrite::assistant::Service as _;
+    let engine = ctx.load(&a.model)?;
+    let opts = ferrite::http::HttpOptions {
+        addr,
+        api_key: a.api_key.clone(),
+        insecure_no_auth: a.insecure_no_auth,
+        queue: a.http_queue as usize,
+        max_body: 1 << 20,
+    };
+    let session = ctx.session_opts(&a.model, 0);
+    let mut params = a.gen.params()?;
+    params.beams = 0;
+    let result = ferrite::http::serve(&opts, &engine, session, params, service, &mut |bound| {
+        eprintln!(
+            "ferrite: OpenAI-compatible API on http://{bound}/v1 (model {})",
+            engine.name()
+        );
+        service.ready();
+    });
+    Ok(result?)
 }

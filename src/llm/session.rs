@@ -168,6 +168,14 @@ impl<'m> Session<'m> {
         self.invalidate_cache();
     }
 
+    /// Replace the conversation but keep the KV cache: the next question
+    /// re-evaluates only from where the new conversation's tokens differ
+    /// from what is cached (a client that resends its whole conversation,
+    /// as OpenAI's API has it, pays only for the new turn).
+    pub fn set_history(&mut self, history: Vec<Message>) {
+        self.history = history;
+    }
+
     /// Statistics of the last answer.
     pub fn last_stats(&self) -> Option<&GenStats> {
         self.last.as_ref()

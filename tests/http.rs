@@ -1,0 +1,193 @@
+//! `ferrite serve --http` against the official `openai` Python client
+//! (tests/ref/openai_client.py) with the real model: whole and streamed
+//! answers, usage, `/v1/models`, a `json_schema` answer validated by
+//! `jsonschema`, OpenAI's errors as the client raises them, a 10 MB body, a
+//! client dropping mid-stream, and eight streaming clients at once.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{ferrite, ferrite_bin, model_path};
+
+const LIGHT: &str = r#"{"type":"object","properties":{"light":{"enum":["on","off"]}},"required":["light"],"additionalProperties":false}"#;
+
+/// A running server, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    _home: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(key: &str) -> Server {
+    let home = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(ferrite_bin())
+        .args([
+            "serve",
+            "--http",
+            &format!("127.0.0.1:{port}"),
+            "--api-key",
+            key,
+        ])
+        .args([
+            "-m",
+            model_path().to_str().unwrap(),
+            "-t",
+            "2",
+            "-c",
+            "2048",
+        ])
+        .env("FERRITE_HOME", home.path())
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server {
+        child,
+        base,
+        _home: home,
+    }
+}
+
+#[test]
+fn the_openai_client_talks_to_serve_http() {
+    let srv = start("s3cret");
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("light.json");
+    std::fs::write(&schema, LIGHT).unwrap();
+    let name = model_path()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let script = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/ref/openai_client.py"
+        ))
+        .args([&format!("{}/v1", srv.base), "s3cret", &name])
+        .arg(&schema)
+        .output()
+        .unwrap();
+    assert!(
+        script.status.success(),
+        "the openai client failed (bash .ci/deps installs openai): {}",
+        String::from_utf8_lossy(&script.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&script.stdout).unwrap();
+    for kind in ["whole", "stream"] {
+        let got = &v[kind];
+        assert!(
+            got["text"].as_str().unwrap().contains("Tokyo"),
+            "{kind}: {got}"
+        );
+        assert_eq!(got["finish"], "stop", "{kind}: {got}");
+        let u = &got["usage"];
+        assert!(u["prompt_tokens"].as_u64().unwrap() > 10, "{kind}: {got}");
+        assert_eq!(
+            u["total_tokens"].as_u64(),
+            Some(u["prompt_tokens"].as_u64().unwrap() + u["completion_tokens"].as_u64().unwrap())
+        );
+    }
+    assert_eq!(
+        v["whole"]["text"], v["stream"]["text"],
+        "greedy: the same answer both ways"
+    );
+    assert_eq!(v["models"], serde_json::json!([name]));
+    assert_eq!(v["json_schema"], "valid");
+    assert_eq!(v["unknown_model"], "NotFoundError 404");
+    assert_eq!(v["wrong_key"], "AuthenticationError 401");
+    assert_eq!(v["negative_max_tokens"], "BadRequestError 400");
+    assert_eq!(v["n2"], "BadRequestError 400");
+    assert_eq!(v["unknown_field"], "BadRequestError 400");
+    assert_eq!(v["ten_mb_body"], "413 invalid_request_error");
+    let eight = v["eight_clients"].as_array().unwrap();
+    assert_eq!(eight.len(), 8);
+    for a in eight {
+        assert!(a.as_str().unwrap().contains("Tokyo"), "{v}");
+    }
+    // The dropped stream was stopped (the worker saw its client gone), and
+    // every other answer finished: whole, stream, json_schema, eight.
+    let m = &v["metrics"];
+    assert_eq!(m["ferrite_cancelled_total"], 1.0, "{m}");
+    assert_eq!(m["ferrite_answers_total"], 11.0, "{m}");
+    assert_eq!(m["ferrite_queue_depth"], 0.0, "{m}");
+    assert!(
+        m["ferrite_resident_memory_bytes"].as_f64().unwrap() > 1e7,
+        "{m}"
+    );
+    // Still serving after all that.
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(srv.base.trim_start_matches("http://")).unwrap();
+    c.write_all(b"GET /health HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.0 200") && reply.ends_with(r#"{"status":"ok"}"#),
+        "{reply}"
+    );
+}
+
+#[test]
+fn a_network_address_needs_a_key() {
+    let home = tempfile::tempdir().unwrap();
+    let out = ferrite(
+        home.path(),
+        &[
+            "serve",
+            "--http",
+            "0.0.0.0:1",
+            "-m",
+            model_path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a loopback address: pass --api-key"),
+        "{err}"
+    );
+    let out = ferrite(
+        home.path(),
+        &[
+            "serve",
+            "--http",
+            "127.0.0.1:1",
+            "--port",
+            "/dev/ttyS0",
+            "-m",
+            "x",
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "--http beside a console is refused for now"
+    );
+}

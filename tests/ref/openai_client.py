@@ -1,0 +1,95 @@
+"""The official `openai` Python client against `ferrite serve --http`:
+argv[1] is the base URL (http://127.0.0.1:PORT/v1), argv[2] the API key,
+argv[3] the model name, argv[4] a JSON Schema file. Prints one JSON object
+of what each scenario got; the Rust test judges it."""
+import json
+import sys
+import threading
+
+import http.client
+import urllib.parse
+import urllib.request
+import jsonschema
+import openai
+
+base, key, model, schema_file = sys.argv[1:5]
+schema = json.load(open(schema_file))
+client = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
+japan = [{"role": "user", "content": "What is the capital of Japan?"}]
+out = {}
+
+r = client.chat.completions.create(model=model, messages=japan, max_tokens=24, temperature=0)
+out["whole"] = {"text": r.choices[0].message.content, "finish": r.choices[0].finish_reason,
+                "usage": r.usage.model_dump() if r.usage else None}
+
+chunks = list(client.chat.completions.create(model=model, messages=japan, max_tokens=24, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}))
+out["stream"] = {"text": "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                 "finish": [c.choices[0].finish_reason for c in chunks if c.choices][-1],
+                 "usage": chunks[-1].usage.model_dump() if chunks[-1].usage else None}
+
+out["models"] = [m.id for m in client.models.list()]
+
+r = client.chat.completions.create(
+    model=model, temperature=0, max_tokens=96,
+    messages=[{"role": "user", "content": "Is the light in the kitchen on?"}],
+    response_format={"type": "json_schema", "json_schema": {"name": "light", "schema": schema, "strict": True}})
+text = r.choices[0].message.content
+try:
+    jsonschema.validate(json.loads(text), schema)
+    out["json_schema"] = "valid"
+except Exception as e:  # noqa: BLE001 - reported to the test
+    out["json_schema"] = f"invalid: {e}: {text!r}"
+
+def error_of(call):
+    try:
+        call()
+        return "no error"
+    except openai.APIStatusError as e:
+        return f"{type(e).__name__} {e.status_code}"
+
+out["unknown_model"] = error_of(lambda: client.chat.completions.create(model="nosuch", messages=japan))
+wrong = openai.OpenAI(base_url=base, api_key="wrong-key", max_retries=0)
+out["wrong_key"] = error_of(lambda: wrong.chat.completions.create(model=model, messages=japan))
+out["negative_max_tokens"] = error_of(
+    lambda: client.chat.completions.create(model=model, messages=japan, max_tokens=-1))
+out["n2"] = error_of(lambda: client.chat.completions.create(model=model, messages=japan, n=2))
+out["unknown_field"] = error_of(
+    lambda: client.chat.completions.create(model=model, messages=japan, extra_body={"mirostat": 2}))
+# A 10 MB body: refused from its Content-Length, before it is read (the
+# client sends the headers and waits, as with `Expect: 100-continue`).
+url = urllib.parse.urlparse(base)
+conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+conn.putrequest("POST", url.path + "/chat/completions")
+conn.putheader("Authorization", f"Bearer {key}")
+conn.putheader("Content-Type", "application/json")
+conn.putheader("Content-Length", str(10 << 20))
+conn.endheaders()
+big = conn.getresponse()
+out["ten_mb_body"] = f"{big.status} {json.load(big)['error']['type']}"
+conn.close()
+
+# A client that drops mid-stream frees its place; then eight at once.
+s = client.chat.completions.create(model=model, max_tokens=400, temperature=0, stream=True,
+                                   messages=[{"role": "user", "content": "Write a long story about a dragon."}])
+for i, _ in zip(range(3), s):
+    pass
+s.close()
+results = [None] * 8
+def one(i):
+    try:
+        parts = client.chat.completions.create(model=model, messages=japan, max_tokens=16, temperature=0,
+                                               stream=True)
+        results[i] = "".join(c.choices[0].delta.content or "" for c in parts if c.choices)
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results[i] = f"error: {e}"
+threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+out["eight_clients"] = results
+with urllib.request.urlopen(f"{base.removesuffix('/v1')}/metrics", timeout=30) as m:
+    out["metrics"] = {line.split("{")[0]: float(line.split()[-1])
+                      for line in m.read().decode().splitlines() if line and not line.startswith("#")}
+print(json.dumps(out))
