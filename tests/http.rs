@@ -35,16 +35,15 @@ fn free_port() -> u16 {
 }
 
 fn start(key: &str) -> Server {
+    start_with(&["--api-key", key])
+}
+
+fn start_with(extra: &[&str]) -> Server {
     let home = tempfile::tempdir().unwrap();
     let port = free_port();
     let child = Command::new(ferrite_bin())
-        .args([
-            "serve",
-            "--http",
-            &format!("127.0.0.1:{port}"),
-            "--api-key",
-            key,
-        ])
+        .args(["serve", "--http", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .args([
             "-m",
             model_path().to_str().unwrap(),
@@ -152,6 +151,43 @@ fn the_openai_client_talks_to_serve_http() {
         reply.starts_with("HTTP/1.0 200") && reply.ends_with(r#"{"status":"ok"}"#),
         "{reply}"
     );
+}
+
+/// One answer runs and one waits (`--http-queue 1`): a third request at
+/// that moment is refused at once with a 503 (the client raises it as an
+/// `InternalServerError`, and retries it by default), and the other two
+/// finish.
+#[test]
+fn a_full_queue_is_a_503_not_a_wait() {
+    let srv = start_with(&["--http-queue", "1"]);
+    let name = model_path()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/ref/openai_busy.py"
+        ))
+        .args([&format!("{}/v1", srv.base), &name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
+    let busy = got
+        .iter()
+        .filter(|g| *g == "InternalServerError 503 server_busy")
+        .count();
+    let done = got
+        .iter()
+        .filter(|g| *g == "length" || *g == "stop")
+        .count();
+    assert_eq!((busy, done), (1, 2), "{got:?}");
 }
 
 #[test]
