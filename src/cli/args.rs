@@ -36,7 +36,8 @@ pub(crate) enum Cmd {
     /// ends; Ctrl-C stops an answer, and at the prompt ends the chat).
     Chat(ChatArgs),
     /// Serve the assistant on a serial port (or stdin/stdout): one line in,
-    /// a streamed answer out. See the README for the protocol.
+    /// a streamed answer out; or, with --http, the OpenAI-compatible API.
+    /// See the README for the protocols.
     Serve(ServeArgs),
     /// Spoken queries: microphone (or WAV files) → whisper → the assistant,
     /// answers streamed to the console (stdout unless --port). `serve --listen`
@@ -374,7 +375,7 @@ pub(crate) struct ServeArgs {
     pub(crate) listen: bool,
     /// Serve the OpenAI-compatible HTTP API on ADDR:PORT (e.g.
     /// 127.0.0.1:8080) instead of a console: /v1/chat/completions,
-    /// /v1/models, /health.
+    /// /v1/models, /health, /metrics.
     #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["port", "stdio", "listen"])]
     pub(crate) http: Option<std::net::SocketAddr>,
     /// With --http: the key clients must send (`Authorization: Bearer KEY`);
