@@ -247,13 +247,16 @@ fn listen_speaks_the_answers() {
             .unwrap();
         assert!(st.success());
         // With --speak the files arrive in real time, as from a microphone:
-        // 4 s of quiet after the first question lets its answer be heard
+        // 12 s of quiet after the first question lets its answer be heard
         // out before the second one (which would otherwise barge in on it).
+        // 4 s was not always enough on a loaded 2-core CI machine, where
+        // hearing, answering and speaking the first answer took longer and
+        // the second question cut it off (CI saw only "legs" recorded).
         let q = scratch(&format!("speak-q{i}.wav"));
         let st = Command::new("sox")
             .arg(&raw)
             .arg(&q)
-            .args(["pad", "0", "4"])
+            .args(["pad", "0", "12"])
             .status()
             .unwrap();
         assert!(st.success());
