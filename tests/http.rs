@@ -9,8 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{ferrite, ferrite_bin, model_path};
-
-const LIGHT: &str = r#"{"type":"object","properties":{"light":{"enum":["on","off"]}},"required":["light"],"additionalProperties":false}"#;
+use crate::structured::LIGHT;
 
 /// A running server, killed on drop.
 struct Server {
@@ -74,26 +73,40 @@ fn start_with(extra: &[&str]) -> Server {
     }
 }
 
+/// The name the server serves the test model under (its file stem).
+fn model_name() -> String {
+    model_path()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Run the Python client script `tests/ref/SCRIPT` with `args`.
+fn client(script: &str, args: &[&str]) -> std::process::Output {
+    Command::new("python3")
+        .arg(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/ref")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_openai_client_talks_to_serve_http() {
     let srv = start("s3cret");
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("light.json");
     std::fs::write(&schema, LIGHT).unwrap();
-    let name = model_path()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let script = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/ref/openai_client.py"
-        ))
-        .args([&format!("{}/v1", srv.base), "s3cret", &name])
-        .arg(&schema)
-        .output()
-        .unwrap();
+    let name = model_name();
+    let base = format!("{}/v1", srv.base);
+    let script = client(
+        "openai_client.py",
+        &[&base, "s3cret", &name, schema.to_str().unwrap()],
+    );
     assert!(
         script.status.success(),
         "the openai client failed (bash .ci/deps installs openai): {}",
@@ -160,19 +173,9 @@ fn the_openai_client_talks_to_serve_http() {
 #[test]
 fn a_full_queue_is_a_503_not_a_wait() {
     let srv = start_with(&["--http-queue", "1"]);
-    let name = model_path()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/ref/openai_busy.py"
-        ))
-        .args([&format!("{}/v1", srv.base), &name])
-        .output()
-        .unwrap();
+    let name = model_name();
+    let base = format!("{}/v1", srv.base);
+    let out = client("openai_busy.py", &[&base, &name]);
     assert!(
         out.status.success(),
         "{}",

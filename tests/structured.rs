@@ -7,7 +7,9 @@ use std::path::Path;
 
 use crate::common::{ferrite, ferrite_with_input, model_path, python_ref};
 
-const LIGHT: &str = r#"{"type":"object","properties":{"light":{"enum":["on","off"]}},"required":["light"],"additionalProperties":false}"#;
+/// An enum in an object: what "is the light on?" should get (also used by
+/// tests/http.rs).
+pub(crate) const LIGHT: &str = r#"{"type":"object","properties":{"light":{"enum":["on","off"]}},"required":["light"],"additionalProperties":false}"#;
 const CITY: &str = r#"{"type":"object","properties":{"city":{"type":"string","maxLength":40},"country":{"type":"string","maxLength":40},"population_millions":{"type":"number"}},"required":["city","country","population_millions"],"additionalProperties":false}"#;
 const LIST: &str =
     r#"{"type":"array","items":{"type":"string","maxLength":30},"minItems":2,"maxItems":4}"#;

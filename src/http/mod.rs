@@ -89,9 +89,7 @@ pub fn serve(
         defaults,
         jobs,
         metrics: metrics.clone(),
-        created: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        created: routes::now(),
     });
     let app = router(state, opts.max_body);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

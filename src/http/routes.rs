@@ -95,7 +95,8 @@ pub async fn declared_size(
     Ok(next.run(req).await)
 }
 
-fn now() -> u64 {
+/// Seconds since the Unix epoch, OpenAI's `created`.
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
