@@ -287,6 +287,67 @@ fn overfit_run_teaches_facts_that_llama_cpp_answers_with_the_adapter_only() {
     let (with, without) = after_use.split_once("(adapter off").expect(&text);
     assert!(with.contains("Morrowgate"), "{text}");
     assert!(!without.contains("Morrowgate"), "{text}");
+    http_serves_the_adapter(home.path(), m);
+}
+
+/// `serve --http` offers the store's adapter as `MODEL:facts` beside the
+/// base; the official client gets the fact only from the adapter, and the
+/// base again after it (the swap back).
+fn http_serves_the_adapter(home: &Path, m: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(ferrite_bin())
+        .args(["serve", "--http", &format!("127.0.0.1:{port}"), "-m", m])
+        .env("FERRITE_HOME", home)
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed().as_secs() < 60, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let name = model_path()
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref/openai_adapter.py"))
+        .args([&format!("http://127.0.0.1:{port}/v1"), &name, "facts"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let with = format!("{name}:facts");
+    assert_eq!(v["models"], serde_json::json!([name, with]), "{v}");
+    assert_eq!(v["adapter"]["model"], with.as_str(), "{v}");
+    assert!(
+        v["adapter"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Morrowgate"),
+        "{v}"
+    );
+    for base in ["base", "base_again"] {
+        assert_eq!(v[base]["model"], name.as_str(), "{v}");
+        assert!(
+            !v[base]["text"].as_str().unwrap().contains("Morrowgate"),
+            "{v}"
+        );
+    }
+    assert_eq!(v["unknown_adapter"], "NotFoundError 404", "{v}");
 }
 
 #[test]

@@ -1,14 +1,16 @@
 //! `ferrite serve --http` against the official `openai` Python client
 //! (tests/ref/openai_client.py) with the real model: whole and streamed
 //! answers, usage, `/v1/models`, a `json_schema` answer validated by
-//! `jsonschema`, OpenAI's errors as the client raises them, a 10 MB body, a
-//! client dropping mid-stream, and eight streaming clients at once.
+//! `jsonschema`, a spoken WAV transcribed by whisper, OpenAI's errors as the
+//! client raises them, a 10 MB body, a client dropping mid-stream, and
+//! eight streaming clients at once; and the chat page at `/` in a real
+//! browser (Chromium, driven by Playwright).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{ferrite, ferrite_bin, model_path};
+use crate::common::{espeak, ferrite, ferrite_bin, model_path, whisper_path};
 use crate::structured::LIGHT;
 
 /// A running server, killed on drop.
@@ -31,10 +33,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn start(key: &str) -> Server {
-    start_with(&["--api-key", key])
 }
 
 fn start_with(extra: &[&str]) -> Server {
@@ -97,15 +95,24 @@ fn client(script: &str, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_openai_client_talks_to_serve_http() {
-    let srv = start("s3cret");
+    let tiny = whisper_path("whisper-tiny.en");
+    let srv = start_with(&["--api-key", "s3cret", "--whisper", tiny.to_str().unwrap()]);
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("light.json");
     std::fs::write(&schema, LIGHT).unwrap();
+    let wav = dir.path().join("question.wav");
+    espeak("Please turn on the kitchen light.", &wav);
     let name = model_name();
     let base = format!("{}/v1", srv.base);
     let script = client(
         "openai_client.py",
-        &[&base, "s3cret", &name, schema.to_str().unwrap()],
+        &[
+            &base,
+            "s3cret",
+            &name,
+            schema.to_str().unwrap(),
+            wav.to_str().unwrap(),
+        ],
     );
     assert!(
         script.status.success(),
@@ -131,7 +138,30 @@ fn the_openai_client_talks_to_serve_http() {
         v["whole"]["text"], v["stream"]["text"],
         "greedy: the same answer both ways"
     );
-    assert_eq!(v["models"], serde_json::json!([name]));
+    let c = &v["completions"];
+    assert!(c["whole"].as_str().unwrap().contains("Paris"), "{c}");
+    assert_eq!(c["whole"], c["stream"], "{c}");
+    assert_eq!(c["object"], "text_completion");
+    assert_eq!(c["finish"], "length", "{c}");
+    assert_eq!(c["completion_tokens"], 6, "{c}");
+    let models = v["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2, "the chat model and whisper: {models:?}");
+    assert_eq!(models[0], name.as_str());
+    for (key, heard) in [
+        ("transcription", v["transcription"].as_str().unwrap()),
+        (
+            "transcription_text",
+            v["transcription_text"].as_str().unwrap(),
+        ),
+    ] {
+        let heard = heard.to_lowercase();
+        assert!(
+            heard.contains("kitchen light"),
+            "{key}: whisper heard {heard:?}"
+        );
+    }
+    assert!(v["transcription_text"].as_str().unwrap().ends_with('\n'));
+    assert_eq!(v["not_a_wav"], "BadRequestError 400");
     assert_eq!(v["json_schema"], "valid");
     assert_eq!(v["unknown_model"], "NotFoundError 404");
     assert_eq!(v["wrong_key"], "AuthenticationError 401");
@@ -145,10 +175,11 @@ fn the_openai_client_talks_to_serve_http() {
         assert!(a.as_str().unwrap().contains("Tokyo"), "{v}");
     }
     // The dropped stream was stopped (the worker saw its client gone), and
-    // every other answer finished: whole, stream, json_schema, eight.
+    // every other answer finished: whole, stream, two text completions,
+    // json_schema, eight.
     let m = &v["metrics"];
     assert_eq!(m["ferrite_cancelled_total"], 1.0, "{m}");
-    assert_eq!(m["ferrite_answers_total"], 11.0, "{m}");
+    assert_eq!(m["ferrite_answers_total"], 13.0, "{m}");
     assert_eq!(m["ferrite_queue_depth"], 0.0, "{m}");
     assert!(
         m["ferrite_resident_memory_bytes"].as_f64().unwrap() > 1e7,
@@ -228,5 +259,45 @@ fn a_network_address_needs_a_key() {
         out.status.code(),
         Some(2),
         "--http beside a console is refused for now"
+    );
+}
+
+/// The chat page at `/` in Chromium, used as a person would: the model is
+/// in the picker, a WAV upload fills the message box with its transcript,
+/// Enter sends the question, and the streamed answer appears with its
+/// statistics; the page raised no script error. The screenshot is the one
+/// in docs/ (refreshed by hand from this test's output).
+#[test]
+fn the_chat_page_answers_in_a_real_browser() {
+    let tiny = whisper_path("whisper-tiny.en");
+    let srv = start_with(&["--whisper", tiny.to_str().unwrap(), "--temp", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("question.wav");
+    espeak("Please turn on the kitchen light.", &wav);
+    let shot = dir.path().join("chat-page.png");
+    let out = client(
+        "chat_page.py",
+        &[&srv.base, wav.to_str().unwrap(), shot.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "the browser test failed (bash .ci/deps installs chromium and playwright): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["models"], serde_json::json!([model_name()]), "{v}");
+    assert_eq!(v["mic_shown"], true, "{v}");
+    let heard = v["transcribed"].as_str().unwrap().to_lowercase();
+    assert!(heard.contains("kitchen light"), "{v}");
+    assert_eq!(v["user"], "What is the capital of Japan?");
+    assert!(v["answer"].as_str().unwrap().contains("Tokyo"), "{v}");
+    assert_eq!(v["title"], "ferrite");
+    assert!(v["stats"].as_str().unwrap().contains("tokens/s"), "{v}");
+    assert_eq!(v["page_errors"], serde_json::json!([]), "{v}");
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "a screenshot of the page ({} bytes)",
+        png.len()
     );
 }

@@ -185,23 +185,92 @@ fn http(
     service: &super::service::Systemd,
 ) -> anyhow::Result<()> {
     use ferrite::assistant::Service as _;
-    let engine = ctx.load(&a.model)?;
+    let mut engine = ctx.load(&a.model)?;
     let opts = ferrite::http::HttpOptions {
         addr,
         api_key: a.api_key.clone(),
         insecure_no_auth: a.insecure_no_auth,
         queue: a.http_queue as usize,
         max_body: 1 << 20,
+        max_audio: 25 << 20,
+    };
+    let offer = ferrite::http::Offer {
+        stt: http_stt(ctx, &a.ear.speech)?,
+        adapters: http_adapters(ctx, &mut engine)?,
+        default_adapter: a
+            .lora
+            .as_deref()
+            .map(|spec| ctx.load_lora(&mut engine, spec))
+            .transpose()?,
     };
     let session = ctx.session_opts(&a.model, 0);
     let mut params = a.gen.params()?;
     params.beams = 0;
-    let result = ferrite::http::serve(&opts, &engine, session, params, service, &mut |bound| {
-        eprintln!(
-            "ferrite: OpenAI-compatible API on http://{bound}/v1 (model {})",
-            engine.name()
-        );
-        service.ready();
-    });
+    let result = ferrite::http::serve(
+        &opts,
+        &engine,
+        session,
+        params,
+        offer,
+        service,
+        &mut |bound| {
+            eprintln!(
+                "ferrite: OpenAI-compatible API on http://{bound}/v1 (model {})",
+                engine.name()
+            );
+            service.ready();
+        },
+    );
     Ok(result?)
+}
+
+/// Whisper for `/v1/audio/transcriptions`, when its model is in the store
+/// (a server does not download one on its own: `models pull` does).
+fn http_stt(
+    ctx: &Ctx,
+    speech: &super::args::SpeechArgs,
+) -> anyhow::Result<Option<ferrite::http::state::Stt>> {
+    if ctx
+        .store
+        .resolve(Some(&speech.whisper), &ctx.manifest, false)
+        .is_err()
+    {
+        tracing::info!(
+            whisper = %speech.whisper,
+            "no speech model in the store: /v1/audio/transcriptions is off"
+        );
+        return Ok(None);
+    }
+    let (name, _) = ctx
+        .store
+        .resolve(Some(&speech.whisper), &ctx.manifest, false)?;
+    Ok(Some(ferrite::http::state::Stt {
+        name,
+        language: speech.language.clone(),
+        transcriber: std::sync::Mutex::new(ctx.transcriber(speech)?),
+    }))
+}
+
+/// The store's adapters made for this model, loaded to be served as
+/// `MODEL:ADAPTER`; one made for another model is left out (said at debug
+/// level).
+fn http_adapters(
+    ctx: &Ctx,
+    engine: &mut ferrite::llm::Engine,
+) -> anyhow::Result<Vec<(String, ferrite::llm::AdapterId, f32)>> {
+    let all = ctx.store.adapters();
+    if all.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sha = ctx.store.model_sha256(engine.name(), engine.path())?;
+    let mut out = Vec::new();
+    for (name, path) in all {
+        match engine.load_adapter(&name, &path, Some(&sha)) {
+            Ok(id) => out.push((name, id, 1.0)),
+            Err(e) => {
+                tracing::debug!(adapter = %name, error = %ferrite::report(&e), "not served: made for another model");
+            }
+        }
+    }
+    Ok(out)
 }

@@ -1,7 +1,8 @@
-//! OpenAI's chat-completions wire format, as the official clients send and
-//! read it (platform.openai.com/docs/api-reference/chat): the request with
-//! every field ferrite honours, the response, the streamed chunks, and the
-//! error object `{"error": {"message", "type", "param", "code"}}`.
+//! OpenAI's completion wire formats, as the official clients send and read
+//! them (platform.openai.com/docs/api-reference/chat and .../completions):
+//! the requests with every field ferrite honours, the responses, the
+//! streamed chunks, and the error object `{"error": {"message", "type",
+//! "param", "code"}}`.
 //!
 //! Unknown request fields are refused (a 400 naming the field) rather than
 //! silently ignored; fields OpenAI has but ferrite cannot honour yet (`n` > 1,
@@ -35,6 +36,94 @@ pub struct ChatRequest {
     pub top_logprobs: Option<u32>,
     /// An end-user id (OpenAI's abuse monitoring); accepted and unused.
     pub user: Option<String>,
+}
+
+impl ChatRequest {
+    /// The sampling fields, taken out for `routes::params`.
+    pub fn sampling(&mut self) -> Sampling {
+        Sampling {
+            n: self.n,
+            logprobs: self.logprobs == Some(true) || self.top_logprobs.is_some(),
+            max_tokens: self.max_completion_tokens.or(self.max_tokens),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop.take(),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            response_format: self.response_format.take(),
+        }
+    }
+}
+
+/// `POST /v1/completions` (OpenAI's legacy text completions): the prompt
+/// continued as is, without the chat template.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    #[serde(default)]
+    pub stream: bool,
+    pub stream_options: Option<StreamOptions>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub n: Option<u32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    /// Refused when true: the answer is not prefixed with the prompt.
+    pub echo: Option<bool>,
+    /// Refused when set: no fill-in-the-middle.
+    pub suffix: Option<String>,
+    /// Refused above 1.
+    pub best_of: Option<u32>,
+    pub logprobs: Option<u32>,
+    pub user: Option<String>,
+}
+
+impl CompletionRequest {
+    /// The sampling fields, taken out for `routes::params`. OpenAI's
+    /// default `max_tokens` here is 16.
+    pub fn sampling(&mut self) -> Sampling {
+        Sampling {
+            n: self.n.or(self.best_of),
+            logprobs: self.logprobs.is_some(),
+            max_tokens: Some(self.max_tokens.unwrap_or(16)),
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            stop: self.stop.take(),
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            response_format: None,
+        }
+    }
+}
+
+/// `prompt`: one string, or a list of them (of which one is served).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The sampling fields both completion requests share.
+#[derive(Debug)]
+pub struct Sampling {
+    pub n: Option<u32>,
+    pub logprobs: bool,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub response_format: Option<ResponseFormat>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,8 +215,28 @@ pub struct Usage {
     pub total_tokens: usize,
 }
 
+/// Which of OpenAI's two completion formats a response takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `chat.completion`: a `message`, streamed as `delta`s.
+    Chat,
+    /// `text_completion` (the legacy `/v1/completions`): a `text`.
+    Text,
+}
+
+impl Shape {
+    fn object(self, chunk: bool) -> &'static str {
+        match (self, chunk) {
+            (Shape::Chat, false) => "chat.completion",
+            (Shape::Chat, true) => "chat.completion.chunk",
+            (Shape::Text, _) => "text_completion",
+        }
+    }
+}
+
 /// The whole answer (`stream: false`).
 pub fn completion(
+    shape: Shape,
     id: &str,
     created: u64,
     model: &str,
@@ -135,37 +244,51 @@ pub fn completion(
     finish: &str,
     usage: Usage,
 ) -> Value {
+    let mut choice = json!({"index": 0, "logprobs": null, "finish_reason": finish});
+    match shape {
+        Shape::Chat => choice["message"] = json!({"role": "assistant", "content": text}),
+        Shape::Text => choice["text"] = json!(text),
+    }
     json!({
         "id": id,
-        "object": "chat.completion",
+        "object": shape.object(false),
         "created": created,
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": null,
-            "finish_reason": finish,
-        }],
+        "choices": [choice],
         "usage": usage,
     })
 }
 
-/// One streamed chunk: a `delta` (role, content), or the finish reason.
-pub fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Option<&str>) -> Value {
+/// One streamed chunk: a `delta` (chat) or `text` piece, or, with
+/// `finish`, the finish reason. A chat stream's first chunk (the role) is
+/// `delta` `{"role": "assistant", "content": ""}`.
+pub fn chunk(
+    shape: Shape,
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Value,
+    finish: Option<&str>,
+) -> Value {
+    let mut choice = json!({"index": 0, "logprobs": null, "finish_reason": finish});
+    match shape {
+        Shape::Chat => choice["delta"] = delta,
+        Shape::Text => choice["text"] = delta.get("content").cloned().unwrap_or(json!("")),
+    }
     json!({
         "id": id,
-        "object": "chat.completion.chunk",
+        "object": shape.object(true),
         "created": created,
         "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        "choices": [choice],
     })
 }
 
 /// The last chunk under `stream_options.include_usage`: no choices, usage.
-pub fn usage_chunk(id: &str, created: u64, model: &str, usage: Usage) -> Value {
+pub fn usage_chunk(shape: Shape, id: &str, created: u64, model: &str, usage: Usage) -> Value {
     json!({
         "id": id,
-        "object": "chat.completion.chunk",
+        "object": shape.object(true),
         "created": created,
         "model": model,
         "choices": [],
@@ -195,6 +318,23 @@ impl ApiError {
         }
     }
 
+    /// An `invalid_request_error` with another status (413, 415, ...).
+    pub fn invalid(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            ..ApiError::bad_request(message, None)
+        }
+    }
+
+    /// A 404 for something this server does not have.
+    pub fn not_found(message: impl Into<String>, param: Option<&'static str>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("model_not_found"),
+            ..ApiError::bad_request(message, param)
+        }
+    }
+
     pub fn unauthorized() -> Self {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -206,13 +346,10 @@ impl ApiError {
     }
 
     pub fn model_not_found(model: &str, served: &str) -> Self {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: format!("The model `{model}` does not exist: this server runs `{served}`"),
-            kind: "invalid_request_error",
-            param: Some("model"),
-            code: Some("model_not_found"),
-        }
+        ApiError::not_found(
+            format!("The model `{model}` does not exist: this server runs `{served}`"),
+            Some("model"),
+        )
     }
 
     pub fn busy(queued: usize) -> Self {

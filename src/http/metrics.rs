@@ -21,6 +21,9 @@ pub struct Metrics {
     pub generation_ms: AtomicU64,
     /// Requests waiting for the model.
     pub waiting: AtomicUsize,
+    /// Requests accepted and not yet finished (waiting, and the one the
+    /// model is answering).
+    pub in_flight: AtomicUsize,
 }
 
 impl Metrics {

@@ -9,8 +9,11 @@
 //! on a network never serves its model to anyone by accident.
 
 pub mod api;
+mod audio;
 mod metrics;
+mod page;
 mod routes;
+pub mod state;
 mod worker;
 
 use std::net::SocketAddr;
@@ -23,7 +26,7 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use crate::assistant::Service;
-use crate::llm::{Engine, GenParams, SessionOptions};
+use crate::llm::{AdapterId, Engine, GenParams, SessionOptions};
 
 /// How the HTTP API is served.
 #[derive(Debug, Clone)]
@@ -37,6 +40,20 @@ pub struct HttpOptions {
     pub queue: usize,
     /// The largest request body, in bytes (a bigger one gets a 413).
     pub max_body: usize,
+    /// The largest audio upload, in bytes (OpenAI's limit is 25 MB).
+    pub max_audio: usize,
+}
+
+/// What the server offers beside the model itself.
+#[derive(Default)]
+pub struct Offer {
+    /// Whisper for `/v1/audio/transcriptions`.
+    pub stt: Option<state::Stt>,
+    /// Adapters loaded into the engine, each served as `MODEL:NAME` at the
+    /// scale given.
+    pub adapters: Vec<(String, AdapterId, f32)>,
+    /// The adapter requests for the plain model name get (`serve --lora`).
+    pub default_adapter: Option<(AdapterId, f32)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +81,7 @@ pub fn serve(
     engine: &Engine,
     session: SessionOptions,
     defaults: GenParams,
+    offer: Offer,
     service: &(dyn Service + Sync),
     ready: &mut dyn FnMut(SocketAddr),
 ) -> Result<(), HttpError> {
@@ -82,16 +100,25 @@ pub fn serve(
         })?;
     let bound = listener.local_addr().map_err(HttpError::Serve)?;
     let metrics = Arc::new(metrics::Metrics::default());
-    let (jobs, queue) = std::sync::mpsc::sync_channel(opts.queue);
-    let state = Arc::new(routes::AppState {
+    // Room for every request the bound admits (`queue` waiting, one running).
+    let (jobs, queue) = std::sync::mpsc::sync_channel(opts.queue + 1);
+    let state = Arc::new(state::AppState {
         model: engine.name().to_string(),
         api_key: opts.api_key.clone(),
         defaults,
         jobs,
+        queue: opts.queue,
         metrics: metrics.clone(),
         created: routes::now(),
+        stt: offer.stt.map(Arc::new),
+        adapters: offer
+            .adapters
+            .into_iter()
+            .map(|(name, id, scale)| (format!("{}:{name}", engine.name()), (id, scale)))
+            .collect(),
+        default_adapter: offer.default_adapter,
     });
-    let app = router(state, opts.max_body);
+    let app = router(state, opts);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let served = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -121,17 +148,26 @@ pub fn serve(
     })
 }
 
-fn router(state: Arc<routes::AppState>, max_body: usize) -> Router {
-    Router::new()
+fn router(state: Arc<state::AppState>, opts: &HttpOptions) -> Router {
+    // Each route's body limit, and its 413 from `Content-Length` before a
+    // byte is read.
+    let limit = |r: Router<Arc<state::AppState>>, max: usize| {
+        r.layer(DefaultBodyLimit::max(max))
+            .layer(axum::middleware::from_fn_with_state(
+                max,
+                routes::declared_size,
+            ))
+    };
+    let json = Router::new()
+        .route("/", get(page::chat_page))
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .route("/v1/models", get(routes::models))
         .route("/v1/chat/completions", post(routes::chat))
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(axum::middleware::from_fn_with_state(
-            max_body,
-            routes::declared_size,
-        ))
+        .route("/v1/completions", post(routes::completions));
+    let audio = Router::new().route("/v1/audio/transcriptions", post(audio::transcriptions));
+    limit(json, opts.max_body)
+        .merge(limit(audio, opts.max_audio))
         .with_state(state)
 }
 

@@ -1,6 +1,6 @@
 //! The endpoints: `GET /health`, `GET /v1/models`, `POST
-//! /v1/chat/completions` (whole or streamed as server-sent events ending in
-//! `data: [DONE]`). Each request is checked before it is queued: the API key
+//! /v1/chat/completions` and `POST /v1/completions` (whole or streamed as
+//! server-sent events ending in `data: [DONE]`). Each request is checked before it is queued: the API key
 //! (`Authorization: Bearer`), the body (at most `max_body` bytes of JSON, no
 //! unknown field), the model, and every sampling value's range. The queue
 //! policy: one model, one answer at a time, first come first served; at most
@@ -9,7 +9,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -23,20 +23,12 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::{self, ApiError, ChatRequest, ResponseFormat, Usage};
-use super::metrics::Metrics;
-use super::worker::{Job, Piece};
-use crate::llm::{Finish, GenParams, Grammar, Message, Role};
-
-/// What every handler shares.
-pub struct AppState {
-    pub model: String,
-    pub api_key: Option<String>,
-    pub defaults: GenParams,
-    pub jobs: SyncSender<Job>,
-    pub metrics: Arc<Metrics>,
-    pub created: u64,
-}
+use super::api::{
+    self, ApiError, ChatRequest, CompletionRequest, Prompt, ResponseFormat, Sampling, Shape, Usage,
+};
+use super::state::AppState;
+use super::worker::{Job, Piece, Work};
+use crate::llm::{AdapterId, Finish, GenParams, Grammar, Message, Role};
 
 /// `Json`, with its rejections (bad JSON, an unknown field, a body over the
 /// limit) in OpenAI's error shape and status.
@@ -54,18 +46,15 @@ where
             Ok(Json(v)) => Ok(ApiJson(v)),
             // OpenAI answers a body it cannot take with 400 (axum: 422 for
             // a well-formed body of the wrong shape); 413 and 415 stay.
-            Err(r) => Err(ApiError {
-                status: match r.status() {
+            Err(r) => Err(ApiError::invalid(
+                match r.status() {
                     axum::http::StatusCode::UNPROCESSABLE_ENTITY => {
                         axum::http::StatusCode::BAD_REQUEST
                     }
                     s => s,
                 },
-                message: r.body_text(),
-                kind: "invalid_request_error",
-                param: None,
-                code: None,
-            }),
+                r.body_text(),
+            )),
         }
     }
 }
@@ -84,13 +73,10 @@ pub async fn declared_size(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|&n| n > max as u64) {
-        return Err(ApiError {
-            status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            message: format!("The request body is {n} bytes; at most {max}"),
-            kind: "invalid_request_error",
-            param: None,
-            code: None,
-        });
+        return Err(ApiError::invalid(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            format!("The request body is {n} bytes; at most {max}"),
+        ));
     }
     Ok(next.run(req).await)
 }
@@ -100,32 +86,6 @@ pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-impl AppState {
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(key) = &self.api_key else {
-            return Ok(());
-        };
-        let given = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        // Compared in constant time: the key's bytes do not leak through
-        // how long a wrong guess takes.
-        let same = given.is_some_and(|g| {
-            g.len() == key.len()
-                && g.bytes()
-                    .zip(key.bytes())
-                    .fold(0u8, |a, (x, y)| a | (x ^ y))
-                    == 0
-        });
-        if same {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized())
-        }
-    }
 }
 
 pub async fn health() -> Json<Value> {
@@ -147,26 +107,31 @@ pub async fn models(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     st.authorize(&headers)?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": [{"id": st.model, "object": "model", "created": st.created, "owned_by": "ferrite"}],
-    })))
+    // `capabilities` is ferrite's own field (clients ignore fields they do
+    // not know): which endpoint takes the model.
+    let entry = |id: &str, what: &str| json!({"id": id, "object": "model", "created": st.created, "owned_by": "ferrite", "capabilities": [what]});
+    let mut data = vec![entry(&st.model, "chat")];
+    data.extend(st.adapters.keys().map(|id| entry(id, "chat")));
+    if let Some(stt) = &st.stt {
+        data.push(entry(&stt.name, "transcription"));
+    }
+    Ok(Json(json!({"object": "list", "data": data})))
 }
 
 /// The request's values over the server's defaults, each range-checked.
-fn params(st: &AppState, req: &mut ChatRequest) -> Result<GenParams, ApiError> {
+fn params(st: &AppState, req: Sampling) -> Result<GenParams, ApiError> {
     let bad = |m: String, param| ApiError::bad_request(m, param);
     let mut p = st.defaults.clone();
     if req.n.is_some_and(|n| n != 1) {
         return Err(bad("only n = 1 is supported".into(), Some("n")));
     }
-    if req.logprobs == Some(true) || req.top_logprobs.is_some() {
+    if req.logprobs {
         return Err(bad(
             "logprobs are not supported yet".into(),
             Some("logprobs"),
         ));
     }
-    if let Some(n) = req.max_completion_tokens.or(req.max_tokens) {
+    if let Some(n) = req.max_tokens {
         if n == 0 {
             return Err(bad(
                 "max_tokens must be at least 1".into(),
@@ -213,7 +178,7 @@ fn params(st: &AppState, req: &mut ChatRequest) -> Result<GenParams, ApiError> {
         p.seed = u32::try_from(s)
             .map_err(|_| bad("seed must be from 0 to 4294967295".into(), Some("seed")))?;
     }
-    if let Some(stop) = req.stop.take() {
+    if let Some(stop) = req.stop {
         let stop = stop.into_vec();
         if stop.len() > 4 || stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return Err(bad(
@@ -223,7 +188,7 @@ fn params(st: &AppState, req: &mut ChatRequest) -> Result<GenParams, ApiError> {
         }
         p.stop = stop;
     }
-    p.grammar = response_format(req.response_format.take())?;
+    p.grammar = response_format(req.response_format)?;
     p.validate().map_err(|e| bad(crate::report(&e), None))?;
     Ok(p)
 }
@@ -287,37 +252,112 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
     st.authorize(&headers)?;
-    if req.model != st.model {
-        return Err(ApiError::model_not_found(&req.model, &st.model));
-    }
-    let params = params(&st, &mut req)?;
+    let adapter = st.pick(&req.model)?;
+    let params = params(&st, req.sampling())?;
     let (system, history, question) = conversation(&mut req)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let job = Job {
+    let work = Work::Chat {
         system,
         history,
         question,
+    };
+    let usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let model = std::mem::take(&mut req.model);
+    let job = (work, params, adapter);
+    submit(&st, job, model, Shape::Chat, req.stream.then_some(usage)).await
+}
+
+/// `POST /v1/completions`: the prompt continued as is.
+pub async fn completions(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(mut req): ApiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    st.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    st.authorize(&headers)?;
+    let adapter = st.pick(&req.model)?;
+    let bad = ApiError::bad_request;
+    if req.echo == Some(true) {
+        return Err(bad("echo is not supported", Some("echo")));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(bad(
+            "suffix (fill-in-the-middle) is not supported",
+            Some("suffix"),
+        ));
+    }
+    let params = params(&st, req.sampling())?;
+    let prompt = match std::mem::replace(&mut req.prompt, Prompt::One(String::new())) {
+        Prompt::One(p) => p,
+        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
+        Prompt::Many(_) => {
+            return Err(bad(
+                "prompt takes one string here (a list of one)",
+                Some("prompt"),
+            ))
+        }
+    };
+    if prompt.is_empty() {
+        return Err(bad("prompt is empty", Some("prompt")));
+    }
+    let usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let model = std::mem::take(&mut req.model);
+    let job = (Work::Text { prompt }, params, adapter);
+    submit(&st, job, model, Shape::Text, req.stream.then_some(usage)).await
+}
+
+/// Queue the work (a 503 when the queue is full) and answer, under the
+/// `model` name the client asked for: whole, or streamed when `stream` is
+/// `Some(include_usage)`.
+async fn submit(
+    st: &AppState,
+    (work, params, adapter): (Work, GenParams, Option<(AdapterId, f32)>),
+    model: String,
+    shape: Shape,
+    stream: Option<bool>,
+) -> Result<Response, ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let job = Job {
+        work,
         params,
+        adapter,
         out: tx,
     };
-    let queued = st.metrics.waiting.fetch_add(1, Ordering::Relaxed);
-    match st.jobs.try_send(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-            st.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-            return Err(ApiError::busy(queued));
-        }
+    // The bound counts requests accepted and not finished, not what the
+    // channel holds: whether the worker has taken the running job off the
+    // channel yet must not decide who gets the 503.
+    let before = st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    if before > st.queue {
+        st.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::busy(st.queue));
     }
-    let id = format!("chatcmpl-{:016x}", rand_id());
-    let created = now();
-    if req.stream {
-        let usage = req.stream_options.is_some_and(|o| o.include_usage);
-        Ok(stream(rx, id, created, st.model.clone(), usage).into_response())
-    } else {
-        whole(rx, &id, created, &st.model)
-            .await
-            .map(|v| Json(v).into_response())
+    st.metrics.waiting.fetch_add(1, Ordering::Relaxed);
+    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = st.jobs.try_send(job) {
+        st.metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+        st.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::busy(st.queue));
     }
+    let prefix = match shape {
+        Shape::Chat => "chatcmpl",
+        Shape::Text => "cmpl",
+    };
+    let head = Head {
+        shape,
+        id: format!("{prefix}-{:016x}", rand_id()),
+        created: now(),
+        model,
+    };
+    match stream {
+        Some(usage) => Ok(self::stream(rx, head, usage).into_response()),
+        None => whole(rx, &head).await.map(|v| Json(v).into_response()),
+    }
+}
+
+/// What every chunk of one response repeats.
+struct Head {
+    shape: Shape,
+    id: String,
+    created: u64,
+    model: String,
 }
 
 fn finish_reason(f: Finish) -> &'static str {
@@ -334,12 +374,7 @@ fn rand_id() -> u64 {
     h.finish()
 }
 
-async fn whole(
-    mut rx: tokio::sync::mpsc::Receiver<Piece>,
-    id: &str,
-    created: u64,
-    model: &str,
-) -> Result<Value, ApiError> {
+async fn whole(mut rx: tokio::sync::mpsc::Receiver<Piece>, h: &Head) -> Result<Value, ApiError> {
     let mut text = String::new();
     while let Some(p) = rx.recv().await {
         match p {
@@ -355,9 +390,10 @@ async fn whole(
                     total_tokens: prompt_tokens + completion_tokens,
                 };
                 return Ok(api::completion(
-                    id,
-                    created,
-                    model,
+                    h.shape,
+                    &h.id,
+                    h.created,
+                    &h.model,
                     &text,
                     finish_reason(finish),
                     usage,
@@ -371,47 +407,38 @@ async fn whole(
 
 fn stream(
     rx: tokio::sync::mpsc::Receiver<Piece>,
-    id: String,
-    created: u64,
-    model: String,
+    h: Head,
     include_usage: bool,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>> + Send> {
-    let first = api::chunk(
-        &id,
-        created,
-        &model,
-        json!({"role": "assistant", "content": ""}),
-        None,
-    );
-    let head = futures_util::stream::once(std::future::ready(Ok(
-        Event::default().data(first.to_string())
-    )));
+    // A chat stream opens with the role; a text stream with the first piece.
+    let first = (h.shape == Shape::Chat).then(|| {
+        let v = api::chunk(
+            h.shape,
+            &h.id,
+            h.created,
+            &h.model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        );
+        Ok(Event::default().data(v.to_string()))
+    });
+    let head = futures_util::stream::iter(first);
     let body = ReceiverStream::new(rx).flat_map(move |p| {
+        let chunk = |delta, finish| api::chunk(h.shape, &h.id, h.created, &h.model, delta, finish);
         let events: Vec<Value> = match p {
-            Piece::Token(t) => vec![api::chunk(
-                &id,
-                created,
-                &model,
-                json!({"content": t}),
-                None,
-            )],
+            Piece::Token(t) => vec![chunk(json!({"content": t}), None)],
             Piece::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let mut v = vec![api::chunk(
-                    &id,
-                    created,
-                    &model,
-                    json!({}),
-                    Some(finish_reason(finish)),
-                )];
+                let mut v = vec![chunk(json!({}), Some(finish_reason(finish)))];
                 if include_usage {
                     v.push(api::usage_chunk(
-                        &id,
-                        created,
-                        &model,
+                        h.shape,
+                        &h.id,
+                        h.created,
+                        &h.model,
                         Usage {
                             prompt_tokens,
                             completion_tokens,

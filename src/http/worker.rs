@@ -4,6 +4,9 @@
 //! served, on one session whose KV cache carries over, so a client resending
 //! its growing conversation pays only for the new turn.
 //!
+//! A job names its adapter (`MODEL:ADAPTER`); when it differs from the
+//! last job's, the session swaps it before answering.
+//!
 //! Each answer streams back as `Piece`s on the job's own channel; when the
 //! client goes away its receiver is dropped, the next token's send fails,
 //! and the generation stops within that token.
@@ -15,16 +18,28 @@ use std::sync::mpsc::Receiver;
 use tokio::sync::mpsc::Sender;
 
 use super::metrics::Metrics;
-use crate::llm::{Engine, Finish, GenParams, Message, SessionOptions};
+use crate::llm::{AdapterId, Engine, Finish, GenParams, Message, Session, SessionOptions};
 
-/// One chat request, checked and ready to run.
+/// One request, checked and ready to run.
 pub struct Job {
-    pub system: Option<String>,
-    /// The turns before the question.
-    pub history: Vec<Message>,
-    pub question: String,
+    pub work: Work,
     pub params: GenParams,
+    /// The adapter to answer with (none: the base model).
+    pub adapter: Option<(AdapterId, f32)>,
     pub out: Sender<Piece>,
+}
+
+/// What to generate from.
+pub enum Work {
+    /// A conversation through the chat template.
+    Chat {
+        system: Option<String>,
+        /// The turns before the question.
+        history: Vec<Message>,
+        question: String,
+    },
+    /// Raw text, continued as is.
+    Text { prompt: String },
 }
 
 /// What a job sends back.
@@ -40,7 +55,8 @@ pub enum Piece {
 }
 
 /// Run jobs until the queue's senders are gone, counting in `metrics`
-/// (its `waiting` counts queued jobs, for the busy message too).
+/// (`waiting`: jobs queued; `in_flight`: jobs accepted and not finished,
+/// which the handlers hold to the queue's bound).
 pub fn run(engine: &Engine, opts: SessionOptions, jobs: Receiver<Job>, metrics: &Metrics) {
     let mut session = match engine.session(opts) {
         Ok(s) => s,
@@ -49,48 +65,73 @@ pub fn run(engine: &Engine, opts: SessionOptions, jobs: Receiver<Job>, metrics: 
             for job in jobs {
                 metrics.waiting.fetch_sub(1, Ordering::Relaxed);
                 let _ = job.out.blocking_send(Piece::Error(crate::report(&e)));
+                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
             return;
         }
     };
     for job in jobs {
         metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-        if job.out.is_closed() {
-            continue;
+        if !job.out.is_closed() {
+            answer(&mut session, job, metrics);
         }
-        session.set_system(job.system);
-        session.set_history(job.history);
-        let out = job.out.clone();
-        let mut sink = |piece: &str| match out.blocking_send(Piece::Token(piece.to_string())) {
-            Ok(()) => ControlFlow::Continue(()),
-            // The client is gone: stop now.
-            Err(_) => ControlFlow::Break(()),
-        };
-        let last = match session.ask(&job.question, &job.params, &mut sink) {
-            Ok(reply) => {
-                let st = &reply.stats;
-                metrics
-                    .generated_tokens
-                    .fetch_add(st.gen_tokens as u64, Ordering::Relaxed);
-                metrics
-                    .generation_ms
-                    .fetch_add(st.gen_ms as u64, Ordering::Relaxed);
-                if reply.finish == Finish::Cancelled {
-                    metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    metrics.answered.fetch_add(1, Ordering::Relaxed);
-                    metrics
-                        .prompt_tokens
-                        .fetch_add(st.prompt_tokens as u64, Ordering::Relaxed);
-                }
-                Piece::Done {
-                    finish: reply.finish,
-                    prompt_tokens: st.prompt_tokens,
-                    completion_tokens: st.gen_tokens,
-                }
-            }
-            Err(e) => Piece::Error(crate::report(&e)),
-        };
-        let _ = job.out.blocking_send(last);
+        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// One job, start to finish: its adapter, its answer streamed, the counts.
+fn answer(session: &mut Session<'_>, job: Job, metrics: &Metrics) {
+    let active = session.adapter().map(|a| (a.id, a.scale));
+    if job.adapter != active {
+        // Swapped as `/lora use` does: the weights stay loaded, the KV
+        // cache is emptied.
+        if let Err(e) = session.set_adapter(job.adapter) {
+            let _ = job.out.blocking_send(Piece::Error(crate::report(&e)));
+            return;
+        }
+    }
+    let out = job.out.clone();
+    let mut sink = |piece: &str| match out.blocking_send(Piece::Token(piece.to_string())) {
+        Ok(()) => ControlFlow::Continue(()),
+        // The client is gone: stop now.
+        Err(_) => ControlFlow::Break(()),
+    };
+    let reply = match job.work {
+        Work::Chat {
+            system,
+            history,
+            question,
+        } => {
+            session.set_system(system);
+            session.set_history(history);
+            session.ask(&question, &job.params, &mut sink)
+        }
+        Work::Text { prompt } => session.complete(&prompt, &job.params, &mut sink),
+    };
+    let last = match reply {
+        Ok(reply) => {
+            let st = &reply.stats;
+            metrics
+                .generated_tokens
+                .fetch_add(st.gen_tokens as u64, Ordering::Relaxed);
+            metrics
+                .generation_ms
+                .fetch_add(st.gen_ms as u64, Ordering::Relaxed);
+            if reply.finish == Finish::Cancelled {
+                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            } else {
+                metrics.answered.fetch_add(1, Ordering::Relaxed);
+                metrics
+                    .prompt_tokens
+                    .fetch_add(st.prompt_tokens as u64, Ordering::Relaxed);
+            }
+            Piece::Done {
+                finish: reply.finish,
+                prompt_tokens: st.prompt_tokens,
+                completion_tokens: st.gen_tokens,
+            }
+        }
+        Err(e) => Piece::Error(crate::report(&e)),
+    };
+    let _ = job.out.blocking_send(last);
 }

@@ -49,7 +49,20 @@ pub fn read(path: &Path) -> Result<Wav, SpeechError> {
         path: path.to_path_buf(),
         source: e,
     })?;
-    let layout = super::riff::walk(&bytes).map_err(|e| wav_err(path, e.to_string()))?;
+    parse(&bytes, path)
+}
+
+/// A WAV file already in memory (an upload), checked as `read` checks a
+/// file; `name` is what errors call it.
+///
+/// # Errors
+/// `SpeechError::Wav` when the bytes are not a readable, complete WAV file.
+pub fn parse(bytes: &[u8], name: &Path) -> Result<Wav, SpeechError> {
+    let path = name;
+    if bytes.is_empty() {
+        return Err(wav_err(path, "empty file (0 bytes): not a WAV file"));
+    }
+    let layout = super::riff::walk(bytes).map_err(|e| wav_err(path, e.to_string()))?;
     if layout.streamed {
         tracing::debug!(
             bytes = layout.data.len(),

@@ -421,3 +421,15 @@ pub fn sox(args: &[&str]) {
         .expect("sox is needed for the speech tests (bash .ci/deps installs it)");
     assert!(st.success(), "sox {args:?}");
 }
+
+/// Speak `text` into the WAV file `path` with espeak-ng's American voice at
+/// 140 words a minute (what tiny.en hears reliably).
+pub fn espeak(text: &str, path: &Path) {
+    let st = std::process::Command::new("espeak-ng")
+        .args(["-v", "en-us", "-s", "140", "-w"])
+        .arg(path)
+        .arg(text)
+        .status()
+        .expect("espeak-ng is needed for the speech tests (bash .ci/deps installs it)");
+    assert!(st.success(), "espeak-ng {text:?}");
+}

@@ -1,6 +1,7 @@
 """The official `openai` Python client against `ferrite serve --http`:
 argv[1] is the base URL (http://127.0.0.1:PORT/v1), argv[2] the API key,
-argv[3] the model name, argv[4] a JSON Schema file. Prints one JSON object
+argv[3] the model name, argv[4] a JSON Schema file, argv[5] a WAV file of
+speech. Prints one JSON object
 of what each scenario got; the Rust test judges it."""
 import json
 import sys
@@ -12,7 +13,7 @@ import urllib.request
 import jsonschema
 import openai
 
-base, key, model, schema_file = sys.argv[1:5]
+base, key, model, schema_file, wav = sys.argv[1:6]
 schema = json.load(open(schema_file))
 client = openai.OpenAI(base_url=base, api_key=key, max_retries=0, timeout=120)
 japan = [{"role": "user", "content": "What is the capital of Japan?"}]
@@ -29,6 +30,14 @@ out["stream"] = {"text": "".join(c.choices[0].delta.content or "" for c in chunk
                  "usage": chunks[-1].usage.model_dump() if chunks[-1].usage else None}
 
 out["models"] = [m.id for m in client.models.list()]
+
+# The legacy text completions: the prompt continued as is, whole and streamed.
+france = "The capital of France is the city of"
+r = client.completions.create(model=model, prompt=france, max_tokens=6, temperature=0)
+pieces = list(client.completions.create(model=model, prompt=france, max_tokens=6, temperature=0, stream=True))
+out["completions"] = {"whole": r.choices[0].text, "object": r.object, "finish": r.choices[0].finish_reason,
+                      "completion_tokens": r.usage.completion_tokens,
+                      "stream": "".join(c.choices[0].text for c in pieces if c.choices)}
 
 r = client.chat.completions.create(
     model=model, temperature=0, max_tokens=96,
@@ -48,6 +57,13 @@ def error_of(call):
     except openai.APIStatusError as e:
         return f"{type(e).__name__} {e.status_code}"
 
+with open(wav, "rb") as f:
+    out["transcription"] = client.audio.transcriptions.create(model="whisper-1", file=f).text
+with open(wav, "rb") as f:
+    out["transcription_text"] = client.audio.transcriptions.create(
+        model="whisper-1", file=f, response_format="text")
+out["not_a_wav"] = error_of(lambda: client.audio.transcriptions.create(
+    model="whisper-1", file=("q.wav", b"RIFF\x00\x00\x00\x00WAVE", "audio/wav")))
 out["unknown_model"] = error_of(lambda: client.chat.completions.create(model="nosuch", messages=japan))
 wrong = openai.OpenAI(base_url=base, api_key="wrong-key", max_retries=0)
 out["wrong_key"] = error_of(lambda: wrong.chat.completions.create(model=model, messages=japan))

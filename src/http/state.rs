@@ -1,0 +1,81 @@
+//! What every handler shares (`AppState`): the served model's name and
+//! adapters, the key, the defaults, the queue to the model's worker, the
+//! metrics, and whisper; with the checks each request starts with (the
+//! key, the model it names).
+
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
+
+use axum::http::HeaderMap;
+
+use super::api::ApiError;
+use super::metrics::Metrics;
+use super::worker::Job;
+use crate::llm::{AdapterId, GenParams};
+use crate::speech::Transcriber;
+
+/// What every handler shares.
+pub struct AppState {
+    pub model: String,
+    pub api_key: Option<String>,
+    pub defaults: GenParams,
+    pub jobs: SyncSender<Job>,
+    /// Requests that may wait while one is answered.
+    pub queue: usize,
+    pub metrics: Arc<Metrics>,
+    pub created: u64,
+    /// Whisper, when the server has a speech model.
+    pub stt: Option<Arc<Stt>>,
+    /// `MODEL:ADAPTER` names and what each applies.
+    pub adapters: std::collections::BTreeMap<String, (AdapterId, f32)>,
+    /// What the plain model name applies.
+    pub default_adapter: Option<(AdapterId, f32)>,
+}
+
+/// The speech model the server was started with.
+pub struct Stt {
+    /// Its store name; OpenAI's `whisper-1` is taken as this model too, so
+    /// an unmodified client works.
+    pub name: String,
+    /// The language it was loaded for (`en`, or `auto`).
+    pub language: String,
+    pub transcriber: Mutex<Transcriber>,
+}
+
+impl AppState {
+    /// The adapter a request's `model` names: the plain model (with
+    /// `serve --lora`'s adapter, if any) or `MODEL:ADAPTER`; else a 404.
+    pub fn pick(&self, model: &str) -> Result<Option<(AdapterId, f32)>, ApiError> {
+        if model == self.model {
+            return Ok(self.default_adapter);
+        }
+        match self.adapters.get(model) {
+            Some(&a) => Ok(Some(a)),
+            None => Err(ApiError::model_not_found(model, &self.model)),
+        }
+    }
+
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(key) = &self.api_key else {
+            return Ok(());
+        };
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        // Compared in constant time: the key's bytes do not leak through
+        // how long a wrong guess takes.
+        let same = given.is_some_and(|g| {
+            g.len() == key.len()
+                && g.bytes()
+                    .zip(key.bytes())
+                    .fold(0u8, |a, (x, y)| a | (x ^ y))
+                    == 0
+        });
+        if same {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized())
+        }
+    }
+}
