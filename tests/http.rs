@@ -243,23 +243,152 @@ fn a_network_address_needs_a_key() {
         err.contains("not a loopback address: pass --api-key"),
         "{err}"
     );
-    let out = ferrite(
-        home.path(),
-        &[
-            "serve",
-            "--http",
-            "127.0.0.1:1",
-            "--port",
-            "/dev/ttyS0",
+}
+
+/// A request over plain HTTP/1.0 (the connection closes after it): the
+/// status and the JSON body.
+fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        c,
+        "{method} {path} HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    let status = reply[9..12].parse().unwrap();
+    let (_, json) = reply.split_once("\r\n\r\n").unwrap();
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn ask_http(port: u16, model: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({
+        "model": model,
+        "temperature": 0,
+        "max_tokens": 24,
+        "messages": [{"role": "user", "content": "What is the capital of Japan?"}],
+    });
+    request(port, "POST", "/v1/chat/completions", Some(&body))
+}
+
+/// One process, one model in memory: the console (stdio here, a serial
+/// port on a board) and the HTTP API answer from the same engine. A
+/// `/model` switch on the console moves the API to the new model (its
+/// worker stops, the engine reloads, a new worker starts), and the end of
+/// the console's input stops the server too.
+#[test]
+fn the_console_and_the_http_api_share_one_model() {
+    use std::io::{BufRead, Write};
+    let home = tempfile::tempdir().unwrap();
+    // A second model in the store to switch to.
+    let tiny = crate::common::write_tiny_llama(home.path());
+    let dir = home.path().join("models/tiny");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&tiny, dir.join("tiny.gguf")).unwrap();
+    std::fs::write(
+        dir.join("receipt.toml"),
+        "name = \"tiny\"\nfile = \"tiny.gguf\"\nsha256 = \"x\"\nsize = 1\norigin = \"test\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(ferrite_bin())
+        .args(["serve", "--stdio", "--http", &format!("127.0.0.1:{port}")])
+        .args([
             "-m",
-            "x",
-        ],
+            model_path().to_str().unwrap(),
+            "--temp",
+            "0",
+            "-n",
+            "24",
+            "-t",
+            "2",
+        ])
+        .env("FERRITE_HOME", home.path())
+        .env("OMP_WAIT_POLICY", "PASSIVE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let wait_line = |what: &str| {
+        let t0 = Instant::now();
+        loop {
+            let left = Duration::from_secs(120).saturating_sub(t0.elapsed());
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return l,
+                Ok(_) => {}
+                Err(e) => panic!("no console line with {what:?}: {e}"),
+            }
+        }
+    };
+    let name = model_name();
+    let t0 = Instant::now();
+    let (code, v) = loop {
+        let (code, v) = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => ask_http(port, &name),
+            Err(_) => (0, serde_json::Value::Null),
+        };
+        // 503 `model_loading` until the console has loaded the model.
+        if code == 200 || t0.elapsed() > Duration::from_secs(60) {
+            break (code, v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text.contains("Tokyo"), "{v}");
+    stdin.write_all(b"What is the capital of Japan?\n").unwrap();
+    wait_line("Tokyo");
+    // The console switches the model: the API follows it.
+    stdin.write_all(b"/model tiny\n").unwrap();
+    let t0 = Instant::now();
+    let models = loop {
+        let (code, v) = request(port, "GET", "/v1/models", None);
+        if code == 200 && v["data"][0]["id"] == "tiny" {
+            break v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the API did not follow /model: {code} {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+    let (code, v) = ask_http(port, "tiny");
+    assert_eq!(code, 200, "the new model answers over HTTP: {v}");
+    let (code, v) = ask_http(port, &name);
+    assert_eq!(code, 404, "the old name is gone: {v}");
+    // The console's input ends: the whole service stops, the port with it.
+    drop(stdin);
+    let st = crate::common::wait_exit(
+        &mut child,
+        Duration::from_secs(30),
+        "serve after its input ended",
     );
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "--http beside a console is refused for now"
-    );
+    assert!(st.success(), "{st:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
 
 /// The chat page at `/` in Chromium, used as a person would: the model is

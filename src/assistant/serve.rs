@@ -6,13 +6,16 @@
 //! (serial port, pseudo-terminal, stdio) and may vanish and come back, in
 //! which case the loop waits, reopens it and starts a new conversation; a
 //! `/model` switch or an adapter load reloads the engine between
-//! conversations. While an answer streams, the loop keeps reading the link
+//! conversations. With the HTTP API beside the console, its worker answers
+//! on the same engine (its own context) during the conversations and stops
+//! while the engine is reloaded or takes an adapter. While an answer streams, the loop keeps reading the link
 //! so that Ctrl-C (or BREAK, which a raw serial line delivers as NUL, or
 //! `{"cmd":"cancel"}` in JSON mode) cancels within one token; anything else
 //! typed meanwhile is kept, bounded, as type-ahead.
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
 use std::time::Duration;
 
@@ -24,6 +27,7 @@ use super::{render, AssistantError, Ear, ServeOptions, Service};
 use crate::board::Governor;
 use crate::console::line::{self, LineEditor};
 use crate::console::{self, Channels, Connector, Input};
+use crate::http::{Api, Served};
 use crate::hw::Status;
 use crate::llm::{AdapterId, Engine};
 use crate::models::{Manifest, Store};
@@ -130,6 +134,9 @@ struct Loaded {
     engine: Engine,
     startup_adapter: Option<(AdapterId, f32)>,
     base_sha: Option<String>,
+    /// The store's adapters for this model, loaded for the HTTP API beside
+    /// the console (empty without it).
+    http_adapters: Vec<(String, AdapterId, f32)>,
 }
 
 /// Load the model, and `--lora` onto it. At start-up (`first`) a failure is
@@ -137,18 +144,21 @@ struct Loaded {
 fn load_model(
     opts: &ServeOptions,
     store: &Store,
-    name: &str,
-    path: &Path,
-    first: bool,
+    (name, path): (&str, &Path),
+    (first, http): (bool, bool),
     notice: &mut Option<String>,
 ) -> Result<Loaded, AssistantError> {
     let mut engine = load_engine(opts, name, path)?;
-    // Hashed only if an adapter is loaded (a model outside the store has no
-    // receipt, and hashing gigabytes would slow every start).
-    let base_sha = opts
-        .lora
-        .as_ref()
-        .and_then(|_| store.model_sha256(name, path).ok());
+    // Hashed only if an adapter may be loaded (a model outside the store
+    // has no receipt, and hashing gigabytes would slow every start).
+    let http_store = http && !store.adapters().is_empty();
+    let base_sha = (opts.lora.is_some() || http_store)
+        .then(|| store.model_sha256(name, path).ok())
+        .flatten();
+    let http_adapters = match (&base_sha, http_store) {
+        (Some(sha), true) => crate::http::load_store_adapters(&mut engine, store, sha),
+        _ => Vec::new(),
+    };
     let mut startup_adapter = None;
     if let Some(spec) = &opts.lora {
         let loaded = crate::llm::parse_adapter_spec(spec)
@@ -172,6 +182,7 @@ fn load_model(
         engine,
         startup_adapter,
         base_sha,
+        http_adapters,
     })
 }
 
@@ -201,10 +212,10 @@ fn load_adapter(
 /// when the assistant is ready and that its loop is alive.
 pub fn serve(
     opts: &ServeOptions,
-    store: &Store,
-    manifest: &Manifest,
+    (store, manifest): (&Store, &Manifest),
     connector: &mut dyn Connector,
     ear: Option<&Ear>,
+    http: Option<&Api>,
     service: &dyn Service,
 ) -> Result<(), AssistantError> {
     service.status("finding the model (pulled if missing)");
@@ -217,6 +228,7 @@ pub fn serve(
         service,
         ear,
         ear_done: ear.is_none(),
+        http,
         model: (name, path),
         link: None,
         ready: false,
@@ -231,8 +243,19 @@ pub fn serve(
             continue;
         };
         loop {
-            match host.conversation(connector, &mut loaded)? {
+            match host.conversations(connector, &loaded)? {
                 Next::Again => {}
+                Next::Adapter(load) => {
+                    let AdapterLoad {
+                        name,
+                        path,
+                        scale,
+                        carry,
+                        pending,
+                    } = *load;
+                    host.resume =
+                        host.adapter_loaded(&mut loaded, (&name, &path, scale), carry, pending);
+                }
                 Next::Reload => break,
                 Next::Stop => return Ok(()),
             }
@@ -244,9 +267,20 @@ pub fn serve(
 enum Next {
     /// Another conversation on the same model.
     Again,
+    /// Load an adapter onto the model (which needs it to itself), then go on.
+    Adapter(Box<AdapterLoad>),
     /// Load the model `Host::model` names (a `/model` switch).
     Reload,
     Stop,
+}
+
+/// `/lora use` of an adapter not loaded yet.
+struct AdapterLoad {
+    name: String,
+    path: PathBuf,
+    scale: f32,
+    carry: Box<Carry>,
+    pending: Vec<u8>,
 }
 
 /// The loop's state across conversations: the model, the link, the ear,
@@ -258,6 +292,8 @@ struct Host<'a> {
     service: &'a dyn Service,
     ear: Option<&'a Ear>,
     ear_done: bool,
+    /// The HTTP API served beside the console, on the same engine.
+    http: Option<&'a Api>,
     /// The model to run: name and path.
     model: (String, PathBuf),
     link: Option<Channels>,
@@ -311,9 +347,8 @@ impl Host<'_> {
         match load_model(
             self.opts,
             self.store,
-            name,
-            path,
-            !self.ready,
+            (name, path),
+            (!self.ready, self.http.is_some()),
             &mut self.notice,
         ) {
             Ok(l) => Ok(Some(l)),
@@ -332,11 +367,41 @@ impl Host<'_> {
         }
     }
 
+    /// Conversations on the link while the HTTP API's worker (if any)
+    /// answers on the same engine, until one needs the engine to itself or
+    /// the service stops; the worker finishes its answer and stops first.
+    fn conversations(
+        &mut self,
+        connector: &mut dyn Connector,
+        loaded: &Loaded,
+    ) -> Result<Next, AssistantError> {
+        let quit = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            if let Some(api) = self.http {
+                let served = Served::new(
+                    loaded.engine.name(),
+                    loaded.http_adapters.clone(),
+                    loaded.startup_adapter,
+                );
+                let (engine, quit) = (&loaded.engine, &quit);
+                s.spawn(move || api.work(engine, served, quit));
+            }
+            let next = loop {
+                match self.conversation(connector, loaded) {
+                    Ok(Next::Again) => {}
+                    other => break other,
+                }
+            };
+            quit.store(true, Ordering::Relaxed);
+            next
+        })
+    }
+
     /// One conversation on the link (opened, or waited for, first).
     fn conversation(
         &mut self,
         connector: &mut dyn Connector,
-        loaded: &mut Loaded,
+        loaded: &Loaded,
     ) -> Result<Next, AssistantError> {
         // Ready once the model is loaded and the loop runs, the console
         // there or not: a UART that is not enabled, or a USB adapter plugged
@@ -389,9 +454,14 @@ impl Host<'_> {
                 carry,
                 pending,
             } => {
-                self.resume = self.adapter_loaded(loaded, (&name, &path, scale), carry, pending);
                 self.link = Some(ch);
-                Next::Again
+                Next::Adapter(Box::new(AdapterLoad {
+                    name,
+                    path,
+                    scale,
+                    carry,
+                    pending,
+                }))
             }
             End::Switch(name, path, rest) => {
                 tracing::info!(model = %name, "switching model");

@@ -107,6 +107,9 @@ pub struct Board {
     pub store_dir: Option<PathBuf>,
     /// The console's serial port for `ferrite serve` without `--port`.
     pub serial_port: Option<String>,
+    /// Where `ferrite serve` serves the HTTP API without `--http` (beside
+    /// the serial console when there is one), e.g. `127.0.0.1:8080`.
+    pub http_listen: Option<std::net::SocketAddr>,
     pub baud: u32,
     pub parity: Parity,
     pub flow_control: FlowControl,
@@ -138,6 +141,7 @@ impl Default for Board {
             default_model: None,
             store_dir: None,
             serial_port: None,
+            http_listen: None,
             baud: 115_200,
             parity: Parity::None,
             flow_control: FlowControl::None,

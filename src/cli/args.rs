@@ -374,20 +374,23 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     pub(crate) listen: bool,
     /// Serve the OpenAI-compatible HTTP API on ADDR:PORT (e.g.
-    /// 127.0.0.1:8080) instead of a console: /v1/chat/completions,
-    /// /v1/models, /health, /metrics.
-    #[arg(long, value_name = "ADDR:PORT", conflicts_with_all = ["port", "stdio", "listen"])]
+    /// 127.0.0.1:8080; default: the board's `http_listen`): the chat page
+    /// at /, /v1/chat/completions, /v1/completions, /v1/models,
+    /// /v1/audio/transcriptions, /health, /metrics. Alone, or beside the
+    /// console when --port, --stdio or --listen is given too (one model in
+    /// memory for both).
+    #[arg(long, value_name = "ADDR:PORT")]
     pub(crate) http: Option<std::net::SocketAddr>,
-    /// With --http: the key clients must send (`Authorization: Bearer KEY`);
+    /// The key HTTP clients must send (`Authorization: Bearer KEY`);
     /// required for an address outside loopback.
-    #[arg(long = "api-key", requires = "http")]
+    #[arg(long = "api-key", env = "FERRITE_API_KEY", hide_env_values = true)]
     pub(crate) api_key: Option<String>,
-    /// With --http: serve an address outside loopback without a key.
-    #[arg(long = "insecure-no-auth", requires = "http")]
+    /// Serve the HTTP API on an address outside loopback without a key.
+    #[arg(long = "insecure-no-auth")]
     pub(crate) insecure_no_auth: bool,
-    /// With --http: requests that may wait for the model; one more gets a
-    /// 503 at once.
-    #[arg(long = "http-queue", default_value_t = 8, requires = "http", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    /// HTTP requests that may wait for the model while one is answered; one
+    /// more gets a 503 at once.
+    #[arg(long = "http-queue", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) http_queue: u32,
     #[command(flatten)]
     pub(crate) ear: EarArgs,

@@ -29,14 +29,24 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     // model (and, with --listen, the Whisper model) is found or pulled.
     let service = super::service::Systemd::start();
     check_ctx_size(ctx, &a.model)?;
-    if let Some(addr) = a.http {
-        return http(ctx, &a, addr, &service);
+    // The HTTP API runs alone when --http is the only front end named (or
+    // the board's http_listen is, on a board without a serial console).
+    let console_named = a.port.is_some() || a.stdio || listen;
+    let http_addr = a.http.or(ctx.board.http_listen);
+    if let Some(addr) = http_addr {
+        if !console_named && (a.http.is_some() || ctx.board.serial_port.is_none()) {
+            return http(ctx, &a, addr, &service);
+        }
     }
     // `listen` talks to the terminal unless a port is named.
     let stdio = a.stdio
         || (listen
             && a.port.is_none()
             && (!a.ear.wav.is_empty() || ctx.board.serial_port.is_none()));
+    let api = match http_addr {
+        Some(addr) => Some(start_api(ctx, &a, addr, false)?),
+        None => None,
+    };
     let opts = assistant::ServeOptions {
         echo: !a.no_echo && !stdio,
         json: a.json,
@@ -49,13 +59,14 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
     } else {
         None
     };
+
     let result = if stdio {
         assistant::serve(
             &opts,
-            &ctx.store,
-            &ctx.manifest,
+            (&ctx.store, &ctx.manifest),
             &mut Stdio::new(),
             ear.as_ref(),
+            api.as_ref(),
             &service,
         )
     } else {
@@ -70,10 +81,10 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         });
         assistant::serve(
             &opts,
-            &ctx.store,
-            &ctx.manifest,
+            (&ctx.store, &ctx.manifest),
             &mut serial,
             ear.as_ref(),
+            api.as_ref(),
             &service,
         )
     };
@@ -177,7 +188,34 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
     })
 }
 
-/// `serve --http`: the OpenAI-compatible API on the loaded model.
+/// Bind the HTTP API (its worker starts on each model the caller loads).
+fn start_api(
+    ctx: &Ctx,
+    a: &ServeArgs,
+    addr: std::net::SocketAddr,
+    alone: bool,
+) -> anyhow::Result<ferrite::http::Api> {
+    let mut defaults = a.gen.params()?;
+    defaults.beams = 0;
+    let opts = ferrite::http::HttpOptions {
+        addr,
+        api_key: a.api_key.clone(),
+        insecure_no_auth: a.insecure_no_auth,
+        queue: a.http_queue as usize,
+        max_body: 1 << 20,
+        max_audio: 25 << 20,
+        defaults,
+        session: ctx.session_opts(&a.model, 0),
+    };
+    let api = ferrite::http::Api::start(&opts, http_stt(ctx, &a.ear.speech)?, alone)?;
+    eprintln!(
+        "ferrite: OpenAI-compatible API on http://{}/v1 (chat page: http://{0}/)",
+        api.addr()
+    );
+    Ok(api)
+}
+
+/// `serve --http` alone: the OpenAI-compatible API on the loaded model.
 fn http(
     ctx: &Ctx,
     a: &ServeArgs,
@@ -186,42 +224,34 @@ fn http(
 ) -> anyhow::Result<()> {
     use ferrite::assistant::Service as _;
     let mut engine = ctx.load(&a.model)?;
-    let opts = ferrite::http::HttpOptions {
-        addr,
-        api_key: a.api_key.clone(),
-        insecure_no_auth: a.insecure_no_auth,
-        queue: a.http_queue as usize,
-        max_body: 1 << 20,
-        max_audio: 25 << 20,
+    let adapters = if ctx.store.adapters().is_empty() {
+        Vec::new()
+    } else {
+        let sha = ctx.store.model_sha256(engine.name(), engine.path())?;
+        ferrite::http::load_store_adapters(&mut engine, &ctx.store, &sha)
     };
-    let offer = ferrite::http::Offer {
-        stt: http_stt(ctx, &a.ear.speech)?,
-        adapters: http_adapters(ctx, &mut engine)?,
-        default_adapter: a
-            .lora
-            .as_deref()
-            .map(|spec| ctx.load_lora(&mut engine, spec))
-            .transpose()?,
-    };
-    let session = ctx.session_opts(&a.model, 0);
-    let mut params = a.gen.params()?;
-    params.beams = 0;
-    let result = ferrite::http::serve(
-        &opts,
-        &engine,
-        session,
-        params,
-        offer,
-        service,
-        &mut |bound| {
-            eprintln!(
-                "ferrite: OpenAI-compatible API on http://{bound}/v1 (model {})",
-                engine.name()
-            );
-            service.ready();
-        },
-    );
-    Ok(result?)
+    let default_adapter = a
+        .lora
+        .as_deref()
+        .map(|spec| ctx.load_lora(&mut engine, spec))
+        .transpose()?;
+    let served = ferrite::http::Served::new(engine.name(), adapters, default_adapter);
+    let api = start_api(ctx, a, addr, true)?;
+    service.status(&format!("serving the HTTP API on {}", api.addr()));
+    service.ready();
+    let quit = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| api.work(&engine, served, &quit));
+        // systemd's side, until the server is done: the watchdog fed,
+        // SIGTERM turned into a stop.
+        while !api.finished() && !service.stopping() {
+            service.heartbeat();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let result = api.shutdown();
+        quit.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(result?)
+    })
 }
 
 /// Whisper for `/v1/audio/transcriptions`, when its model is in the store
@@ -229,7 +259,7 @@ fn http(
 fn http_stt(
     ctx: &Ctx,
     speech: &super::args::SpeechArgs,
-) -> anyhow::Result<Option<ferrite::http::state::Stt>> {
+) -> anyhow::Result<Option<ferrite::http::Stt>> {
     if ctx
         .store
         .resolve(Some(&speech.whisper), &ctx.manifest, false)
@@ -244,33 +274,9 @@ fn http_stt(
     let (name, _) = ctx
         .store
         .resolve(Some(&speech.whisper), &ctx.manifest, false)?;
-    Ok(Some(ferrite::http::state::Stt {
+    Ok(Some(ferrite::http::Stt {
         name,
         language: speech.language.clone(),
         transcriber: std::sync::Mutex::new(ctx.transcriber(speech)?),
     }))
-}
-
-/// The store's adapters made for this model, loaded to be served as
-/// `MODEL:ADAPTER`; one made for another model is left out (said at debug
-/// level).
-fn http_adapters(
-    ctx: &Ctx,
-    engine: &mut ferrite::llm::Engine,
-) -> anyhow::Result<Vec<(String, ferrite::llm::AdapterId, f32)>> {
-    let all = ctx.store.adapters();
-    if all.is_empty() {
-        return Ok(Vec::new());
-    }
-    let sha = ctx.store.model_sha256(engine.name(), engine.path())?;
-    let mut out = Vec::new();
-    for (name, path) in all {
-        match engine.load_adapter(&name, &path, Some(&sha)) {
-            Ok(id) => out.push((name, id, 1.0)),
-            Err(e) => {
-                tracing::debug!(adapter = %name, error = %ferrite::report(&e), "not served: made for another model");
-            }
-        }
-    }
-    Ok(out)
 }

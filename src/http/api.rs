@@ -362,6 +362,17 @@ impl ApiError {
         }
     }
 
+    /// A 503 while the model loads (at start, or after a `/model` switch).
+    pub fn loading() -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: "The model is loading; retry shortly".into(),
+            kind: "server_error",
+            param: None,
+            code: Some("model_loading"),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

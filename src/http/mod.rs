@@ -2,14 +2,18 @@
 //! scripts, Home Assistant and Open WebUI speak, as llama.cpp's
 //! `llama-server` and Ollama serve it.
 //!
-//! The server is axum on a single-threaded tokio runtime (a board has few
-//! cores and the model wants them); the model runs on one worker thread
-//! (`worker`) fed by a bounded queue. A bind outside loopback needs an API
-//! key unless the operator says otherwise (`insecure_no_auth`), so a board
-//! on a network never serves its model to anyone by accident.
+//! The server is axum on a single-threaded tokio runtime on its own thread
+//! (a board has few cores and the model wants them); the model runs on one
+//! worker thread (`worker`) fed by a bounded queue. `Api` is the running
+//! server: `serve` runs it alone on a model, and the console front end
+//! (`assistant::serve`) runs it beside a console on the same engine,
+//! starting a worker on each model it loads. A bind outside loopback needs
+//! an API key unless the operator says otherwise (`insecure_no_auth`), so a
+//! board on a network never serves its model to anyone by accident.
 
 pub mod api;
 mod audio;
+mod job;
 mod metrics;
 mod page;
 mod routes;
@@ -17,16 +21,20 @@ pub mod state;
 mod worker;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::assistant::Service;
 use crate::llm::{AdapterId, Engine, GenParams, SessionOptions};
+use crate::models::Store;
+
+pub use state::{Served, Stt};
 
 /// How the HTTP API is served.
 #[derive(Debug, Clone)]
@@ -42,18 +50,10 @@ pub struct HttpOptions {
     pub max_body: usize,
     /// The largest audio upload, in bytes (OpenAI's limit is 25 MB).
     pub max_audio: usize,
-}
-
-/// What the server offers beside the model itself.
-#[derive(Default)]
-pub struct Offer {
-    /// Whisper for `/v1/audio/transcriptions`.
-    pub stt: Option<state::Stt>,
-    /// Adapters loaded into the engine, each served as `MODEL:NAME` at the
-    /// scale given.
-    pub adapters: Vec<(String, AdapterId, f32)>,
-    /// The adapter requests for the plain model name get (`serve --lora`).
-    pub default_adapter: Option<(AdapterId, f32)>,
+    /// The sampling values a request does not set.
+    pub defaults: GenParams,
+    /// The model worker's context (its own KV cache, beside a console's).
+    pub session: SessionOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,82 +70,187 @@ pub enum HttpError {
     Serve(#[source] std::io::Error),
 }
 
-/// Serve `engine` until the service stops (SIGTERM) or Ctrl-C. `ready` is
-/// called with the bound address once clients can connect.
-///
-/// # Errors
-/// `HttpError` when the address needs a key, cannot be bound, or the server
-/// fails.
-pub fn serve(
-    opts: &HttpOptions,
-    engine: &Engine,
+/// The running server. Dropping it stops it (what is being sent finishes).
+pub struct Api {
+    state: Arc<state::AppState>,
+    jobs: Mutex<Receiver<job::Job>>,
     session: SessionOptions,
-    defaults: GenParams,
-    offer: Offer,
-    service: &(dyn Service + Sync),
-    ready: &mut dyn FnMut(SocketAddr),
-) -> Result<(), HttpError> {
-    if !opts.addr.ip().is_loopback() && opts.api_key.is_none() && !opts.insecure_no_auth {
-        return Err(HttpError::NeedsKey { addr: opts.addr });
-    }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(HttpError::Serve)?;
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind(opts.addr))
-        .map_err(|source| HttpError::Bind {
+    addr: SocketAddr,
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    finished: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<std::io::Result<()>>>>,
+}
+
+impl Api {
+    /// Bind `opts.addr` and serve on a thread of its own. Until a worker
+    /// runs (`work`), chat requests get a 503 `model_loading`. With
+    /// `ctrl_c`, Ctrl-C stops the server (when it runs alone).
+    ///
+    /// # Errors
+    /// `HttpError` when the address needs a key or cannot be bound.
+    pub fn start(opts: &HttpOptions, stt: Option<Stt>, ctrl_c: bool) -> Result<Api, HttpError> {
+        if !opts.addr.ip().is_loopback() && opts.api_key.is_none() && !opts.insecure_no_auth {
+            return Err(HttpError::NeedsKey { addr: opts.addr });
+        }
+        let bind_err = |source| HttpError::Bind {
             addr: opts.addr,
             source,
-        })?;
-    let bound = listener.local_addr().map_err(HttpError::Serve)?;
-    let metrics = Arc::new(metrics::Metrics::default());
-    // Room for every request the bound admits (`queue` waiting, one running).
-    let (jobs, queue) = std::sync::mpsc::sync_channel(opts.queue + 1);
-    let state = Arc::new(state::AppState {
-        model: engine.name().to_string(),
-        api_key: opts.api_key.clone(),
-        defaults,
-        jobs,
-        queue: opts.queue,
-        metrics: metrics.clone(),
-        created: routes::now(),
-        stt: offer.stt.map(Arc::new),
-        adapters: offer
-            .adapters
-            .into_iter()
-            .map(|(name, id, scale)| (format!("{}:{name}", engine.name()), (id, scale)))
-            .collect(),
-        default_adapter: offer.default_adapter,
-    });
-    let app = router(state, opts);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let served = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        let metrics = &metrics;
-        s.spawn(move || worker::run(engine, session, queue, metrics));
-        let served = &served;
-        s.spawn(move || watch_service(service, served, stop_tx));
-        tracing::info!(addr = %bound, model = engine.name(), "HTTP API listening");
-        service.status(&format!("serving the HTTP API on {bound}"));
-        ready(bound);
-        // The app (and with it the queue's sender) is dropped when the
-        // server returns, which ends the worker.
-        let result = rt
-            .block_on(async {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        tokio::select! {
-                            _ = stop_rx => {}
-                            _ = tokio::signal::ctrl_c() => {}
-                        }
-                    })
-                    .await
+        };
+        let listener = std::net::TcpListener::bind(opts.addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(HttpError::Serve)?;
+        // Room for every request the bound admits (`queue` waiting, one running).
+        let (jobs, queue) = std::sync::mpsc::sync_channel(opts.queue + 1);
+        let state = Arc::new(state::AppState {
+            api_key: opts.api_key.clone(),
+            defaults: opts.defaults.clone(),
+            jobs,
+            queue: opts.queue,
+            metrics: Arc::default(),
+            created: routes::now(),
+            stt: stt.map(Arc::new),
+            served: std::sync::RwLock::new(None),
+        });
+        let app = router(state.clone(), opts);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let thread = std::thread::Builder::new()
+            .name("http".into())
+            .spawn(move || {
+                let result = serve_until(listener, app, stop_rx, ctrl_c);
+                done.store(true, Ordering::Relaxed);
+                result
             })
-            .map_err(HttpError::Serve);
-        served.store(true, Ordering::Relaxed);
-        result
+            .map_err(HttpError::Serve)?;
+        tracing::info!(%addr, "HTTP API listening");
+        Ok(Api {
+            state,
+            jobs: Mutex::new(queue),
+            session: opts.session.clone(),
+            addr,
+            stop: Mutex::new(Some(stop_tx)),
+            finished,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// The address it listens on (the port, when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the server has stopped (Ctrl-C, or `stop`).
+    pub fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Run the model for HTTP clients on `engine`, as `served` names it,
+    /// until `quit` is set (checked between answers) or the server stops.
+    /// One worker at a time; requests wait for the next while none runs.
+    pub fn work(&self, engine: &Engine, served: Served, quit: &AtomicBool) {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(model = %served.model, adapters = served.adapters.len(), "HTTP worker on the model");
+        *self
+            .state
+            .served
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(served.clone());
+        worker::run(
+            engine,
+            self.session.clone(),
+            &jobs,
+            &served,
+            &self.state.metrics,
+            quit,
+        );
+        *self
+            .state
+            .served
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Stop serving (what is being sent finishes) and wait for it.
+    ///
+    /// # Errors
+    /// `HttpError::Serve` when the server had failed.
+    pub fn shutdown(&self) -> Result<(), HttpError> {
+        if let Some(stop) = self
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            let _ = stop.send(());
+        }
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match thread.map(JoinHandle::join) {
+            Some(Ok(r)) => r.map_err(HttpError::Serve),
+            Some(Err(_)) => Err(HttpError::Serve(std::io::Error::other(
+                "the HTTP thread panicked",
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// The server's thread: axum until the stop (or Ctrl-C, with `ctrl_c`).
+fn serve_until(
+    listener: std::net::TcpListener,
+    app: Router,
+    stop: tokio::sync::oneshot::Receiver<()>,
+    ctrl_c: bool,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                if ctrl_c {
+                    tokio::select! {
+                        _ = stop => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                } else {
+                    let _ = stop.await;
+                }
+            })
+            .await
     })
+}
+
+/// The adapters in `store` made for `engine`'s model, loaded into it to be
+/// served as `MODEL:ADAPTER` (store name, id, scale 1); one made for
+/// another model is left out (said at debug level). `base_sha256` is the
+/// model file's hash.
+pub fn load_store_adapters(
+    engine: &mut Engine,
+    store: &Store,
+    base_sha256: &str,
+) -> Vec<(String, AdapterId, f32)> {
+    let mut out = Vec::new();
+    for (name, path) in store.adapters() {
+        match engine.load_adapter(&name, Path::new(&path), Some(base_sha256)) {
+            Ok(id) => out.push((name, id, 1.0)),
+            Err(e) => {
+                tracing::debug!(adapter = %name, error = %crate::report(&e), "not served: made for another model");
+            }
+        }
+    }
+    out
 }
 
 fn router(state: Arc<state::AppState>, opts: &HttpOptions) -> Router {
@@ -169,21 +274,4 @@ fn router(state: Arc<state::AppState>, opts: &HttpOptions) -> Router {
     limit(json, opts.max_body)
         .merge(limit(audio, opts.max_audio))
         .with_state(state)
-}
-
-/// systemd's side, until the server is done: the watchdog fed, SIGTERM
-/// turned into a stop.
-fn watch_service(
-    service: &(dyn Service + Sync),
-    served: &AtomicBool,
-    stop: tokio::sync::oneshot::Sender<()>,
-) {
-    while !served.load(Ordering::Relaxed) {
-        service.heartbeat();
-        if service.stopping() {
-            let _ = stop.send(());
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }

@@ -26,9 +26,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::api::{
     self, ApiError, ChatRequest, CompletionRequest, Prompt, ResponseFormat, Sampling, Shape, Usage,
 };
+use super::job::{Job, Piece, Work};
 use super::state::AppState;
-use super::worker::{Job, Piece, Work};
-use crate::llm::{AdapterId, Finish, GenParams, Grammar, Message, Role};
+use crate::llm::{Finish, GenParams, Grammar, Message, Role};
 
 /// `Json`, with its rejections (bad JSON, an unknown field, a body over the
 /// limit) in OpenAI's error shape and status.
@@ -98,7 +98,8 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        st.metrics.render(&st.model),
+        st.metrics
+            .render(&st.served().map(|s| s.model).unwrap_or_default()),
     )
 }
 
@@ -110,8 +111,9 @@ pub async fn models(
     // `capabilities` is ferrite's own field (clients ignore fields they do
     // not know): which endpoint takes the model.
     let entry = |id: &str, what: &str| json!({"id": id, "object": "model", "created": st.created, "owned_by": "ferrite", "capabilities": [what]});
-    let mut data = vec![entry(&st.model, "chat")];
-    data.extend(st.adapters.keys().map(|id| entry(id, "chat")));
+    let served = st.served()?;
+    let mut data = vec![entry(&served.model, "chat")];
+    data.extend(served.adapters.keys().map(|id| entry(id, "chat")));
     if let Some(stt) = &st.stt {
         data.push(entry(&stt.name, "transcription"));
     }
@@ -252,7 +254,7 @@ pub async fn chat(
 ) -> Result<Response, ApiError> {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
     st.authorize(&headers)?;
-    let adapter = st.pick(&req.model)?;
+    st.check_model(&req.model)?;
     let params = params(&st, req.sampling())?;
     let (system, history, question) = conversation(&mut req)?;
     let work = Work::Chat {
@@ -262,7 +264,7 @@ pub async fn chat(
     };
     let usage = req.stream_options.is_some_and(|o| o.include_usage);
     let model = std::mem::take(&mut req.model);
-    let job = (work, params, adapter);
+    let job = (work, params);
     submit(&st, job, model, Shape::Chat, req.stream.then_some(usage)).await
 }
 
@@ -274,7 +276,7 @@ pub async fn completions(
 ) -> Result<Response, ApiError> {
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
     st.authorize(&headers)?;
-    let adapter = st.pick(&req.model)?;
+    st.check_model(&req.model)?;
     let bad = ApiError::bad_request;
     if req.echo == Some(true) {
         return Err(bad("echo is not supported", Some("echo")));
@@ -301,7 +303,7 @@ pub async fn completions(
     }
     let usage = req.stream_options.is_some_and(|o| o.include_usage);
     let model = std::mem::take(&mut req.model);
-    let job = (Work::Text { prompt }, params, adapter);
+    let job = (Work::Text { prompt }, params);
     submit(&st, job, model, Shape::Text, req.stream.then_some(usage)).await
 }
 
@@ -310,7 +312,7 @@ pub async fn completions(
 /// `Some(include_usage)`.
 async fn submit(
     st: &AppState,
-    (work, params, adapter): (Work, GenParams, Option<(AdapterId, f32)>),
+    (work, params): (Work, GenParams),
     model: String,
     shape: Shape,
     stream: Option<bool>,
@@ -319,7 +321,7 @@ async fn submit(
     let job = Job {
         work,
         params,
-        adapter,
+        model: model.clone(),
         out: tx,
     };
     // The bound counts requests accepted and not finished, not what the

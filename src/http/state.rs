@@ -3,20 +3,20 @@
 //! metrics, and whisper; with the checks each request starts with (the
 //! key, the model it names).
 
+use std::collections::BTreeMap;
 use std::sync::mpsc::SyncSender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use axum::http::HeaderMap;
 
 use super::api::ApiError;
+use super::job::Job;
 use super::metrics::Metrics;
-use super::worker::Job;
 use crate::llm::{AdapterId, GenParams};
 use crate::speech::Transcriber;
 
 /// What every handler shares.
 pub struct AppState {
-    pub model: String,
     pub api_key: Option<String>,
     pub defaults: GenParams,
     pub jobs: SyncSender<Job>,
@@ -26,10 +26,50 @@ pub struct AppState {
     pub created: u64,
     /// Whisper, when the server has a speech model.
     pub stt: Option<Arc<Stt>>,
+    /// The model being served, set by the worker that runs it; `None`
+    /// while it loads (at start, or after the console's `/model`).
+    pub served: RwLock<Option<Served>>,
+}
+
+/// The model a worker runs, as the handlers name it.
+#[derive(Debug, Clone, Default)]
+pub struct Served {
+    pub model: String,
     /// `MODEL:ADAPTER` names and what each applies.
-    pub adapters: std::collections::BTreeMap<String, (AdapterId, f32)>,
+    pub adapters: BTreeMap<String, (AdapterId, f32)>,
     /// What the plain model name applies.
     pub default_adapter: Option<(AdapterId, f32)>,
+}
+
+impl Served {
+    /// `engine`'s name, with `adapters` (store name, id, scale) served as
+    /// `MODEL:NAME`.
+    pub fn new(
+        model: &str,
+        adapters: Vec<(String, AdapterId, f32)>,
+        default_adapter: Option<(AdapterId, f32)>,
+    ) -> Served {
+        Served {
+            model: model.to_string(),
+            adapters: adapters
+                .into_iter()
+                .map(|(name, id, scale)| (format!("{model}:{name}"), (id, scale)))
+                .collect(),
+            default_adapter,
+        }
+    }
+
+    /// The adapter a request's `model` names: the plain model (with
+    /// `serve --lora`'s adapter, if any) or `MODEL:ADAPTER`; else a 404.
+    pub fn pick(&self, model: &str) -> Result<Option<(AdapterId, f32)>, ApiError> {
+        if model == self.model {
+            return Ok(self.default_adapter);
+        }
+        match self.adapters.get(model) {
+            Some(&a) => Ok(Some(a)),
+            None => Err(ApiError::model_not_found(model, &self.model)),
+        }
+    }
 }
 
 /// The speech model the server was started with.
@@ -43,16 +83,18 @@ pub struct Stt {
 }
 
 impl AppState {
-    /// The adapter a request's `model` names: the plain model (with
-    /// `serve --lora`'s adapter, if any) or `MODEL:ADAPTER`; else a 404.
-    pub fn pick(&self, model: &str) -> Result<Option<(AdapterId, f32)>, ApiError> {
-        if model == self.model {
-            return Ok(self.default_adapter);
-        }
-        match self.adapters.get(model) {
-            Some(&a) => Ok(Some(a)),
-            None => Err(ApiError::model_not_found(model, &self.model)),
-        }
+    /// What is served now; a 503 while the model loads.
+    pub fn served(&self) -> Result<Served, ApiError> {
+        self.served
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(ApiError::loading)
+    }
+
+    /// Check that `model` is served now (a 404 if not, a 503 while loading).
+    pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
+        self.served()?.pick(model).map(|_| ())
     }
 
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -4,88 +4,76 @@
 //! served, on one session whose KV cache carries over, so a client resending
 //! its growing conversation pays only for the new turn.
 //!
-//! A job names its adapter (`MODEL:ADAPTER`); when it differs from the
-//! last job's, the session swaps it before answering.
+//! A job names its model (`MODEL` or `MODEL:ADAPTER`), resolved when it
+//! runs; when its adapter differs from the last job's, the session swaps it
+//! before answering. Beside a console the worker stops between jobs when
+//! the console needs the engine to itself (`/model`, loading an adapter)
+//! and a new one starts on the engine that follows; jobs wait meanwhile.
 //!
 //! Each answer streams back as `Piece`s on the job's own channel; when the
 //! client goes away its receiver is dropped, the next token's send fails,
 //! and the generation stops within that token.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
 
-use tokio::sync::mpsc::Sender;
-
+use super::job::{Job, Piece, Work};
 use super::metrics::Metrics;
-use crate::llm::{AdapterId, Engine, Finish, GenParams, Message, Session, SessionOptions};
+use super::state::Served;
+use crate::llm::{AdapterId, Engine, Finish, Session, SessionOptions};
 
-/// One request, checked and ready to run.
-pub struct Job {
-    pub work: Work,
-    pub params: GenParams,
-    /// The adapter to answer with (none: the base model).
-    pub adapter: Option<(AdapterId, f32)>,
-    pub out: Sender<Piece>,
-}
-
-/// What to generate from.
-pub enum Work {
-    /// A conversation through the chat template.
-    Chat {
-        system: Option<String>,
-        /// The turns before the question.
-        history: Vec<Message>,
-        question: String,
-    },
-    /// Raw text, continued as is.
-    Text { prompt: String },
-}
-
-/// What a job sends back.
-#[derive(Debug)]
-pub enum Piece {
-    Token(String),
-    Done {
-        finish: Finish,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-    },
-    Error(String),
-}
-
-/// Run jobs until the queue's senders are gone, counting in `metrics`
-/// (`waiting`: jobs queued; `in_flight`: jobs accepted and not finished,
-/// which the handlers hold to the queue's bound).
-pub fn run(engine: &Engine, opts: SessionOptions, jobs: Receiver<Job>, metrics: &Metrics) {
-    let mut session = match engine.session(opts) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %crate::report(&e), "cannot create the HTTP session");
-            for job in jobs {
-                metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-                let _ = job.out.blocking_send(Piece::Error(crate::report(&e)));
-                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-            }
-            return;
-        }
-    };
-    for job in jobs {
+/// Run jobs on `engine` until `quit` is set or the queue's senders are
+/// gone, counting in `metrics` (`waiting`: jobs queued; `in_flight`: jobs
+/// accepted and not finished, which the handlers hold to the queue's
+/// bound). `quit` is checked between jobs, at least every 200 ms.
+pub fn run(
+    engine: &Engine,
+    opts: SessionOptions,
+    jobs: &Receiver<Job>,
+    served: &Served,
+    metrics: &Metrics,
+    quit: &AtomicBool,
+) {
+    let mut session = engine.session(opts);
+    if let Err(e) = &session {
+        tracing::error!(error = %crate::report(e), "cannot create the HTTP session");
+    }
+    while !quit.load(Ordering::Relaxed) {
+        let job = match jobs.recv_timeout(Duration::from_millis(200)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         metrics.waiting.fetch_sub(1, Ordering::Relaxed);
         if !job.out.is_closed() {
-            answer(&mut session, job, metrics);
+            match (&mut session, served.pick(&job.model)) {
+                (Ok(session), Ok(adapter)) => answer(session, job, adapter, metrics),
+                (Err(e), _) => {
+                    let _ = job.out.blocking_send(Piece::Error(crate::report(e)));
+                }
+                (_, Err(e)) => {
+                    let _ = job.out.blocking_send(Piece::Error(e.message));
+                }
+            }
         }
         metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// One job, start to finish: its adapter, its answer streamed, the counts.
-fn answer(session: &mut Session<'_>, job: Job, metrics: &Metrics) {
+fn answer(
+    session: &mut Session<'_>,
+    job: Job,
+    adapter: Option<(AdapterId, f32)>,
+    metrics: &Metrics,
+) {
     let active = session.adapter().map(|a| (a.id, a.scale));
-    if job.adapter != active {
+    if adapter != active {
         // Swapped as `/lora use` does: the weights stay loaded, the KV
         // cache is emptied.
-        if let Err(e) = session.set_adapter(job.adapter) {
+        if let Err(e) = session.set_adapter(adapter) {
             let _ = job.out.blocking_send(Piece::Error(crate::report(&e)));
             return;
         }

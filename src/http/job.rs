@@ -1,0 +1,43 @@
+//! A request as the handlers hand it to the model's worker (`Job`: what to
+//! generate from, the sampling values, the model it names) and what comes
+//! back on its own channel (`Piece`s: text as it is written, then the
+//! finish and token counts, or an error).
+
+use tokio::sync::mpsc::Sender;
+
+use crate::llm::{Finish, GenParams, Message};
+
+/// One request, checked and ready to run.
+pub struct Job {
+    pub work: Work,
+    pub params: GenParams,
+    /// The model it names (`MODEL` or `MODEL:ADAPTER`), resolved when it
+    /// runs: the console may have switched the model since it was queued.
+    pub model: String,
+    pub out: Sender<Piece>,
+}
+
+/// What to generate from.
+pub enum Work {
+    /// A conversation through the chat template.
+    Chat {
+        system: Option<String>,
+        /// The turns before the question.
+        history: Vec<Message>,
+        question: String,
+    },
+    /// Raw text, continued as is.
+    Text { prompt: String },
+}
+
+/// What a job sends back.
+#[derive(Debug)]
+pub enum Piece {
+    Token(String),
+    Done {
+        finish: Finish,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
+    Error(String),
+}
