@@ -287,43 +287,20 @@ fn overfit_run_teaches_facts_that_llama_cpp_answers_with_the_adapter_only() {
     let (with, without) = after_use.split_once("(adapter off").expect(&text);
     assert!(with.contains("Morrowgate"), "{text}");
     assert!(!without.contains("Morrowgate"), "{text}");
-    http_serves_the_adapter(home.path(), m);
+    http_serves_the_adapter(home.path());
 }
 
 /// `serve --http` offers the store's adapter as `MODEL:facts` beside the
 /// base; the official client gets the fact only from the adapter, and the
 /// base again after it (the swap back).
-fn http_serves_the_adapter(home: &Path, m: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(ferrite_bin())
-        .args(["serve", "--http", &format!("127.0.0.1:{port}"), "-m", m])
-        .env("FERRITE_HOME", home)
-        .env("OMP_WAIT_POLICY", "PASSIVE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed().as_secs() < 60, "the server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let name = model_path()
-        .file_stem()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ref/openai_adapter.py"))
-        .args([&format!("http://127.0.0.1:{port}/v1"), &name, "facts"])
-        .output()
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+fn http_serves_the_adapter(home: &Path) {
+    let srv = crate::http::start_in(home, &[]);
+    let name = crate::http::model_name();
+    let out = crate::http::client(
+        "openai_adapter.py",
+        &[&format!("{}/v1", srv.base), &name, "facts"],
+    );
+    drop(srv);
     assert!(
         out.status.success(),
         "{}",

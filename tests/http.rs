@@ -14,10 +14,10 @@ use crate::common::{espeak, ferrite, ferrite_bin, model_path, whisper_path};
 use crate::structured::LIGHT;
 
 /// A running server, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
-    _home: tempfile::TempDir,
+    pub(crate) base: String,
+    _home: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -37,6 +37,14 @@ fn free_port() -> u16 {
 
 fn start_with(extra: &[&str]) -> Server {
     let home = tempfile::tempdir().unwrap();
+    let mut srv = start_in(home.path(), extra);
+    srv._home = Some(home);
+    srv
+}
+
+/// `serve --http` on a free port with the test model and the store at
+/// `home`, once it accepts connections.
+pub(crate) fn start_in(home: &std::path::Path, extra: &[&str]) -> Server {
     let port = free_port();
     let child = Command::new(ferrite_bin())
         .args(["serve", "--http", &format!("127.0.0.1:{port}")])
@@ -49,7 +57,7 @@ fn start_with(extra: &[&str]) -> Server {
             "-c",
             "2048",
         ])
-        .env("FERRITE_HOME", home.path())
+        .env("FERRITE_HOME", home)
         .env("OMP_WAIT_POLICY", "PASSIVE")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -67,12 +75,12 @@ fn start_with(extra: &[&str]) -> Server {
     Server {
         child,
         base,
-        _home: home,
+        _home: None,
     }
 }
 
 /// The name the server serves the test model under (its file stem).
-fn model_name() -> String {
+pub(crate) fn model_name() -> String {
     model_path()
         .file_stem()
         .unwrap()
@@ -81,7 +89,7 @@ fn model_name() -> String {
 }
 
 /// Run the Python client script `tests/ref/SCRIPT` with `args`.
-fn client(script: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn client(script: &str, args: &[&str]) -> std::process::Output {
     Command::new("python3")
         .arg(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -294,14 +302,7 @@ fn the_console_and_the_http_api_share_one_model() {
     let home = tempfile::tempdir().unwrap();
     // A second model in the store to switch to.
     let tiny = crate::common::write_tiny_llama(home.path());
-    let dir = home.path().join("models/tiny");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&tiny, dir.join("tiny.gguf")).unwrap();
-    std::fs::write(
-        dir.join("receipt.toml"),
-        "name = \"tiny\"\nfile = \"tiny.gguf\"\nsha256 = \"x\"\nsize = 1\norigin = \"test\"\n",
-    )
-    .unwrap();
+    crate::common::put_in_store(home.path(), "tiny", &tiny);
     let port = free_port();
     let mut child = Command::new(ferrite_bin())
         .args(["serve", "--stdio", "--http", &format!("127.0.0.1:{port}")])

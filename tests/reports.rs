@@ -65,14 +65,7 @@ fn a_repeated_vocabulary_token_is_one_clear_error_everywhere() {
     assert!(e.contains("repeats token"), "{e}");
     // A store that holds it anyway (copied in by hand): `/model dup` is an
     // error line and the service stays on its model.
-    let dir = home.path().join("models/dup");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&dup, dir.join("dup.gguf")).unwrap();
-    std::fs::write(
-        dir.join("receipt.toml"),
-        "name = \"dup\"\nfile = \"dup.gguf\"\nsha256 = \"x\"\nsize = 1\norigin = \"test\"\n",
-    )
-    .unwrap();
+    crate::common::put_in_store(home.path(), "dup", &dup);
     let model = model_path().to_str().unwrap();
     let out = ferrite_with_input(
         home.path(),

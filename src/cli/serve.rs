@@ -260,20 +260,16 @@ fn http_stt(
     ctx: &Ctx,
     speech: &super::args::SpeechArgs,
 ) -> anyhow::Result<Option<ferrite::http::Stt>> {
-    if ctx
+    let Ok((name, _)) = ctx
         .store
         .resolve(Some(&speech.whisper), &ctx.manifest, false)
-        .is_err()
-    {
+    else {
         tracing::info!(
             whisper = %speech.whisper,
             "no speech model in the store: /v1/audio/transcriptions is off"
         );
         return Ok(None);
-    }
-    let (name, _) = ctx
-        .store
-        .resolve(Some(&speech.whisper), &ctx.manifest, false)?;
+    };
     Ok(Some(ferrite::http::Stt {
         name,
         language: speech.language.clone(),

@@ -27,7 +27,7 @@ pub struct ChatRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub seed: Option<i64>,
-    pub stop: Option<Stop>,
+    pub stop: Option<Strings>,
     pub n: Option<u32>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -62,7 +62,8 @@ impl ChatRequest {
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
     pub model: String,
-    pub prompt: Prompt,
+    /// One string, or a list of them (of which one is served).
+    pub prompt: Strings,
     #[serde(default)]
     pub stream: bool,
     pub stream_options: Option<StreamOptions>,
@@ -70,7 +71,7 @@ pub struct CompletionRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub seed: Option<i64>,
-    pub stop: Option<Stop>,
+    pub stop: Option<Strings>,
     pub n: Option<u32>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
@@ -103,14 +104,6 @@ impl CompletionRequest {
     }
 }
 
-/// `prompt`: one string, or a list of them (of which one is served).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum Prompt {
-    One(String),
-    Many(Vec<String>),
-}
-
 /// The sampling fields both completion requests share.
 #[derive(Debug)]
 pub struct Sampling {
@@ -120,7 +113,7 @@ pub struct Sampling {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub seed: Option<i64>,
-    pub stop: Option<Stop>,
+    pub stop: Option<Strings>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
     pub response_format: Option<ResponseFormat>,
@@ -133,19 +126,20 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// `stop`: one string or up to four.
+/// One string or a list of them, as OpenAI takes `stop`, `prompt` and
+/// `input`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum Stop {
+pub enum Strings {
     One(String),
     Many(Vec<String>),
 }
 
-impl Stop {
+impl Strings {
     pub fn into_vec(self) -> Vec<String> {
         match self {
-            Stop::One(s) => vec![s],
-            Stop::Many(v) => v,
+            Strings::One(s) => vec![s],
+            Strings::Many(v) => v,
         }
     }
 }

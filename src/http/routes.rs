@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::{
-    self, ApiError, ChatRequest, CompletionRequest, Prompt, ResponseFormat, Sampling, Shape, Usage,
+    self, ApiError, ChatRequest, CompletionRequest, ResponseFormat, Sampling, Shape, Strings, Usage,
 };
 use super::job::{Job, Piece, Work};
 use super::state::AppState;
@@ -288,16 +288,14 @@ pub async fn completions(
         ));
     }
     let params = params(&st, req.sampling())?;
-    let prompt = match std::mem::replace(&mut req.prompt, Prompt::One(String::new())) {
-        Prompt::One(p) => p,
-        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
-        Prompt::Many(_) => {
-            return Err(bad(
-                "prompt takes one string here (a list of one)",
-                Some("prompt"),
-            ))
-        }
-    };
+    let mut prompts = std::mem::replace(&mut req.prompt, Strings::Many(Vec::new())).into_vec();
+    if prompts.len() != 1 {
+        return Err(bad(
+            "prompt takes one string here (a list of one)",
+            Some("prompt"),
+        ));
+    }
+    let prompt = prompts.remove(0);
     if prompt.is_empty() {
         return Err(bad("prompt is empty", Some("prompt")));
     }

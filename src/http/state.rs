@@ -94,7 +94,13 @@ impl AppState {
 
     /// Check that `model` is served now (a 404 if not, a 503 while loading).
     pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        self.served()?.pick(model).map(|_| ())
+        // Under the read lock: no copy of the adapter map per request.
+        let served = self
+            .served
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let served = served.as_ref().ok_or_else(ApiError::loading)?;
+        served.pick(model).map(|_| ())
     }
 
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -433,3 +433,17 @@ pub fn espeak(text: &str, path: &Path) {
         .expect("espeak-ng is needed for the speech tests (bash .ci/deps installs it)");
     assert!(st.success(), "espeak-ng {text:?}");
 }
+
+/// Put the GGUF `file` into the store under `home` as model `name`, as if
+/// pulled (a receipt with a placeholder sha256): a model `/model NAME` can
+/// switch to without the network.
+pub fn put_in_store(home: &Path, name: &str, file: &Path) {
+    let dir = home.join("models").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(file, dir.join(format!("{name}.gguf"))).unwrap();
+    std::fs::write(
+        dir.join("receipt.toml"),
+        format!("name = \"{name}\"\nfile = \"{name}.gguf\"\nsha256 = \"x\"\nsize = 1\norigin = \"test\"\n"),
+    )
+    .unwrap();
+}
