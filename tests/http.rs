@@ -104,7 +104,14 @@ pub(crate) fn client(script: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn the_openai_client_talks_to_serve_http() {
     let tiny = whisper_path("whisper-tiny.en");
-    let srv = start_with(&["--api-key", "s3cret", "--whisper", tiny.to_str().unwrap()]);
+    let srv = start_with(&[
+        "--api-key",
+        "s3cret",
+        "--whisper",
+        tiny.to_str().unwrap(),
+        "--voice",
+        "espeak",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let schema = dir.path().join("light.json");
     std::fs::write(&schema, LIGHT).unwrap();
@@ -153,7 +160,11 @@ fn the_openai_client_talks_to_serve_http() {
     assert_eq!(c["finish"], "length", "{c}");
     assert_eq!(c["completion_tokens"], 6, "{c}");
     let models = v["models"].as_array().unwrap();
-    assert_eq!(models.len(), 2, "the chat model and whisper: {models:?}");
+    assert_eq!(
+        models.len(),
+        3,
+        "the chat model, whisper, the voice: {models:?}"
+    );
     assert_eq!(models[0], name.as_str());
     for (key, heard) in [
         ("transcription", v["transcription"].as_str().unwrap()),
@@ -182,12 +193,32 @@ fn the_openai_client_talks_to_serve_http() {
     for a in eight {
         assert!(a.as_str().unwrap().contains("Tokyo"), "{v}");
     }
+    logprobs_are_the_models(&v);
+    embeddings_are_unit_vectors(&v);
+    let s = &v["speech"];
+    assert!(
+        s["heard"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("kitchen light"),
+        "whisper heard the voice say {s}"
+    );
+    assert_eq!(s["wav_format"], serde_json::json!([1, 2]), "{s}");
+    let (wav_s, pcm_s) = (
+        s["wav_seconds"].as_f64().unwrap(),
+        s["pcm_seconds"].as_f64().unwrap(),
+    );
+    assert!(wav_s > 1.0 && (wav_s - pcm_s).abs() < 0.01, "{s}");
+    assert_eq!(v["speech_mp3"], "BadRequestError 400");
+    assert_eq!(v["speech_unknown_voice"], "BadRequestError 400");
     // The dropped stream was stopped (the worker saw its client gone), and
     // every other answer finished: whole, stream, two text completions,
-    // json_schema, eight.
+    // json_schema, three with log probabilities, three embedding calls,
+    // eight.
     let m = &v["metrics"];
     assert_eq!(m["ferrite_cancelled_total"], 1.0, "{m}");
-    assert_eq!(m["ferrite_answers_total"], 13.0, "{m}");
+    assert_eq!(m["ferrite_answers_total"], 19.0, "{m}");
     assert_eq!(m["ferrite_queue_depth"], 0.0, "{m}");
     assert!(
         m["ferrite_resident_memory_bytes"].as_f64().unwrap() > 1e7,
@@ -203,6 +234,55 @@ fn the_openai_client_talks_to_serve_http() {
         reply.starts_with("HTTP/1.0 200") && reply.ends_with(r#"{"status":"ok"}"#),
         "{reply}"
     );
+}
+
+/// Greedy answers with log probabilities: each token is its step's most
+/// probable (the first of its top list), the tokens spell the answer, the
+/// streamed ones are the same, and the legacy format lines up.
+fn logprobs_are_the_models(v: &serde_json::Value) {
+    let l = &v["logprobs"];
+    assert_eq!(l["tokens"], l["text"], "{l}");
+    assert_eq!(l["bytes"], l["text"], "{l}");
+    assert_eq!(l["n"], l["completion_tokens"], "{l}");
+    assert_eq!(l["tops"], serde_json::json!([3]), "{l}");
+    assert_eq!(l["greedy_is_top"], true, "{l}");
+    assert_eq!(l["sorted"], true, "{l}");
+    assert!(l["max"].as_f64().unwrap() <= 0.0, "{l}");
+    let s = &v["logprobs_stream"];
+    assert_eq!(s["text"], l["text"], "{s}");
+    assert_eq!(s["tokens"], s["text"], "{s}");
+    assert_eq!(s["same"], true, "{s}");
+    let t = &v["logprobs_text"];
+    assert_eq!(t["tokens"], t["text"], "{t}");
+    assert_eq!(t["n"], 6, "{t}");
+    assert_eq!(t["tops"], serde_json::json!([2]), "{t}");
+    assert_eq!(t["offsets"][0], 0, "{t}");
+    assert_eq!(v["top_logprobs_21"], "BadRequestError 400");
+}
+
+/// Embeddings: the model's width, unit length, in order, the same as
+/// floats and base64 and alone or in a list; two sentences about a cat are
+/// closer than a cat and the stock market.
+fn embeddings_are_unit_vectors(v: &serde_json::Value) {
+    let e = &v["embeddings"];
+    assert_eq!(
+        e["dims"],
+        serde_json::json!([576, 576, 576]),
+        "SmolLM2-135M's n_embd: {e}"
+    );
+    for n in e["norms"].as_array().unwrap() {
+        assert!((n.as_f64().unwrap() - 1.0).abs() < 1e-4, "{e}");
+    }
+    assert_eq!(e["index"], serde_json::json!([0, 1, 2]), "{e}");
+    assert!(e["prompt_tokens"].as_u64().unwrap() >= 15, "{e}");
+    assert!(e["float_vs_base64"].as_f64().unwrap() < 1e-6, "{e}");
+    assert!(e["alone_vs_list"].as_f64().unwrap() < 1e-4, "{e}");
+    assert!(
+        e["cos_cat_rug"].as_f64().unwrap() > e["cos_cat_stocks"].as_f64().unwrap(),
+        "{e}"
+    );
+    assert_eq!(v["embeddings_empty"], "BadRequestError 400");
+    assert_eq!(v["embeddings_dimensions"], "BadRequestError 400");
 }
 
 /// One answer runs and one waits (`--http-queue 1`): a third request at

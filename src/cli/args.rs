@@ -402,6 +402,11 @@ pub(crate) struct EarArgs {
     /// they are written; speech or push-to-talk stops the speaking.
     #[arg(long)]
     pub(crate) speak: bool,
+    /// Whether speech heard while an answer is spoken stops it: `off` for
+    /// open speakers without echo cancellation, where the microphone hears
+    /// the answer itself.
+    #[arg(long = "barge-in", value_enum, default_value = "on")]
+    pub(crate) barge_in: OnOff,
     #[command(flatten)]
     pub(crate) voice: VoiceArgs,
     /// ALSA capture device (default: the board's audio_device).
@@ -608,6 +613,7 @@ impl GenArgs {
             beams: self.beams as usize,
             stop: self.stop.clone(),
             grammar,
+            logprobs: None,
         })
     }
 }
@@ -649,4 +655,11 @@ impl From<FlowArg> for ferrite::board::FlowControl {
             FlowArg::Hardware => Self::Hardware,
         }
     }
+}
+
+/// A switch, as `--barge-in on|off`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OnOff {
+    On,
+    Off,
 }

@@ -172,12 +172,10 @@ fn ear(ctx: &Ctx, e: &EarArgs, led: &mut Option<LedThread>) -> anyhow::Result<as
             .unwrap_or(&ctx.board.audio_out_device);
         let sink = ferrite::tts::playback::AlsaSink::open(dev, voice.sample_rate())?;
         let opts = e.voice.options()?;
-        Some(ferrite::tts::speaker::Speaker::spawn(
-            voice,
-            Box::new(sink),
-            opts,
-            status.clone(),
-        ))
+        let speaker =
+            ferrite::tts::speaker::Speaker::spawn(voice, Box::new(sink), opts, status.clone());
+        speaker.set_barge_in(e.barge_in == super::args::OnOff::On);
+        Some(speaker)
     } else {
         None
     };
@@ -207,7 +205,8 @@ fn start_api(
         defaults,
         session: ctx.session_opts(&a.model, 0),
     };
-    let api = ferrite::http::Api::start(&opts, http_stt(ctx, &a.ear.speech)?, alone)?;
+    let speech = (http_stt(ctx, &a.ear.speech)?, http_tts(ctx, &a.ear.voice)?);
+    let api = ferrite::http::Api::start(&opts, speech, alone)?;
     eprintln!(
         "ferrite: OpenAI-compatible API on http://{}/v1 (chat page: http://{0}/)",
         api.addr()
@@ -275,4 +274,44 @@ fn http_stt(
         language: speech.language.clone(),
         transcriber: std::sync::Mutex::new(ctx.transcriber(speech)?),
     }))
+}
+
+/// The voice for `/v1/audio/speech`: `--voice` when it is espeak-ng's, or
+/// a Piper voice whose model and ONNX Runtime are already in the store (a
+/// server does not download them on its own: `models pull` does). It is
+/// loaded on the first request, so a server nobody asks to speak does not
+/// hold a voice in memory.
+fn http_tts(ctx: &Ctx, v: &super::args::VoiceArgs) -> anyhow::Result<Option<ferrite::http::Tts>> {
+    let opts = v.options()?;
+    let load: ferrite::http::LoadVoice = if v.voice == "espeak" || v.voice.starts_with("espeak:") {
+        let name = v
+            .voice
+            .strip_prefix("espeak:")
+            .unwrap_or("en-us")
+            .to_string();
+        Box::new(move || {
+            let voice = ferrite::tts::fallback::EspeakVoice::new(&name)?;
+            Ok(Box::new(voice) as Box<dyn ferrite::tts::Voice>)
+        })
+    } else {
+        let have = |name: &str| ctx.store.resolve(Some(name), &ctx.manifest, false).ok();
+        let (Some((_, onnx)), Some((_, rt))) =
+            (have(&v.voice), have(&ferrite::tts::runtime::model_name()))
+        else {
+            tracing::info!(
+                voice = %v.voice,
+                "the voice or ONNX Runtime is not in the store: /v1/audio/speech is off"
+            );
+            return Ok(None);
+        };
+        let threads = v
+            .tts_threads
+            .map_or_else(|| ctx.board.threads() as usize, |t| t as usize);
+        Box::new(move || {
+            ferrite::tts::runtime::init(&rt)?;
+            let voice = ferrite::tts::PiperVoice::load(&onnx, threads)?;
+            Ok(Box::new(voice) as Box<dyn ferrite::tts::Voice>)
+        })
+    };
+    Ok(Some(ferrite::http::Tts::new(&v.voice, opts, load)))
 }

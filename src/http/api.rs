@@ -13,6 +13,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::llm::{TokenLogprob, TokenText};
+
 /// `POST /v1/chat/completions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +45,8 @@ impl ChatRequest {
     pub fn sampling(&mut self) -> Sampling {
         Sampling {
             n: self.n,
-            logprobs: self.logprobs == Some(true) || self.top_logprobs.is_some(),
+            logprobs: (self.logprobs == Some(true))
+                .then(|| self.top_logprobs.unwrap_or(0) as usize),
             max_tokens: self.max_completion_tokens.or(self.max_tokens),
             temperature: self.temperature,
             top_p: self.top_p,
@@ -54,6 +57,45 @@ impl ChatRequest {
             response_format: self.response_format.take(),
         }
     }
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    /// One text or a list of them (token-id lists are not taken).
+    pub input: Strings,
+    /// `float` (the default) or `base64` (little-endian f32s, what the
+    /// official Python client asks for).
+    pub encoding_format: Option<String>,
+    /// Refused unless it is the model's own width.
+    pub dimensions: Option<u32>,
+    pub user: Option<String>,
+}
+
+/// The embeddings response: one `embedding` object per input, in order.
+pub fn embeddings(model: &str, vectors: &[Vec<f32>], tokens: usize, base64: bool) -> Value {
+    use base64::Engine as _;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
 }
 
 /// `POST /v1/completions` (OpenAI's legacy text completions): the prompt
@@ -81,6 +123,7 @@ pub struct CompletionRequest {
     pub suffix: Option<String>,
     /// Refused above 1.
     pub best_of: Option<u32>,
+    /// Log probabilities with this many rivals per token (0 to 5).
     pub logprobs: Option<u32>,
     pub user: Option<String>,
 }
@@ -91,7 +134,7 @@ impl CompletionRequest {
     pub fn sampling(&mut self) -> Sampling {
         Sampling {
             n: self.n.or(self.best_of),
-            logprobs: self.logprobs.is_some(),
+            logprobs: self.logprobs.map(|k| k as usize),
             max_tokens: Some(self.max_tokens.unwrap_or(16)),
             temperature: self.temperature,
             top_p: self.top_p,
@@ -108,7 +151,8 @@ impl CompletionRequest {
 #[derive(Debug)]
 pub struct Sampling {
     pub n: Option<u32>,
-    pub logprobs: bool,
+    /// Log probabilities with this many rivals per token.
+    pub logprobs: Option<usize>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
@@ -236,9 +280,9 @@ pub fn completion(
     model: &str,
     text: &str,
     finish: &str,
-    usage: Usage,
+    (usage, logprobs): (Usage, Option<Value>),
 ) -> Value {
-    let mut choice = json!({"index": 0, "logprobs": null, "finish_reason": finish});
+    let mut choice = json!({"index": 0, "logprobs": logprobs, "finish_reason": finish});
     match shape {
         Shape::Chat => choice["message"] = json!({"role": "assistant", "content": text}),
         Shape::Text => choice["text"] = json!(text),
@@ -261,10 +305,10 @@ pub fn chunk(
     id: &str,
     created: u64,
     model: &str,
-    delta: Value,
+    (delta, logprobs): (Value, Option<Value>),
     finish: Option<&str>,
 ) -> Value {
-    let mut choice = json!({"index": 0, "logprobs": null, "finish_reason": finish});
+    let mut choice = json!({"index": 0, "logprobs": logprobs, "finish_reason": finish});
     match shape {
         Shape::Chat => choice["delta"] = delta,
         Shape::Text => choice["text"] = delta.get("content").cloned().unwrap_or(json!("")),
@@ -276,6 +320,53 @@ pub fn chunk(
         "model": model,
         "choices": [choice],
     })
+}
+
+/// Log probabilities in `shape`'s format: chat's `{"content": [{"token",
+/// "logprob", "bytes", "top_logprobs": [...]}]}`, or the legacy
+/// completions' parallel lists `tokens`, `token_logprobs`, `top_logprobs`
+/// (token → logprob) and `text_offset` (characters into the answer, counted
+/// on from `offset`, which is advanced).
+pub fn logprobs(shape: Shape, entries: &[TokenLogprob], offset: &mut usize) -> Value {
+    match shape {
+        Shape::Chat => {
+            let one =
+                |t: &TokenText, lp: f32| json!({"token": t.text, "logprob": lp, "bytes": t.bytes});
+            let content: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let mut v = one(&e.token, e.logprob);
+                    v["top_logprobs"] = e.top.iter().map(|(t, lp)| one(t, *lp)).collect();
+                    v
+                })
+                .collect();
+            json!({"content": content, "refusal": null})
+        }
+        Shape::Text => {
+            let mut offsets = Vec::with_capacity(entries.len());
+            for e in entries {
+                offsets.push(*offset);
+                *offset += e.token.text.chars().count();
+            }
+            let top: Vec<Value> = entries
+                .iter()
+                .map(|e| {
+                    let m: serde_json::Map<String, Value> = e
+                        .top
+                        .iter()
+                        .map(|(t, lp)| (t.text.clone(), json!(lp)))
+                        .collect();
+                    Value::Object(m)
+                })
+                .collect();
+            json!({
+                "tokens": entries.iter().map(|e| &e.token.text).collect::<Vec<_>>(),
+                "token_logprobs": entries.iter().map(|e| e.logprob).collect::<Vec<_>>(),
+                "top_logprobs": top,
+                "text_offset": offsets,
+            })
+        }
+    }
 }
 
 /// The last chunk under `stream_options.include_usage`: no choices, usage.

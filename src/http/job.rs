@@ -5,7 +5,7 @@
 
 use tokio::sync::mpsc::Sender;
 
-use crate::llm::{Finish, GenParams, Message};
+use crate::llm::{Finish, GenParams, Message, TokenLogprob};
 
 /// One request, checked and ready to run.
 pub struct Job {
@@ -28,16 +28,25 @@ pub enum Work {
     },
     /// Raw text, continued as is.
     Text { prompt: String },
+    /// One embedding per input (the base model's; `params` unused).
+    Embed { inputs: Vec<String> },
 }
 
 /// What a job sends back.
 #[derive(Debug)]
 pub enum Piece {
+    /// A token's log probability, sent just before its text.
+    Logprob(TokenLogprob),
     Token(String),
     Done {
         finish: Finish,
         prompt_tokens: usize,
         completion_tokens: usize,
+    },
+    /// An `Embed` job's answer: unit vectors in input order, tokens read.
+    Embeddings {
+        vectors: Vec<Vec<f32>>,
+        tokens: usize,
     },
     Error(String),
 }

@@ -17,6 +17,7 @@ mod job;
 mod metrics;
 mod page;
 mod routes;
+mod speech;
 pub mod state;
 mod worker;
 
@@ -34,7 +35,7 @@ use axum::Router;
 use crate::llm::{AdapterId, Engine, GenParams, SessionOptions};
 use crate::models::Store;
 
-pub use state::{Served, Stt};
+pub use state::{LoadVoice, Served, Stt, Tts};
 
 /// How the HTTP API is served.
 #[derive(Debug, Clone)]
@@ -88,7 +89,11 @@ impl Api {
     ///
     /// # Errors
     /// `HttpError` when the address needs a key or cannot be bound.
-    pub fn start(opts: &HttpOptions, stt: Option<Stt>, ctrl_c: bool) -> Result<Api, HttpError> {
+    pub fn start(
+        opts: &HttpOptions,
+        (stt, tts): (Option<Stt>, Option<Tts>),
+        ctrl_c: bool,
+    ) -> Result<Api, HttpError> {
         if !opts.addr.ip().is_loopback() && opts.api_key.is_none() && !opts.insecure_no_auth {
             return Err(HttpError::NeedsKey { addr: opts.addr });
         }
@@ -109,6 +114,7 @@ impl Api {
             metrics: Arc::default(),
             created: routes::now(),
             stt: stt.map(Arc::new),
+            tts: tts.map(Arc::new),
             served: std::sync::RwLock::new(None),
         });
         let app = router(state.clone(), opts);
@@ -148,7 +154,8 @@ impl Api {
     /// Run the model for HTTP clients on `engine`, as `served` names it,
     /// until `quit` is set (checked between answers) or the server stops.
     /// One worker at a time; requests wait for the next while none runs.
-    pub fn work(&self, engine: &Engine, served: Served, quit: &AtomicBool) {
+    pub fn work(&self, engine: &Engine, mut served: Served, quit: &AtomicBool) {
+        served.n_embd = engine.n_embd();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         tracing::info!(model = %served.model, adapters = served.adapters.len(), "HTTP worker on the model");
         *self
@@ -269,7 +276,9 @@ fn router(state: Arc<state::AppState>, opts: &HttpOptions) -> Router {
         .route("/metrics", get(routes::metrics))
         .route("/v1/models", get(routes::models))
         .route("/v1/chat/completions", post(routes::chat))
-        .route("/v1/completions", post(routes::completions));
+        .route("/v1/completions", post(routes::completions))
+        .route("/v1/embeddings", post(routes::embeddings))
+        .route("/v1/audio/speech", post(speech::speech));
     let audio = Router::new().route("/v1/audio/transcriptions", post(audio::transcriptions));
     limit(json, opts.max_body)
         .merge(limit(audio, opts.max_audio))

@@ -24,11 +24,12 @@ use serde_json::{json, Value};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::{
-    self, ApiError, ChatRequest, CompletionRequest, ResponseFormat, Sampling, Shape, Strings, Usage,
+    self, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, ResponseFormat, Sampling,
+    Shape, Strings, Usage,
 };
 use super::job::{Job, Piece, Work};
 use super::state::AppState;
-use crate::llm::{Finish, GenParams, Grammar, Message, Role};
+use crate::llm::{Finish, GenParams, Grammar, Message, Role, TokenLogprob, MAX_TOP_LOGPROBS};
 
 /// `Json`, with its rejections (bad JSON, an unknown field, a body over the
 /// limit) in OpenAI's error shape and status.
@@ -110,12 +111,20 @@ pub async fn models(
     st.authorize(&headers)?;
     // `capabilities` is ferrite's own field (clients ignore fields they do
     // not know): which endpoint takes the model.
-    let entry = |id: &str, what: &str| json!({"id": id, "object": "model", "created": st.created, "owned_by": "ferrite", "capabilities": [what]});
+    let entry = |id: &str, what: &[&str]| json!({"id": id, "object": "model", "created": st.created, "owned_by": "ferrite", "capabilities": what});
     let served = st.served()?;
-    let mut data = vec![entry(&served.model, "chat")];
-    data.extend(served.adapters.keys().map(|id| entry(id, "chat")));
+    let mut data = vec![entry(&served.model, &["chat", "completions", "embeddings"])];
+    data.extend(
+        served
+            .adapters
+            .keys()
+            .map(|id| entry(id, &["chat", "completions"])),
+    );
     if let Some(stt) = &st.stt {
-        data.push(entry(&stt.name, "transcription"));
+        data.push(entry(&stt.name, &["transcription"]));
+    }
+    if let Some(tts) = &st.tts {
+        data.push(entry(&tts.name, &["speech"]));
     }
     Ok(Json(json!({"object": "list", "data": data})))
 }
@@ -127,12 +136,7 @@ fn params(st: &AppState, req: Sampling) -> Result<GenParams, ApiError> {
     if req.n.is_some_and(|n| n != 1) {
         return Err(bad("only n = 1 is supported".into(), Some("n")));
     }
-    if req.logprobs {
-        return Err(bad(
-            "logprobs are not supported yet".into(),
-            Some("logprobs"),
-        ));
-    }
+    p.logprobs = req.logprobs;
     if let Some(n) = req.max_tokens {
         if n == 0 {
             return Err(bad(
@@ -255,6 +259,20 @@ pub async fn chat(
     st.metrics.requests.fetch_add(1, Ordering::Relaxed);
     st.authorize(&headers)?;
     st.check_model(&req.model)?;
+    if let Some(k) = req.top_logprobs {
+        if req.logprobs != Some(true) {
+            return Err(ApiError::bad_request(
+                "top_logprobs needs logprobs: true",
+                Some("top_logprobs"),
+            ));
+        }
+        if k as usize > MAX_TOP_LOGPROBS {
+            return Err(ApiError::bad_request(
+                format!("top_logprobs takes 0 to {MAX_TOP_LOGPROBS}"),
+                Some("top_logprobs"),
+            ));
+        }
+    }
     let params = params(&st, req.sampling())?;
     let (system, history, question) = conversation(&mut req)?;
     let work = Work::Chat {
@@ -280,6 +298,9 @@ pub async fn completions(
     let bad = ApiError::bad_request;
     if req.echo == Some(true) {
         return Err(bad("echo is not supported", Some("echo")));
+    }
+    if req.logprobs.is_some_and(|k| k > 5) {
+        return Err(bad("logprobs takes 0 to 5", Some("logprobs")));
     }
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(bad(
@@ -315,11 +336,37 @@ async fn submit(
     shape: Shape,
     stream: Option<bool>,
 ) -> Result<Response, ApiError> {
+    let logprobs = params.logprobs.is_some();
+    let rx = enqueue(st, (work, params), model.clone())?;
+    let prefix = match shape {
+        Shape::Chat => "chatcmpl",
+        Shape::Text => "cmpl",
+    };
+    let head = Head {
+        shape,
+        id: format!("{prefix}-{:016x}", rand_id()),
+        created: now(),
+        model,
+        logprobs,
+    };
+    match stream {
+        Some(usage) => Ok(self::stream(rx, head, usage).into_response()),
+        None => whole(rx, &head).await.map(|v| Json(v).into_response()),
+    }
+}
+
+/// Hand the work to the model's worker: its pieces come back on the
+/// receiver; a 503 when the queue is full.
+fn enqueue(
+    st: &AppState,
+    (work, params): (Work, GenParams),
+    model: String,
+) -> Result<tokio::sync::mpsc::Receiver<Piece>, ApiError> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let job = Job {
         work,
         params,
-        model: model.clone(),
+        model,
         out: tx,
     };
     // The bound counts requests accepted and not finished, not what the
@@ -336,20 +383,7 @@ async fn submit(
         st.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::busy(st.queue));
     }
-    let prefix = match shape {
-        Shape::Chat => "chatcmpl",
-        Shape::Text => "cmpl",
-    };
-    let head = Head {
-        shape,
-        id: format!("{prefix}-{:016x}", rand_id()),
-        created: now(),
-        model,
-    };
-    match stream {
-        Some(usage) => Ok(self::stream(rx, head, usage).into_response()),
-        None => whole(rx, &head).await.map(|v| Json(v).into_response()),
-    }
+    Ok(rx)
 }
 
 /// What every chunk of one response repeats.
@@ -358,6 +392,8 @@ struct Head {
     id: String,
     created: u64,
     model: String,
+    /// Log probabilities were asked for (`null` in the answer when not).
+    logprobs: bool,
 }
 
 fn finish_reason(f: Finish) -> &'static str {
@@ -376,8 +412,10 @@ fn rand_id() -> u64 {
 
 async fn whole(mut rx: tokio::sync::mpsc::Receiver<Piece>, h: &Head) -> Result<Value, ApiError> {
     let mut text = String::new();
+    let mut lps: Vec<TokenLogprob> = Vec::new();
     while let Some(p) = rx.recv().await {
         match p {
+            Piece::Logprob(lp) => lps.push(lp),
             Piece::Token(t) => text.push_str(&t),
             Piece::Done {
                 finish,
@@ -396,9 +434,13 @@ async fn whole(mut rx: tokio::sync::mpsc::Receiver<Piece>, h: &Head) -> Result<V
                     &h.model,
                     &text,
                     finish_reason(finish),
-                    usage,
+                    (
+                        usage,
+                        h.logprobs.then(|| api::logprobs(h.shape, &lps, &mut 0)),
+                    ),
                 ));
             }
+            Piece::Embeddings { .. } => break,
             Piece::Error(e) => return Err(ApiError::bad_request(e, None)),
         }
     }
@@ -417,22 +459,40 @@ fn stream(
             &h.id,
             h.created,
             &h.model,
-            json!({"role": "assistant", "content": ""}),
+            (json!({"role": "assistant", "content": ""}), None),
             None,
         );
         Ok(Event::default().data(v.to_string()))
     });
     let head = futures_util::stream::iter(first);
+    // Log probabilities wait for the text of their token, and go out with it.
+    let mut pending: Vec<TokenLogprob> = Vec::new();
+    let mut offset = 0;
     let body = ReceiverStream::new(rx).flat_map(move |p| {
+        let mut lps = |pending: &mut Vec<TokenLogprob>| {
+            let v = h
+                .logprobs
+                .then(|| api::logprobs(h.shape, pending, &mut offset));
+            pending.clear();
+            v
+        };
         let chunk = |delta, finish| api::chunk(h.shape, &h.id, h.created, &h.model, delta, finish);
         let events: Vec<Value> = match p {
-            Piece::Token(t) => vec![chunk(json!({"content": t}), None)],
+            Piece::Logprob(lp) => {
+                pending.push(lp);
+                Vec::new()
+            }
+            // Text held back (a possible stop string, a partial character)
+            // comes as an empty piece: its log probabilities wait on.
+            Piece::Token(t) if t.is_empty() => Vec::new(),
+            Piece::Token(t) => vec![chunk((json!({"content": t}), lps(&mut pending)), None)],
             Piece::Done {
                 finish,
                 prompt_tokens,
                 completion_tokens,
             } => {
-                let mut v = vec![chunk(json!({}), Some(finish_reason(finish)))];
+                let last = (json!({}), lps(&mut pending));
+                let mut v = vec![chunk(last, Some(finish_reason(finish)))];
                 if include_usage {
                     v.push(api::usage_chunk(
                         h.shape,
@@ -448,6 +508,7 @@ fn stream(
                 }
                 v
             }
+            Piece::Embeddings { .. } => Vec::new(),
             Piece::Error(e) => vec![ApiError::bad_request(e, None).body()],
         };
         futures_util::stream::iter(
@@ -458,4 +519,71 @@ fn stream(
     });
     let done = futures_util::stream::once(std::future::ready(Ok(Event::default().data("[DONE]"))));
     Sse::new(head.chain(body).chain(done))
+}
+
+/// `POST /v1/embeddings`: one unit vector per input, mean-pooled from the
+/// base model (an adapter does not apply).
+pub async fn embeddings(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> Result<Response, ApiError> {
+    st.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    st.authorize(&headers)?;
+    let served = st.served()?;
+    if req.model != served.model {
+        served.pick(&req.model)?;
+        return Err(ApiError::bad_request(
+            format!(
+                "embeddings come from the base model: ask for `{}`",
+                served.model
+            ),
+            Some("model"),
+        ));
+    }
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                format!("encoding_format is `float` or `base64`, not `{other}`"),
+                Some("encoding_format"),
+            ))
+        }
+    };
+    let inputs = req.input.into_vec();
+    if inputs.is_empty() || inputs.len() > crate::llm::MAX_EMBED_INPUTS {
+        return Err(ApiError::bad_request(
+            format!("input takes 1 to {} strings", crate::llm::MAX_EMBED_INPUTS),
+            Some("input"),
+        ));
+    }
+    if inputs.iter().any(String::is_empty) {
+        return Err(ApiError::bad_request("an input is empty", Some("input")));
+    }
+    if let Some(d) = req.dimensions.filter(|&d| d as usize != served.n_embd) {
+        return Err(ApiError::bad_request(
+            format!(
+                "this model's embeddings have {} dimensions, not {d}",
+                served.n_embd
+            ),
+            Some("dimensions"),
+        ));
+    }
+    let model = req.model;
+    let mut rx = enqueue(
+        &st,
+        (Work::Embed { inputs }, st.defaults.clone()),
+        model.clone(),
+    )?;
+    while let Some(p) = rx.recv().await {
+        match p {
+            Piece::Embeddings { vectors, tokens } => {
+                return Ok(Json(api::embeddings(&model, &vectors, tokens, base64)).into_response());
+            }
+            Piece::Error(e) => return Err(ApiError::bad_request(e, None)),
+            _ => {}
+        }
+    }
+    Err(ApiError::internal("the model stopped without an answer"))
 }

@@ -1,6 +1,6 @@
 //! What every handler shares (`AppState`): the served model's name and
 //! adapters, the key, the defaults, the queue to the model's worker, the
-//! metrics, and whisper; with the checks each request starts with (the
+//! metrics, whisper and the voice; with the checks each request starts with (the
 //! key, the model it names).
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use super::job::Job;
 use super::metrics::Metrics;
 use crate::llm::{AdapterId, GenParams};
 use crate::speech::Transcriber;
+use crate::tts::{SpeakOptions, TtsError, Voice};
 
 /// What every handler shares.
 pub struct AppState {
@@ -26,6 +27,8 @@ pub struct AppState {
     pub created: u64,
     /// Whisper, when the server has a speech model.
     pub stt: Option<Arc<Stt>>,
+    /// The voice, when the server has one.
+    pub tts: Option<Arc<Tts>>,
     /// The model being served, set by the worker that runs it; `None`
     /// while it loads (at start, or after the console's `/model`).
     pub served: RwLock<Option<Served>>,
@@ -39,6 +42,8 @@ pub struct Served {
     pub adapters: BTreeMap<String, (AdapterId, f32)>,
     /// What the plain model name applies.
     pub default_adapter: Option<(AdapterId, f32)>,
+    /// The width of its embeddings (set by the worker that runs it).
+    pub n_embd: usize,
 }
 
 impl Served {
@@ -56,6 +61,7 @@ impl Served {
                 .map(|(name, id, scale)| (format!("{model}:{name}"), (id, scale)))
                 .collect(),
             default_adapter,
+            n_embd: 0,
         }
     }
 
@@ -80,6 +86,32 @@ pub struct Stt {
     /// The language it was loaded for (`en`, or `auto`).
     pub language: String,
     pub transcriber: Mutex<Transcriber>,
+}
+
+/// How the voice is loaded, on the first request.
+pub type LoadVoice = Box<dyn Fn() -> Result<Box<dyn Voice>, TtsError> + Send + Sync>;
+
+/// The voice the server was started with.
+pub struct Tts {
+    /// Its store name (or `espeak:VOICE`), also accepted as `model` and
+    /// `voice`.
+    pub name: String,
+    /// How it speaks unless a request sets `speed`.
+    pub opts: SpeakOptions,
+    pub(super) voice: Mutex<Option<Box<dyn Voice>>>,
+    pub(super) load: LoadVoice,
+}
+
+impl Tts {
+    /// The voice `name`, loaded by `load` when it is first asked to speak.
+    pub fn new(name: &str, opts: SpeakOptions, load: LoadVoice) -> Tts {
+        Tts {
+            name: name.to_string(),
+            opts,
+            voice: Mutex::new(None),
+            load,
+        }
+    }
 }
 
 impl AppState {

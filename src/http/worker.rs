@@ -84,6 +84,9 @@ fn answer(
         // The client is gone: stop now.
         Err(_) => ControlFlow::Break(()),
     };
+    let lp_out = job.out.clone();
+    // A failed send here is a client gone, which the sink's send sees next.
+    let mut probe = |lp| drop(lp_out.blocking_send(Piece::Logprob(lp)));
     let reply = match job.work {
         Work::Chat {
             system,
@@ -92,9 +95,18 @@ fn answer(
         } => {
             session.set_system(system);
             session.set_history(history);
-            session.ask(&question, &job.params, &mut sink)
+            session.ask_probed(&question, &job.params, &mut sink, Some(&mut probe))
         }
-        Work::Text { prompt } => session.complete(&prompt, &job.params, &mut sink),
+        Work::Text { prompt } => {
+            session.complete_probed(&prompt, &job.params, &mut sink, Some(&mut probe))
+        }
+        Work::Embed { inputs } => {
+            let limits = (session.n_ctx(), session.threads());
+            let _ = job
+                .out
+                .blocking_send(embed(session.engine(), &inputs, limits, metrics));
+            return;
+        }
     };
     let last = match reply {
         Ok(reply) => {
@@ -122,4 +134,27 @@ fn answer(
         Err(e) => Piece::Error(crate::report(&e)),
     };
     let _ = job.out.blocking_send(last);
+}
+
+/// An embeddings job: vectors from a context of their own, so the
+/// session's KV cache (a client's conversation) is kept.
+fn embed(
+    engine: &Engine,
+    inputs: &[String],
+    (max_tokens, threads): (u32, i32),
+    metrics: &Metrics,
+) -> Piece {
+    match engine.embed(inputs, max_tokens, threads) {
+        Ok(e) => {
+            metrics
+                .prompt_tokens
+                .fetch_add(e.tokens as u64, Ordering::Relaxed);
+            metrics.answered.fetch_add(1, Ordering::Relaxed);
+            Piece::Embeddings {
+                vectors: e.vectors,
+                tokens: e.tokens,
+            }
+        }
+        Err(e) => Piece::Error(crate::report(&e)),
+    }
 }

@@ -41,6 +41,10 @@ pub struct GenParams {
     /// JSON Schema made GBNF). `None`: free text.
     #[serde(skip)]
     pub grammar: Option<Grammar>,
+    /// Report each generated token's log probability with this many of the
+    /// most probable rivals (0 to `MAX_TOP_LOGPROBS`); `None`: off.
+    #[serde(skip)]
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenParams {
@@ -59,6 +63,7 @@ impl Default for GenParams {
             beams: 0,
             stop: Vec::new(),
             grammar: None,
+            logprobs: None,
         }
     }
 }
@@ -124,6 +129,15 @@ impl GenParams {
         if self.beams > 0 && self.grammar.is_some() {
             // Beam search ranks raw logits; it would ignore the grammar.
             return bad("beam search cannot follow a grammar or JSON schema: drop --beams");
+        }
+        if self.beams > 0 && self.logprobs.is_some() {
+            return bad("beam search does not report log probabilities");
+        }
+        if self
+            .logprobs
+            .is_some_and(|k| k > super::logprobs::MAX_TOP_LOGPROBS)
+        {
+            return bad("at most 20 top log probabilities per token");
         }
         Ok(())
     }

@@ -19,6 +19,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::adapters::{ActiveAdapter, AdapterId};
 use super::chat::{Message, Role};
+use super::logprobs::Probe;
 use super::stats::{Finish, GenStats, Reply};
 use super::text::{StopMatcher, Utf8Stream};
 use super::{beam, default_threads, Engine, GenParams, LlmError};
@@ -232,6 +233,18 @@ impl<'m> Session<'m> {
         params: &GenParams,
         sink: Sink<'_>,
     ) -> Result<Reply, LlmError> {
+        self.ask_probed(user, params, sink, None)
+    }
+
+    /// `ask`, handing each generated token's log probability to `probe`
+    /// (when `params.logprobs` is set) before its text reaches `sink`.
+    pub fn ask_probed(
+        &mut self,
+        user: &str,
+        params: &GenParams,
+        sink: Sink<'_>,
+        probe: Option<Probe<'_>>,
+    ) -> Result<Reply, LlmError> {
         params.validate_for(self.n_ctx(), self.engine.model.n_vocab())?;
         let n_ctx = self.n_ctx() as usize;
         let reserve = params.n_predict.unwrap_or(256).min(n_ctx / 2);
@@ -265,7 +278,7 @@ impl<'m> Session<'m> {
                 "context budget: dropped the oldest turn"
             );
         };
-        let reply = self.generate(&tokens, params, sink)?;
+        let reply = self.generate(&tokens, params, sink, probe)?;
         self.history.push(user_msg);
         self.history
             .push(Message::new(Role::Assistant, reply.text.clone()));
@@ -279,9 +292,20 @@ impl<'m> Session<'m> {
         params: &GenParams,
         sink: Sink<'_>,
     ) -> Result<Reply, LlmError> {
+        self.complete_probed(prompt, params, sink, None)
+    }
+
+    /// `complete`, with log probabilities as `ask_probed` has them.
+    pub fn complete_probed(
+        &mut self,
+        prompt: &str,
+        params: &GenParams,
+        sink: Sink<'_>,
+        probe: Option<Probe<'_>>,
+    ) -> Result<Reply, LlmError> {
         params.validate_for(self.n_ctx(), self.engine.model.n_vocab())?;
         let tokens = self.engine.tokenize(prompt);
-        self.generate(&tokens, params, sink)
+        self.generate(&tokens, params, sink, probe)
     }
 
     /// Evaluate `tokens` into sequence 0, reusing the cached prefix. Returns
@@ -340,6 +364,7 @@ impl<'m> Session<'m> {
         tokens: &[LlamaToken],
         params: &GenParams,
         sink: Sink<'_>,
+        probe: Option<Probe<'_>>,
     ) -> Result<Reply, LlmError> {
         let t0 = Instant::now();
         let (reused, logits_idx) = self.prefill(tokens)?;
@@ -379,7 +404,7 @@ impl<'m> Session<'m> {
             }
             (toks.len(), finish, ttft_ms)
         } else {
-            self.sample_loop(params, logits_idx, &mut out, t0)?
+            self.sample_loop(params, logits_idx, (&mut out, probe), t0)?
         };
         if matches!(
             finish,
@@ -411,7 +436,7 @@ impl<'m> Session<'m> {
         &mut self,
         params: &GenParams,
         mut logits_idx: i32,
-        out: &mut Output<'_>,
+        (out, mut probe): (&mut Output<'_>, Option<Probe<'_>>),
         t0: Instant,
     ) -> Result<(usize, Finish, f64), LlmError> {
         let model = &self.engine.model;
@@ -440,6 +465,10 @@ impl<'m> Session<'m> {
                 break Finish::EndOfGeneration;
             }
             n_gen += 1;
+            if let (Some(k), Some(probe)) = (params.logprobs, probe.as_mut()) {
+                let logits = self.ctx.get_logits_ith(logits_idx);
+                probe(super::logprobs::of(model, logits, tok, k));
+            }
             match out.token(model, tok) {
                 Step::Go => {}
                 Step::Stop => break Finish::StopString,

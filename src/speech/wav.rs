@@ -141,6 +141,21 @@ pub fn write_16k(path: &Path, pcm: &Pcm16k) -> Result<(), SpeechError> {
 /// # Errors
 /// `SpeechError::Io` when the file cannot be written.
 pub fn write_mono(path: &Path, rate: u32, samples: &[f32]) -> Result<(), SpeechError> {
+    let bytes = encode_mono(rate, samples).map_err(|e| wav_err(path, e.to_string()))?;
+    crate::gguf::write_atomic(path, |w| std::io::Write::write_all(w, &bytes)).map_err(|e| {
+        SpeechError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    })
+}
+
+/// Mono samples in [-1, 1] at `rate` Hz as the bytes of a 16-bit PCM WAV
+/// file (RIFF, `fmt `, `data`), values clamped and rounded.
+///
+/// # Errors
+/// hound's, when the audio is too long for a RIFF size (4 GiB).
+pub fn encode_mono(rate: u32, samples: &[f32]) -> Result<Vec<u8>, hound::Error> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: rate,
@@ -148,19 +163,15 @@ pub fn write_mono(path: &Path, rate: u32, samples: &[f32]) -> Result<(), SpeechE
         sample_format: hound::SampleFormat::Int,
     };
     let mut buf = std::io::Cursor::new(Vec::new());
-    {
-        let mut w =
-            hound::WavWriter::new(&mut buf, spec).map_err(|e| wav_err(path, e.to_string()))?;
-        for s in samples {
-            w.write_sample((s.clamp(-1.0, 1.0) * 32767.0).round() as i16)
-                .map_err(|e| wav_err(path, e.to_string()))?;
-        }
-        w.finalize().map_err(|e| wav_err(path, e.to_string()))?;
+    let mut w = hound::WavWriter::new(&mut buf, spec)?;
+    for &s in samples {
+        w.write_sample(to_i16(s))?;
     }
-    crate::gguf::write_atomic(path, |w| std::io::Write::write_all(w, buf.get_ref())).map_err(|e| {
-        SpeechError::Io {
-            path: path.to_path_buf(),
-            source: e,
-        }
-    })
+    w.finalize()?;
+    Ok(buf.into_inner())
+}
+
+/// A sample in [-1, 1] as 16-bit PCM (clamped, rounded).
+pub fn to_i16(s: f32) -> i16 {
+    (s.clamp(-1.0, 1.0) * 32767.0).round() as i16
 }

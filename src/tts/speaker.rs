@@ -25,6 +25,7 @@ pub struct Speaker {
     tx: Option<Sender<String>>,
     pending: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    barge_in: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -39,17 +40,30 @@ impl Speaker {
         let (tx, rx) = mpsc::channel::<String>();
         let pending = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, s) = (pending.clone(), stop.clone());
+        let barge_in = Arc::new(AtomicBool::new(true));
+        let flags = Flags {
+            pending: pending.clone(),
+            stop: stop.clone(),
+            barge_in: barge_in.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("speaker".into())
-            .spawn(move || speak_loop(voice, sink, opts, status, rx, p, s))
+            .spawn(move || speak_loop(voice, sink, opts, status, rx, flags))
             .expect("spawn speaker thread");
         Speaker {
             tx: Some(tx),
             pending,
             stop,
+            barge_in,
             thread: Some(thread),
         }
+    }
+
+    /// Whether speech heard while speaking stops it (on by default). Off
+    /// for open speakers without echo cancellation, where the ear would
+    /// hear the answer itself and cut it off.
+    pub fn set_barge_in(&self, on: bool) {
+        self.barge_in.store(on, Ordering::SeqCst);
     }
 
     /// A new answer begins: a barge-in on the last one no longer holds.
@@ -95,19 +109,29 @@ impl Drop for Speaker {
     }
 }
 
+/// What the speaking thread shares with its `Speaker`.
+struct Flags {
+    pending: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    barge_in: Arc<AtomicBool>,
+}
+
 fn speak_loop(
     mut voice: Box<dyn Voice>,
     mut sink: Box<dyn AudioSink + Send>,
     opts: SpeakOptions,
     status: StatusCell,
     rx: Receiver<String>,
-    pending: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
+    Flags {
+        pending,
+        stop,
+        barge_in,
+    }: Flags,
 ) {
     // Once the ear has barged in, the rest of this answer stays unspoken
     // (until `begin`), whatever the status does next.
     let barged = |stop: &AtomicBool| {
-        if status.get() == Status::Listening {
+        if barge_in.load(Ordering::SeqCst) && status.get() == Status::Listening {
             stop.store(true, Ordering::SeqCst);
         }
         stop.load(Ordering::SeqCst)

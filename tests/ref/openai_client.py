@@ -1,7 +1,7 @@
 """The official `openai` Python client against `ferrite serve --http`:
 argv[1] is the base URL (http://127.0.0.1:PORT/v1), argv[2] the API key,
 argv[3] the model name, argv[4] a JSON Schema file, argv[5] a WAV file of
-speech. Prints one JSON object
+speech (the server has whisper and a voice). Prints one JSON object
 of what each scenario got; the Rust test judges it."""
 import json
 import sys
@@ -72,6 +72,74 @@ out["negative_max_tokens"] = error_of(
 out["n2"] = error_of(lambda: client.chat.completions.create(model=model, messages=japan, n=2))
 out["unknown_field"] = error_of(
     lambda: client.chat.completions.create(model=model, messages=japan, extra_body={"mirostat": 2}))
+# Log probabilities: chat whole and streamed, legacy completions.
+r = client.chat.completions.create(model=model, messages=japan, max_tokens=8, temperature=0,
+                                   logprobs=True, top_logprobs=3)
+lp = r.choices[0].logprobs.content
+def greedy_top(t):
+    return t.token == t.top_logprobs[0].token and abs(t.logprob - t.top_logprobs[0].logprob) < 1e-5
+out["logprobs"] = {
+    "text": r.choices[0].message.content,
+    "tokens": "".join(t.token for t in lp),
+    "bytes": bytes(b for t in lp for b in t.bytes).decode(),
+    "n": len(lp), "completion_tokens": r.usage.completion_tokens,
+    "tops": sorted({len(t.top_logprobs) for t in lp}),
+    "greedy_is_top": all(greedy_top(t) for t in lp),
+    "sorted": all(a.logprob >= b.logprob for t in lp for a, b in zip(t.top_logprobs, t.top_logprobs[1:])),
+    "max": max(t.logprob for t in lp),
+}
+chunks = list(client.chat.completions.create(model=model, messages=japan, max_tokens=8, temperature=0,
+                                             stream=True, logprobs=True))
+slp = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
+out["logprobs_stream"] = {"text": "".join(c.choices[0].delta.content or "" for c in chunks if c.choices),
+                          "tokens": "".join(t.token for t in slp),
+                          "same": [round(t.logprob, 4) for t in slp] == [round(t.logprob, 4) for t in lp]}
+r = client.completions.create(model=model, prompt=france, max_tokens=6, temperature=0, logprobs=2)
+l = r.choices[0].logprobs
+out["logprobs_text"] = {"text": r.choices[0].text, "tokens": "".join(l.tokens), "n": len(l.token_logprobs),
+                        "tops": sorted({len(t) for t in l.top_logprobs}), "offsets": l.text_offset}
+out["top_logprobs_21"] = error_of(lambda: client.chat.completions.create(
+    model=model, messages=japan, logprobs=True, top_logprobs=21))
+
+# Embeddings: the client asks for base64; the float form must agree, and a
+# text embeds the same alone as in a list.
+texts = ["The cat sat on the mat.", "A cat was sitting on a rug.", "Stock markets fell sharply today."]
+e = client.embeddings.create(model=model, input=texts)
+vecs = [d.embedding for d in e.data]
+req = urllib.request.Request(f"{base}/embeddings", method="POST",
+                             headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+                             data=json.dumps({"model": model, "input": texts, "encoding_format": "float"}).encode())
+with urllib.request.urlopen(req, timeout=120) as f:
+    floats = [d["embedding"] for d in json.load(f)["data"]]
+alone = client.embeddings.create(model=model, input=texts[2]).data[0].embedding
+dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+out["embeddings"] = {
+    "dims": [len(v) for v in vecs], "norms": [dot(v, v) ** 0.5 for v in vecs],
+    "index": [d.index for d in e.data], "prompt_tokens": e.usage.prompt_tokens,
+    "cos_cat_rug": dot(vecs[0], vecs[1]), "cos_cat_stocks": dot(vecs[0], vecs[2]),
+    "float_vs_base64": max(abs(a - b) for u, v in zip(vecs, floats) for a, b in zip(u, v)),
+    "alone_vs_list": max(abs(a - b) for a, b in zip(alone, vecs[2])),
+}
+out["embeddings_empty"] = error_of(lambda: client.embeddings.create(model=model, input=[""]))
+out["embeddings_dimensions"] = error_of(lambda: client.embeddings.create(model=model, input="x", dimensions=7))
+
+# Speech: the server's voice says a sentence, whisper hears it back.
+said = "Please turn on the kitchen light."
+wav_bytes = client.audio.speech.create(model="tts-1", voice="alloy", input=said, response_format="wav").content
+pcm = client.audio.speech.create(model="tts-1", voice="alloy", input=said, response_format="pcm").content
+import io, wave
+with wave.open(io.BytesIO(wav_bytes)) as w:
+    wav_seconds = w.getnframes() / w.getframerate()
+    wav_format = [w.getnchannels(), w.getsampwidth()]
+out["speech"] = {
+    "heard": client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav_bytes, "audio/wav")).text,
+    "wav_format": wav_format, "wav_seconds": wav_seconds, "pcm_seconds": len(pcm) / 2 / 24000,
+}
+out["speech_mp3"] = error_of(lambda: client.audio.speech.create(
+    model="tts-1", voice="alloy", input=said, response_format="mp3"))
+out["speech_unknown_voice"] = error_of(lambda: client.audio.speech.create(
+    model="tts-1", voice="nosuch", input=said))
+
 # A 10 MB body: refused from its Content-Length, before it is read (the
 # client sends the headers and waits, as with `Expect: 100-continue`).
 url = urllib.parse.urlparse(base)
