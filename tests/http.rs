@@ -188,6 +188,8 @@ fn the_openai_client_talks_to_serve_http() {
     assert_eq!(v["n2"], "BadRequestError 400");
     assert_eq!(v["unknown_field"], "BadRequestError 400");
     assert_eq!(v["ten_mb_body"], "413 invalid_request_error");
+    let b = &v["batched"];
+    assert_eq!(b["together"], b["alone"], "batched vs one at a time");
     let eight = v["eight_clients"].as_array().unwrap();
     assert_eq!(eight.len(), 8);
     for a in eight {
@@ -215,10 +217,10 @@ fn the_openai_client_talks_to_serve_http() {
     // The dropped stream was stopped (the worker saw its client gone), and
     // every other answer finished: whole, stream, two text completions,
     // json_schema, three with log probabilities, three embedding calls,
-    // eight.
+    // eight, four alone and four together.
     let m = &v["metrics"];
     assert_eq!(m["ferrite_cancelled_total"], 1.0, "{m}");
-    assert_eq!(m["ferrite_answers_total"], 19.0, "{m}");
+    assert_eq!(m["ferrite_answers_total"], 27.0, "{m}");
     assert_eq!(m["ferrite_queue_depth"], 0.0, "{m}");
     assert!(
         m["ferrite_resident_memory_bytes"].as_f64().unwrap() > 1e7,
@@ -285,13 +287,13 @@ fn embeddings_are_unit_vectors(v: &serde_json::Value) {
     assert_eq!(v["embeddings_dimensions"], "BadRequestError 400");
 }
 
-/// One answer runs and one waits (`--http-queue 1`): a third request at
+/// One answer runs and one waits (`--parallel 1 --http-queue 1`): a third request at
 /// that moment is refused at once with a 503 (the client raises it as an
 /// `InternalServerError`, and retries it by default), and the other two
 /// finish.
 #[test]
 fn a_full_queue_is_a_503_not_a_wait() {
-    let srv = start_with(&["--http-queue", "1"]);
+    let srv = start_with(&["--http-queue", "1", "--parallel", "1"]);
     let name = model_name();
     let base = format!("{}/v1", srv.base);
     let out = client("openai_busy.py", &[&base, &name]);

@@ -388,10 +388,16 @@ pub(crate) struct ServeArgs {
     /// Serve the HTTP API on an address outside loopback without a key.
     #[arg(long = "insecure-no-auth")]
     pub(crate) insecure_no_auth: bool,
-    /// HTTP requests that may wait for the model while one is answered; one
-    /// more gets a 503 at once.
+    /// HTTP requests that may wait for the model while --parallel are
+    /// answered; one more gets a 503 at once.
     #[arg(long = "http-queue", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) http_queue: u32,
+    /// HTTP answers generated at once, batched in one context (llama.cpp's
+    /// -np/--parallel): they share its -c cells, and cost little more than
+    /// one answer each step on a board, where reading the weights is the
+    /// bound.
+    #[arg(long = "parallel", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) parallel: u32,
     #[command(flatten)]
     pub(crate) ear: EarArgs,
 }

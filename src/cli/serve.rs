@@ -204,6 +204,7 @@ fn start_api(
         max_audio: 25 << 20,
         defaults,
         session: ctx.session_opts(&a.model, 0),
+        parallel: a.parallel as usize,
     };
     let speech = (http_stt(ctx, &a.ear.speech)?, http_tts(ctx, &a.ear.voice)?);
     let api = ferrite::http::Api::start(&opts, speech, alone)?;

@@ -55,6 +55,9 @@ pub struct HttpOptions {
     pub defaults: GenParams,
     /// The model worker's context (its own KV cache, beside a console's).
     pub session: SessionOptions,
+    /// Answers generated at once, batched on that context (llama.cpp's
+    /// `--parallel`); they share its cells.
+    pub parallel: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +79,7 @@ pub struct Api {
     state: Arc<state::AppState>,
     jobs: Mutex<Receiver<job::Job>>,
     session: SessionOptions,
+    parallel: usize,
     addr: SocketAddr,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     finished: Arc<AtomicBool>,
@@ -104,13 +108,15 @@ impl Api {
         let listener = std::net::TcpListener::bind(opts.addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let addr = listener.local_addr().map_err(HttpError::Serve)?;
-        // Room for every request the bound admits (`queue` waiting, one running).
-        let (jobs, queue) = std::sync::mpsc::sync_channel(opts.queue + 1);
+        // Room for every request the bound admits (`queue` waiting,
+        // `parallel` running).
+        let (jobs, queue) = std::sync::mpsc::sync_channel(opts.queue + opts.parallel);
         let state = Arc::new(state::AppState {
             api_key: opts.api_key.clone(),
             defaults: opts.defaults.clone(),
             jobs,
             queue: opts.queue,
+            parallel: opts.parallel,
             metrics: Arc::default(),
             created: routes::now(),
             stt: stt.map(Arc::new),
@@ -134,6 +140,7 @@ impl Api {
             state,
             jobs: Mutex::new(queue),
             session: opts.session.clone(),
+            parallel: opts.parallel,
             addr,
             stop: Mutex::new(Some(stop_tx)),
             finished,
@@ -165,7 +172,7 @@ impl Api {
             .unwrap_or_else(PoisonError::into_inner) = Some(served.clone());
         worker::run(
             engine,
-            self.session.clone(),
+            (self.session.clone(), self.parallel),
             &jobs,
             &served,
             &self.state.metrics,

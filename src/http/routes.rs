@@ -3,9 +3,9 @@
 //! server-sent events ending in `data: [DONE]`). Each request is checked before it is queued: the API key
 //! (`Authorization: Bearer`), the body (at most `max_body` bytes of JSON, no
 //! unknown field), the model, and every sampling value's range. The queue
-//! policy: one model, one answer at a time, first come first served; at most
-//! `queue` requests wait, and one more gets a 503 at once rather than an
-//! unbounded wait.
+//! policy: one model, `parallel` answers at a time (batched), first come
+//! first served; at most `queue` requests wait, and one more gets a 503 at
+//! once rather than an unbounded wait.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -373,7 +373,7 @@ fn enqueue(
     // channel holds: whether the worker has taken the running job off the
     // channel yet must not decide who gets the 503.
     let before = st.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
-    if before > st.queue {
+    if before >= st.queue + st.parallel {
         st.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
         return Err(ApiError::busy(st.queue));
     }

@@ -21,8 +21,9 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub defaults: GenParams,
     pub jobs: SyncSender<Job>,
-    /// Requests that may wait while one is answered.
+    /// Requests that may wait while `parallel` are answered.
     pub queue: usize,
+    pub parallel: usize,
     pub metrics: Arc<Metrics>,
     pub created: u64,
     /// Whisper, when the server has a speech model.

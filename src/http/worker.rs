@@ -1,18 +1,22 @@
 //! The one thread that runs the model for HTTP clients: jobs arrive on a
 //! bounded queue (full: the request gets a 503 at once, the policy
-//! `routes` states) and are answered one at a time, first come first
-//! served, on one session whose KV cache carries over, so a client resending
-//! its growing conversation pays only for the new turn.
+//! `routes` states) and up to `parallel` are answered at once, batched on
+//! one context (`llm::Batcher`: llama.cpp sequences, one decode per step for
+//! all of them), first come first served. A finished answer's tokens stay
+//! in its slot's cache, so a client resending its growing conversation pays
+//! only for the new turn.
 //!
 //! A job names its model (`MODEL` or `MODEL:ADAPTER`), resolved when it
-//! runs; when its adapter differs from the last job's, the session swaps it
-//! before answering. Beside a console the worker stops between jobs when
-//! the console needs the engine to itself (`/model`, loading an adapter)
-//! and a new one starts on the engine that follows; jobs wait meanwhile.
+//! starts. An adapter applies to the whole context: a job for another
+//! adapter than the running answers' waits (and the jobs behind it) until
+//! they finish, then the adapter is swapped. Beside a console the worker
+//! stops between steps when the console needs the engine to itself
+//! (`/model`, loading an adapter), after the running answers finish, and a
+//! new one starts on the engine that follows; jobs wait meanwhile.
 //!
 //! Each answer streams back as `Piece`s on the job's own channel; when the
 //! client goes away its receiver is dropped, the next token's send fails,
-//! and the generation stops within that token.
+//! and its generation stops within that token.
 
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,122 +26,241 @@ use std::time::Duration;
 use super::job::{Job, Piece, Work};
 use super::metrics::Metrics;
 use super::state::Served;
-use crate::llm::{AdapterId, Engine, Finish, Session, SessionOptions};
+use crate::llm::{
+    AdapterId, Batcher, Engine, Finish, LlmError, Message, NotStarted, Out, Request, Role,
+    SessionOptions,
+};
 
-/// Run jobs on `engine` until `quit` is set or the queue's senders are
-/// gone, counting in `metrics` (`waiting`: jobs queued; `in_flight`: jobs
-/// accepted and not finished, which the handlers hold to the queue's
-/// bound). `quit` is checked between jobs, at least every 200 ms.
+/// Run jobs on `engine`, `parallel` at a time, until `quit` is set (the
+/// running answers finish first) or the queue's senders are gone, counting
+/// in `metrics` (`waiting`: jobs queued; `in_flight`: jobs accepted and not
+/// finished, which the handlers hold to the queue's bound).
 pub fn run(
     engine: &Engine,
-    opts: SessionOptions,
+    (opts, parallel): (SessionOptions, usize),
     jobs: &Receiver<Job>,
     served: &Served,
     metrics: &Metrics,
     quit: &AtomicBool,
 ) {
-    let mut session = engine.session(opts);
-    if let Err(e) = &session {
-        tracing::error!(error = %crate::report(e), "cannot create the HTTP session");
-    }
-    while !quit.load(Ordering::Relaxed) {
-        let job = match jobs.recv_timeout(Duration::from_millis(200)) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return,
+    let mut batcher = match Batcher::new(engine, &opts, parallel) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            tracing::error!(error = %crate::report(&e), "cannot create the HTTP context");
+            None
+        }
+    };
+    // A request taken off the queue that cannot start yet (no free slot,
+    // no room in the cache, another adapter): it goes first when it can.
+    let mut held: Option<Held<'_>> = None;
+    loop {
+        let busy = batcher.as_ref().is_some_and(|b| !b.idle());
+        if quit.load(Ordering::Relaxed) && !busy {
+            if let Some(h) = held.take() {
+                let why = "the model is being switched: retry shortly";
+                let _ = h.out.blocking_send(Piece::Error(why.into()));
+                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            }
+            return;
+        }
+        let Some(b) = batcher.as_mut() else {
+            // No context: every job gets the error.
+            match jobs.recv_timeout(Duration::from_millis(200)) {
+                Ok(job) => {
+                    metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+                    let why = "the model's context could not be created";
+                    end(&job, metrics, Piece::Error(why.into()));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
         };
-        metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-        if !job.out.is_closed() {
-            match (&mut session, served.pick(&job.model)) {
-                (Ok(session), Ok(adapter)) => answer(session, job, adapter, metrics),
-                (Err(e), _) => {
-                    let _ = job.out.blocking_send(Piece::Error(crate::report(e)));
+        // Start requests while they start; wait for one only when idle.
+        while !quit.load(Ordering::Relaxed) {
+            let h = match held.take() {
+                Some(h) => h,
+                None => {
+                    let got = if b.idle() {
+                        match jobs.recv_timeout(Duration::from_millis(200)) {
+                            Ok(j) => Some(j),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    } else {
+                        jobs.try_recv().ok()
+                    };
+                    let Some(job) = got else { break };
+                    metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+                    match prepare(job, served, (engine, opts.threads, b.n_ctx()), metrics) {
+                        Some(h) => h,
+                        None => continue,
+                    }
                 }
-                (_, Err(e)) => {
-                    let _ = job.out.blocking_send(Piece::Error(e.message));
-                }
+            };
+            if let Some(h) = begin(b, h, metrics) {
+                held = Some(h);
+                break;
             }
         }
-        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !b.idle() {
+            if let Err(e) = b.step() {
+                tracing::error!(error = %crate::report(&e), "a batched decode failed");
+            }
+        }
     }
 }
 
-/// One job, start to finish: its adapter, its answer streamed, the counts.
-fn answer(
-    session: &mut Session<'_>,
-    job: Job,
+/// A request ready to start, with what it needs besides.
+struct Held<'s> {
+    req: Box<Request<'s>>,
     adapter: Option<(AdapterId, f32)>,
-    metrics: &Metrics,
-) {
-    let active = session.adapter().map(|a| (a.id, a.scale));
-    if adapter != active {
-        // Swapped as `/lora use` does: the weights stay loaded, the KV
-        // cache is emptied.
-        if let Err(e) = session.set_adapter(adapter) {
-            let _ = job.out.blocking_send(Piece::Error(crate::report(&e)));
-            return;
+    out: tokio::sync::mpsc::Sender<Piece>,
+}
+
+/// Send a job's last piece and count it out of the queue's bound.
+fn end(job: &Job, metrics: &Metrics, last: Piece) {
+    let _ = job.out.blocking_send(last);
+    metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Turn `job` into a request (or answer it at once: embeddings, an error,
+/// a client already gone).
+fn prepare<'s>(
+    job: Job,
+    served: &Served,
+    (engine, threads, n_ctx): (&Engine, i32, usize),
+    metrics: &'s Metrics,
+) -> Option<Held<'s>> {
+    if job.out.is_closed() {
+        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
+    let adapter = match served.pick(&job.model) {
+        Ok(a) => a,
+        Err(e) => {
+            end(&job, metrics, Piece::Error(e.message));
+            return None;
+        }
+    };
+    if let Work::Embed { inputs } = &job.work {
+        let piece = embed(engine, inputs, (n_ctx as u32, threads), metrics);
+        end(&job, metrics, piece);
+        return None;
+    }
+    let tokens = match prompt(engine, &job.work) {
+        Ok(t) => t,
+        Err(e) => {
+            end(&job, metrics, Piece::Error(crate::report(&e)));
+            return None;
+        }
+    };
+    Some(Held {
+        req: Box::new(Request {
+            tokens,
+            params: job.params,
+            sink: sink(job.out.clone(), metrics),
+        }),
+        adapter,
+        out: job.out,
+    })
+}
+
+/// Start a request on the batcher; it comes back when it must wait.
+fn begin<'s>(b: &mut Batcher<'_, 's>, h: Held<'s>, metrics: &Metrics) -> Option<Held<'s>> {
+    if h.adapter != b.adapter() {
+        if !b.idle() {
+            return Some(h);
+        }
+        // Swapped as `/lora use` does: the weights stay loaded, the caches
+        // are emptied.
+        if let Err(e) = b.set_adapter(h.adapter) {
+            let _ = h.out.blocking_send(Piece::Error(crate::report(&e)));
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return None;
         }
     }
-    let out = job.out.clone();
-    let mut sink = |piece: &str| match out.blocking_send(Piece::Token(piece.to_string())) {
-        Ok(()) => ControlFlow::Continue(()),
-        // The client is gone: stop now.
-        Err(_) => ControlFlow::Break(()),
-    };
-    let lp_out = job.out.clone();
-    // A failed send here is a client gone, which the sink's send sees next.
-    let mut probe = |lp| drop(lp_out.blocking_send(Piece::Logprob(lp)));
-    let reply = match job.work {
+    match b.start(*h.req) {
+        Ok(()) | Err(NotStarted::Refused) => None,
+        Err(NotStarted::Wait(req)) => Some(Held { req, ..h }),
+    }
+}
+
+/// The job's prompt as tokens: a chat through the model's template, text
+/// as it is.
+fn prompt(engine: &Engine, work: &Work) -> Result<Vec<llama_cpp_2::token::LlamaToken>, LlmError> {
+    match work {
         Work::Chat {
             system,
             history,
             question,
         } => {
-            session.set_system(system);
-            session.set_history(history);
-            session.ask_probed(&question, &job.params, &mut sink, Some(&mut probe))
-        }
-        Work::Text { prompt } => {
-            session.complete_probed(&prompt, &job.params, &mut sink, Some(&mut probe))
-        }
-        Work::Embed { inputs } => {
-            let limits = (session.n_ctx(), session.threads());
-            let _ = job
-                .out
-                .blocking_send(embed(session.engine(), &inputs, limits, metrics));
-            return;
-        }
-    };
-    let last = match reply {
-        Ok(reply) => {
-            let st = &reply.stats;
-            metrics
-                .generated_tokens
-                .fetch_add(st.gen_tokens as u64, Ordering::Relaxed);
-            metrics
-                .generation_ms
-                .fetch_add(st.gen_ms as u64, Ordering::Relaxed);
-            if reply.finish == Finish::Cancelled {
-                metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-            } else {
-                metrics.answered.fetch_add(1, Ordering::Relaxed);
-                metrics
-                    .prompt_tokens
-                    .fetch_add(st.prompt_tokens as u64, Ordering::Relaxed);
+            let mut msgs = Vec::with_capacity(history.len() + 2);
+            if let Some(s) = system.as_ref().filter(|s| !s.trim().is_empty()) {
+                msgs.push(Message::new(Role::System, s.clone()));
             }
-            Piece::Done {
-                finish: reply.finish,
-                prompt_tokens: st.prompt_tokens,
-                completion_tokens: st.gen_tokens,
-            }
+            msgs.extend(history.iter().cloned());
+            msgs.push(Message::new(Role::User, question.clone()));
+            Ok(engine.tokenize(&engine.render_chat(&msgs, true)?))
         }
-        Err(e) => Piece::Error(crate::report(&e)),
-    };
-    let _ = job.out.blocking_send(last);
+        Work::Text { prompt } => Ok(engine.tokenize(prompt)),
+        Work::Embed { .. } => Err(LlmError::Param("embeddings have no prompt".into())),
+    }
 }
 
-/// An embeddings job: vectors from a context of their own, so the
-/// session's KV cache (a client's conversation) is kept.
+/// Where one answer's output goes: its client's channel, and the metrics
+/// when it ends.
+fn sink<'s>(
+    out: tokio::sync::mpsc::Sender<Piece>,
+    metrics: &'s Metrics,
+) -> crate::llm::BatchSink<'s> {
+    Box::new(move |o| match o {
+        Out::Logprob(lp) => {
+            // A client gone shows at the text's send, next.
+            let _ = out.blocking_send(Piece::Logprob(lp));
+            ControlFlow::Continue(())
+        }
+        Out::Text(t) => match out.blocking_send(Piece::Token(t.to_string())) {
+            Ok(()) => ControlFlow::Continue(()),
+            // The client is gone: stop now.
+            Err(_) => ControlFlow::Break(()),
+        },
+        Out::Done(reply) => {
+            let last = match reply {
+                Ok(reply) => {
+                    let st = &reply.stats;
+                    metrics
+                        .generated_tokens
+                        .fetch_add(st.gen_tokens as u64, Ordering::Relaxed);
+                    metrics
+                        .generation_ms
+                        .fetch_add(st.gen_ms as u64, Ordering::Relaxed);
+                    if reply.finish == Finish::Cancelled {
+                        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        metrics.answered.fetch_add(1, Ordering::Relaxed);
+                        metrics
+                            .prompt_tokens
+                            .fetch_add(st.prompt_tokens as u64, Ordering::Relaxed);
+                    }
+                    Piece::Done {
+                        finish: reply.finish,
+                        prompt_tokens: st.prompt_tokens,
+                        completion_tokens: st.gen_tokens,
+                    }
+                }
+                Err(e) => Piece::Error(crate::report(&e)),
+            };
+            let _ = out.blocking_send(last);
+            metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+            ControlFlow::Continue(())
+        }
+    })
+}
+
+/// An embeddings job: vectors from a context of their own, so the slots'
+/// caches are kept.
 fn embed(
     engine: &Engine,
     inputs: &[String],

@@ -9,6 +9,7 @@
 //! live in their own file.
 
 mod adapters;
+mod batch;
 mod beam;
 mod bench;
 mod chat;
@@ -28,6 +29,7 @@ use std::sync::OnceLock;
 use llama_cpp_2::llama_backend::LlamaBackend;
 
 pub use adapters::{parse_adapter_spec, ActiveAdapter, AdapterId};
+pub use batch::{BatchSink, Batcher, NotStarted, Out, Request};
 pub use bench::{run_bench, BenchOptions, BenchResult};
 pub use chat::{render_template, Message, Role, TemplateKind};
 pub use embed::{unit, Embeddings, MAX_EMBED_INPUTS};

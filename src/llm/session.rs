@@ -21,7 +21,7 @@ use super::adapters::{ActiveAdapter, AdapterId};
 use super::chat::{Message, Role};
 use super::logprobs::Probe;
 use super::stats::{Finish, GenStats, Reply};
-use super::text::{StopMatcher, Utf8Stream};
+use super::text::TextOut;
 use super::{beam, default_threads, Engine, GenParams, LlmError};
 
 /// How a session's context is set up.
@@ -426,7 +426,7 @@ impl<'m> Session<'m> {
         tracing::debug!(%stats, ?finish, "answer done");
         self.last = Some(stats.clone());
         Ok(Reply {
-            text: out.text,
+            text: out.text.text,
             finish,
             stats,
         })
@@ -495,34 +495,22 @@ enum Step {
     Cancel,
 }
 
-/// Token bytes → whole characters → stop-string check → the sink.
+/// An answer's text (`TextOut`) going to the sink.
 struct Output<'s> {
-    utf8: Utf8Stream,
-    stop: StopMatcher,
+    text: TextOut,
     sink: Sink<'s>,
-    text: String,
-    piece: Vec<u8>,
 }
 
 impl<'s> Output<'s> {
     fn new(stops: &[String], sink: Sink<'s>) -> Self {
         Output {
-            utf8: Utf8Stream::new(),
-            stop: StopMatcher::new(stops),
+            text: TextOut::new(stops),
             sink,
-            text: String::new(),
-            piece: Vec::with_capacity(32),
         }
     }
 
     fn token(&mut self, model: &llama_cpp_2::model::LlamaModel, tok: LlamaToken) -> Step {
-        self.piece.clear();
-        model
-            .vocab()
-            .token_to_piece_into(tok, &mut self.piece, false, None);
-        let chars = self.utf8.push(&self.piece);
-        let (shown, stopped) = self.stop.push(&chars);
-        self.text.push_str(&shown);
+        let (shown, stopped) = self.text.token(model, tok);
         let flow = (self.sink)(&shown);
         if stopped {
             Step::Stop
@@ -533,16 +521,10 @@ impl<'s> Output<'s> {
         }
     }
 
-    /// End of a normal answer: release held-back text. Bytes of a character
-    /// the answer stopped in the middle of are dropped, not shown as U+FFFD.
+    /// End of a normal answer: release held-back text.
     fn flush(&mut self) {
-        let dropped = self.utf8.held();
-        if dropped > 0 {
-            tracing::debug!(bytes = dropped, "answer ended inside a character");
-        }
-        let shown = self.stop.finish();
+        let shown = self.text.finish();
         if !shown.is_empty() {
-            self.text.push_str(&shown);
             let _ = (self.sink)(&shown);
         }
     }
@@ -553,50 +535,57 @@ impl Engine {
     pub fn session(&self, opts: SessionOptions) -> Result<Session<'_>, LlmError> {
         Session::new(self, opts)
     }
-}
 
-impl Session<'_> {
-    /// Apply a loaded adapter at `scale` (or none), emptying the KV cache;
-    /// the conversation is kept and re-evaluated with the new weights.
-    pub fn set_adapter(&mut self, adapter: Option<(AdapterId, f32)>) -> Result<(), LlmError> {
+    /// Apply a loaded adapter at `scale` to `ctx` (or take the applied one
+    /// off). The caller empties the context's KV cache.
+    pub(crate) fn apply_adapter(
+        &self,
+        ctx: &mut LlamaContext<'_>,
+        adapter: Option<(AdapterId, f32)>,
+    ) -> Result<Option<ActiveAdapter>, LlmError> {
         if !adapter.is_none_or(|(_, s)| s.is_finite()) {
             return Err(LlmError::Param(
                 "adapter scale must be a finite number".into(),
             ));
         }
-        let mut list = self.engine.adapters.0.lock().expect("adapter list");
+        let mut list = self.adapters.0.lock().expect("adapter list");
         match adapter {
             Some((id, scale)) => {
                 let a = list
                     .get_mut(id.0)
                     .ok_or_else(|| LlmError::Param("no such adapter loaded".into()))?;
                 let name = a.name.clone();
-                self.ctx
-                    .lora_adapter_set(&mut a.handle, scale)
+                ctx.lora_adapter_set(&mut a.handle, scale)
                     .map_err(|e| LlmError::Adapter {
                         name,
                         source: e.into(),
                     })?;
-                self.adapter = Some(ActiveAdapter {
+                Ok(Some(ActiveAdapter {
                     id,
                     name: a.name.clone(),
                     scale,
-                });
+                }))
             }
             None => {
                 if let Some(a) = list.first_mut() {
                     let name = a.name.clone();
-                    self.ctx
-                        .lora_adapter_remove(&mut a.handle)
+                    ctx.lora_adapter_remove(&mut a.handle)
                         .map_err(|e| LlmError::Adapter {
                             name,
                             source: e.into(),
                         })?;
                 }
-                self.adapter = None;
+                Ok(None)
             }
         }
-        drop(list);
+    }
+}
+
+impl Session<'_> {
+    /// Apply a loaded adapter at `scale` (or none), emptying the KV cache;
+    /// the conversation is kept and re-evaluated with the new weights.
+    pub fn set_adapter(&mut self, adapter: Option<(AdapterId, f32)>) -> Result<(), LlmError> {
+        self.adapter = self.engine.apply_adapter(&mut self.ctx, adapter)?;
         self.invalidate_cache();
         Ok(())
     }

@@ -117,6 +117,58 @@ impl StopMatcher {
     }
 }
 
+/// An answer's text as its tokens arrive: token bytes → whole characters →
+/// stop-string check, keeping what was shown. Used by `Session` (one answer
+/// on its sink) and the batcher (several at once).
+pub(crate) struct TextOut {
+    utf8: Utf8Stream,
+    stop: StopMatcher,
+    /// What has been shown so far.
+    pub(crate) text: String,
+    piece: Vec<u8>,
+}
+
+impl TextOut {
+    pub(crate) fn new(stops: &[String]) -> Self {
+        TextOut {
+            utf8: Utf8Stream::new(),
+            stop: StopMatcher::new(stops),
+            text: String::new(),
+            piece: Vec::with_capacity(32),
+        }
+    }
+
+    /// `tok`'s text: what can be shown now (possibly empty: a partial
+    /// character, or a possible stop string held back), and whether a stop
+    /// string has ended the answer.
+    pub(crate) fn token(
+        &mut self,
+        model: &llama_cpp_2::model::LlamaModel,
+        tok: llama_cpp_2::token::LlamaToken,
+    ) -> (String, bool) {
+        self.piece.clear();
+        model
+            .vocab()
+            .token_to_piece_into(tok, &mut self.piece, false, None);
+        let chars = self.utf8.push(&self.piece);
+        let (shown, stopped) = self.stop.push(&chars);
+        self.text.push_str(&shown);
+        (shown, stopped)
+    }
+
+    /// End of a normal answer: the held-back text. Bytes of a character the
+    /// answer stopped in the middle of are dropped, not shown as U+FFFD.
+    pub(crate) fn finish(&mut self) -> String {
+        let dropped = self.utf8.held();
+        if dropped > 0 {
+            tracing::debug!(bytes = dropped, "answer ended inside a character");
+        }
+        let shown = self.stop.finish();
+        self.text.push_str(&shown);
+        shown
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

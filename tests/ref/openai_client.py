@@ -173,6 +173,25 @@ for t in threads:
 for t in threads:
     t.join()
 out["eight_clients"] = results
+
+# Batched answers are the answers: four questions at once (one batch on the
+# server's slots) get the same greedy text as each asked alone.
+questions = ["What is the capital of Japan?", "How many legs does a spider have?",
+             "What color is the sky on a clear day?", "What is the largest planet in the solar system?"]
+def ask(q):
+    r = client.chat.completions.create(model=model, max_tokens=8, temperature=0,
+                                       messages=[{"role": "user", "content": q}])
+    return r.choices[0].message.content
+alone = [ask(q) for q in questions]
+together = [None] * len(questions)
+def ask_into(i):
+    together[i] = ask(questions[i])
+threads = [threading.Thread(target=ask_into, args=(i,)) for i in range(len(questions))]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+out["batched"] = {"alone": alone, "together": together}
 with urllib.request.urlopen(f"{base.removesuffix('/v1')}/metrics", timeout=30) as m:
     out["metrics"] = {line.split("{")[0]: float(line.split()[-1])
                       for line in m.read().decode().splitlines() if line and not line.startswith("#")}

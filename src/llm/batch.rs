@@ -1,0 +1,479 @@
+//! Several answers at once on one context: continuous batching over
+//! llama.cpp sequences, as llama-server's slots do it.
+//!
+//! Each running answer has a slot (a sequence id in one context whose KV
+//! cache is unified: the slots share its cells). Every `step` builds one
+//! batch: first the last sampled token of each answer being generated, then
+//! as many prompt tokens of answers still being read as fit in the batch,
+//! and decodes it in one `llama_decode`; then every answer whose logits came
+//! out samples its next token. On a board, generation is bound by reading
+//! the weights, so four answers in one batch cost little more than one.
+//!
+//! A finished slot keeps what it evaluated in the KV cache: a new request
+//! goes to the free slot whose cached tokens share the longest prefix with
+//! its prompt (a client resending its conversation pays only for the new
+//! turn). Room in the cache is reserved when an answer starts (its prompt
+//! plus its `max_tokens`, cut to what is free; idle slots' caches are
+//! evicted first), so an answer never finds the cache full mid-way: it
+//! ends with `Finish::ContextFull` at its reservation instead.
+//!
+//! An adapter applies to the whole context, so it is changed only when no
+//! answer is running (`set_adapter`), and the caches are emptied then.
+
+use std::num::NonZeroU32;
+use std::ops::ControlFlow;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::LlamaToken;
+
+use super::adapters::AdapterId;
+use super::logprobs::TokenLogprob;
+use super::stats::{Finish, GenStats, Reply};
+use super::text::TextOut;
+use super::{Engine, GenParams, LlmError, SessionOptions};
+
+/// What an answer hands its owner, in order: for each token its log
+/// probability (when asked for) and its text, then the end.
+pub enum Out<'t> {
+    Logprob(TokenLogprob),
+    /// Text that can be shown now (never empty).
+    Text(&'t str),
+    /// The answer is over (the last call).
+    Done(Result<Reply, LlmError>),
+}
+
+/// Where an answer's `Out`s go; `Break` on a token cancels the answer.
+pub type BatchSink<'s> = Box<dyn FnMut(Out<'_>) -> ControlFlow<()> + 's>;
+
+/// One answer to run: the prompt's tokens (template applied), its sampling
+/// values, where it goes.
+pub struct Request<'s> {
+    pub tokens: Vec<LlamaToken>,
+    pub params: GenParams,
+    pub sink: BatchSink<'s>,
+}
+
+/// Why `Batcher::start` did not start a request now.
+pub enum NotStarted<'s> {
+    /// No free slot or no room in the cache yet: try again after a `step`.
+    Wait(Box<Request<'s>>),
+    /// It can never run here (its sink has been told, with `Out::Done`).
+    Refused,
+}
+
+struct Running<'s> {
+    params: GenParams,
+    sink: BatchSink<'s>,
+    sampler: LlamaSampler,
+    /// Prompt tokens still to evaluate.
+    pending: Vec<LlamaToken>,
+    /// The sampled token not yet in the cache.
+    last: Option<LlamaToken>,
+    /// This answer's batch index whose logits are to be sampled.
+    logits_at: Option<i32>,
+    text: TextOut,
+    prompt_tokens: usize,
+    reused: usize,
+    n_gen: usize,
+    /// Cache cells this answer may fill, prompt included.
+    reserved: usize,
+    t0: Instant,
+    prompt_ms: f64,
+    ttft_ms: f64,
+}
+
+struct Slot<'s> {
+    seq: i32,
+    /// Tokens in the KV cache for this sequence, at positions 0..len.
+    cached: Vec<LlamaToken>,
+    run: Option<Running<'s>>,
+}
+
+/// A context with `parallel` slots.
+pub struct Batcher<'m, 's> {
+    engine: &'m Engine,
+    ctx: LlamaContext<'m>,
+    slots: Vec<Slot<'s>>,
+    n_batch: usize,
+    adapter: Option<(AdapterId, f32)>,
+}
+
+impl<'m, 's> Batcher<'m, 's> {
+    /// One context of `opts.ctx_tokens` cells (cut to the model's trained
+    /// context), shared by `parallel` (1 to 64) answers at a time.
+    ///
+    /// # Errors
+    /// `LlmError::Param` for a bad count; `LlmError::Context` from llama.cpp.
+    pub fn new(
+        engine: &'m Engine,
+        opts: &SessionOptions,
+        parallel: usize,
+    ) -> Result<Self, LlmError> {
+        if !(1..=64).contains(&parallel) {
+            return Err(LlmError::Param(format!(
+                "parallel takes 1 to 64 slots, not {parallel}"
+            )));
+        }
+        let train = engine.n_ctx_train();
+        let n_ctx = if train > 0 {
+            opts.ctx_tokens.min(train)
+        } else {
+            opts.ctx_tokens
+        }
+        .max(16);
+        let params = LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(opts.batch_tokens)
+            .with_n_ubatch(opts.batch_tokens)
+            .with_n_threads(opts.threads)
+            .with_n_threads_batch(opts.threads)
+            .with_n_seq_max(parallel as u32)
+            .with_kv_unified(true);
+        let ctx = engine.context(params, n_ctx)?;
+        let n_batch = (ctx.n_batch() as usize).min(opts.batch_tokens as usize);
+        let slots = (0..parallel)
+            .map(|i| Slot {
+                seq: i as i32,
+                cached: Vec::new(),
+                run: None,
+            })
+            .collect();
+        Ok(Batcher {
+            engine,
+            ctx,
+            slots,
+            n_batch: n_batch.max(parallel),
+            adapter: None,
+        })
+    }
+
+    /// Cells in the context.
+    pub fn n_ctx(&self) -> usize {
+        self.ctx.n_ctx() as usize
+    }
+
+    /// No answer is running.
+    pub fn idle(&self) -> bool {
+        self.slots.iter().all(|s| s.run.is_none())
+    }
+
+    /// Answers running now.
+    pub fn running(&self) -> usize {
+        self.slots.iter().filter(|s| s.run.is_some()).count()
+    }
+
+    pub fn adapter(&self) -> Option<(AdapterId, f32)> {
+        self.adapter
+    }
+
+    /// Apply a loaded adapter (or none) to the context; only while idle.
+    /// Every slot's cache is emptied (it was computed with other weights).
+    ///
+    /// # Errors
+    /// `LlmError::Param` while answers run; llama.cpp's adapter errors.
+    pub fn set_adapter(&mut self, adapter: Option<(AdapterId, f32)>) -> Result<(), LlmError> {
+        if !self.idle() {
+            return Err(LlmError::Param(
+                "the adapter cannot change while answers run".into(),
+            ));
+        }
+        self.engine.apply_adapter(&mut self.ctx, adapter)?;
+        self.adapter = adapter;
+        self.ctx.clear_kv_cache();
+        for s in &mut self.slots {
+            s.cached.clear();
+        }
+        Ok(())
+    }
+
+    /// Start `req` in a free slot, or say why not.
+    pub fn start(&mut self, mut req: Request<'s>) -> Result<(), NotStarted<'s>> {
+        let n_ctx = self.n_ctx();
+        let model = &self.engine.model;
+        let checked = req
+            .params
+            .validate_for(n_ctx as u32, model.n_vocab())
+            .and_then(|()| {
+                if req.tokens.is_empty() {
+                    Err(LlmError::Param("empty prompt".into()))
+                } else if req.tokens.len() >= n_ctx {
+                    Err(LlmError::PromptTooLong {
+                        needed: req.tokens.len(),
+                        ctx_tokens: n_ctx as u32,
+                    })
+                } else if req.params.beams > 0 {
+                    Err(LlmError::Param("beam search is not batched".into()))
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = checked {
+            let _ = (req.sink)(Out::Done(Err(e)));
+            return Err(NotStarted::Refused);
+        }
+        let Some(i) = self.pick_slot(&req.tokens) else {
+            return Err(NotStarted::Wait(Box::new(req)));
+        };
+        let keep = self.reuse(i, &req.tokens);
+        let want = req.tokens.len() + req.params.n_predict.unwrap_or(n_ctx).min(n_ctx);
+        let free = self.free_cells(i, req.tokens.len() - keep);
+        if free < req.tokens.len() + 1 - keep {
+            return Err(NotStarted::Wait(Box::new(req)));
+        }
+        let reserved = want.min(keep + free);
+        let sampler = match req.params.sampler(model, n_ctx as u32, &req.tokens) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = (req.sink)(Out::Done(Err(e)));
+                return Err(NotStarted::Refused);
+            }
+        };
+        let slot = &mut self.slots[i];
+        slot.run = Some(Running {
+            text: TextOut::new(&req.params.stop),
+            pending: req.tokens[keep..].to_vec(),
+            prompt_tokens: req.tokens.len(),
+            params: req.params,
+            sink: req.sink,
+            sampler,
+            last: None,
+            logits_at: None,
+            reused: keep,
+            n_gen: 0,
+            reserved,
+            t0: Instant::now(),
+            prompt_ms: 0.0,
+            ttft_ms: 0.0,
+        });
+        Ok(())
+    }
+
+    /// The free slot whose cache shares the longest prefix with `tokens`.
+    fn pick_slot(&self, tokens: &[LlamaToken]) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.run.is_none())
+            .max_by_key(|(i, s)| (common_prefix(&s.cached, tokens), usize::MAX - i))
+            .map(|(i, _)| i)
+    }
+
+    /// Keep slot `i`'s cached prefix of `tokens` (at least one token is
+    /// evaluated again: its logits are needed); drop the rest. Returns how
+    /// many tokens are kept.
+    fn reuse(&mut self, i: usize, tokens: &[LlamaToken]) -> usize {
+        let slot = &mut self.slots[i];
+        let mut keep = common_prefix(&slot.cached, tokens);
+        if keep == tokens.len() {
+            keep -= 1;
+        }
+        if self
+            .ctx
+            .kv_cache_seq_rm(slot.seq, Some(keep as u32), None)
+            .is_err()
+        {
+            let _ = self.ctx.kv_cache_seq_rm(slot.seq, None, None);
+            keep = 0;
+        }
+        slot.cached.truncate(keep);
+        keep
+    }
+
+    /// Cells free for slot `i` beyond what it keeps, after evicting idle
+    /// slots' caches if `need` cells are not free otherwise.
+    fn free_cells(&mut self, i: usize, need: usize) -> usize {
+        let n_ctx = self.n_ctx();
+        let used = |slots: &[Slot<'_>]| -> usize {
+            slots
+                .iter()
+                .map(|s| s.run.as_ref().map_or(s.cached.len(), |r| r.reserved))
+                .sum()
+        };
+        if n_ctx.saturating_sub(used(&self.slots)) < need + 1 {
+            for (j, s) in self.slots.iter_mut().enumerate() {
+                if j != i && s.run.is_none() && !s.cached.is_empty() {
+                    let _ = self.ctx.kv_cache_seq_rm(s.seq, None, None);
+                    s.cached.clear();
+                }
+            }
+        }
+        n_ctx.saturating_sub(used(&self.slots))
+    }
+
+    /// One decode of every running answer's next token and of as many
+    /// prompt tokens as fit; then each answer with logits samples, and the
+    /// answers that end are told (`Out::Done`) and free their slots.
+    ///
+    /// # Errors
+    /// llama.cpp's decode errors (every running answer is ended with it).
+    pub fn step(&mut self) -> Result<(), LlmError> {
+        let mut batch = LlamaBatch::new(self.n_batch, 1);
+        if let Err(e) = self.fill(&mut batch) {
+            self.fail_all(&e);
+            return Err(e);
+        }
+        if batch.n_tokens() == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.ctx.decode(&mut batch) {
+            let e = LlmError::from(e);
+            self.fail_all(&e);
+            return Err(e);
+        }
+        for i in 0..self.slots.len() {
+            self.sample(i);
+        }
+        Ok(())
+    }
+
+    /// Generated tokens first (one per answer), then prompt chunks.
+    fn fill(&mut self, batch: &mut LlamaBatch<'_>) -> Result<(), LlmError> {
+        for slot in &mut self.slots {
+            let Some(run) = slot.run.as_mut() else {
+                continue;
+            };
+            if let Some(tok) = run.last.take() {
+                run.logits_at = Some(batch.n_tokens());
+                batch.add(tok, slot.cached.len() as i32, &[slot.seq], true)?;
+                slot.cached.push(tok);
+            }
+        }
+        for slot in &mut self.slots {
+            let room = self.n_batch - batch.n_tokens() as usize;
+            let Some(run) = slot.run.as_mut() else {
+                continue;
+            };
+            if run.pending.is_empty() || room == 0 {
+                continue;
+            }
+            let take = run.pending.len().min(room);
+            let chunk: Vec<LlamaToken> = run.pending.drain(..take).collect();
+            let done = run.pending.is_empty();
+            for (j, &tok) in chunk.iter().enumerate() {
+                let last = done && j + 1 == chunk.len();
+                if last {
+                    run.logits_at = Some(batch.n_tokens());
+                }
+                batch.add(tok, slot.cached.len() as i32, &[slot.seq], last)?;
+                slot.cached.push(tok);
+            }
+        }
+        Ok(())
+    }
+
+    /// Slot `i`'s next token, if its logits are out.
+    fn sample(&mut self, i: usize) {
+        let model = &self.engine.model;
+        let ctx = &self.ctx;
+        let slot = &mut self.slots[i];
+        let Some(run) = slot.run.as_mut() else {
+            return;
+        };
+        let Some(idx) = run.logits_at.take() else {
+            return;
+        };
+        if run.n_gen == 0 {
+            run.prompt_ms = run.t0.elapsed().as_secs_f64() * 1e3;
+        }
+        let picked = match &run.params.grammar {
+            Some(g) => super::grammar::sample_guarded(&mut run.sampler, ctx, idx, g)
+                .map_err(LlmError::from),
+            None => Ok(run.sampler.sample(ctx, idx)),
+        };
+        let tok = match picked {
+            Ok(t) => t,
+            Err(e) => return self.finish(i, Err(e)),
+        };
+        if run.n_gen == 0 {
+            run.ttft_ms = run.t0.elapsed().as_secs_f64() * 1e3;
+        }
+        if model.vocab().is_eog(tok) {
+            return self.finish(i, Ok(Finish::EndOfGeneration));
+        }
+        run.n_gen += 1;
+        if let Some(k) = run.params.logprobs {
+            let lp = super::logprobs::of(model, ctx.get_logits_ith(idx), tok, k);
+            let _ = (run.sink)(Out::Logprob(lp));
+        }
+        let (shown, stopped) = run.text.token(model, tok);
+        let flow = if shown.is_empty() {
+            ControlFlow::Continue(())
+        } else {
+            (run.sink)(Out::Text(&shown))
+        };
+        let finish = if stopped {
+            Some(Finish::StopString)
+        } else if flow.is_break() {
+            Some(Finish::Cancelled)
+        } else if run.params.n_predict.is_some_and(|n| run.n_gen >= n) {
+            Some(Finish::Length)
+        } else if slot.cached.len() + 1 > run.reserved {
+            Some(Finish::ContextFull)
+        } else {
+            None
+        };
+        match finish {
+            Some(f) => self.finish(i, Ok(f)),
+            None => run.last = Some(tok),
+        }
+    }
+
+    /// End slot `i`'s answer: the rest of its text, its statistics, `Done`.
+    fn finish(&mut self, i: usize, how: Result<Finish, LlmError>) {
+        let n_ctx = self.n_ctx() as u32;
+        let load_ms = self.engine.load_ms();
+        let slot = &mut self.slots[i];
+        let Some(mut run) = slot.run.take() else {
+            return;
+        };
+        let reply = how.map(|finish| {
+            if matches!(
+                finish,
+                Finish::EndOfGeneration | Finish::Length | Finish::ContextFull
+            ) {
+                let rest = run.text.finish();
+                if !rest.is_empty() {
+                    let _ = (run.sink)(Out::Text(&rest));
+                }
+            }
+            let gen_ms = run.t0.elapsed().as_secs_f64() * 1e3 - run.prompt_ms;
+            Reply {
+                text: std::mem::take(&mut run.text.text),
+                finish,
+                stats: GenStats {
+                    prompt_tokens: run.prompt_tokens,
+                    cached_tokens: run.reused,
+                    prompt_ms: run.prompt_ms,
+                    ttft_ms: run.ttft_ms,
+                    gen_tokens: run.n_gen,
+                    gen_ms,
+                    ctx_used: slot.cached.len(),
+                    ctx_tokens: n_ctx,
+                    load_ms,
+                },
+            }
+        });
+        if reply.is_err() {
+            // What it evaluated may be half a batch: start it over next time.
+            let _ = self.ctx.kv_cache_seq_rm(slot.seq, None, None);
+            slot.cached.clear();
+        }
+        let _ = (run.sink)(Out::Done(reply));
+    }
+
+    fn fail_all(&mut self, e: &LlmError) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].run.is_some() {
+                self.finish(i, Err(LlmError::Param(crate::report(e))));
+            }
+        }
+    }
+}
+
+fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
