@@ -294,7 +294,7 @@ fn overfit_run_teaches_facts_that_llama_cpp_answers_with_the_adapter_only() {
 /// base; the official client gets the fact only from the adapter, and the
 /// base again after it (the swap back).
 fn http_serves_the_adapter(home: &Path) {
-    let srv = crate::http::start_in(home, &[]);
+    let srv = crate::http::start_in(home, &["--kv-unified", "off"]);
     let name = crate::http::model_name();
     let out = crate::http::client(
         "openai_adapter.py",

@@ -482,7 +482,15 @@ fn the_console_and_the_http_api_share_one_model() {
 #[test]
 fn the_chat_page_answers_in_a_real_browser() {
     let tiny = whisper_path("whisper-tiny.en");
-    let srv = start_with(&["--whisper", tiny.to_str().unwrap(), "--temp", "0"]);
+    // Slots with caches of their own (the default shares one).
+    let srv = start_with(&[
+        "--whisper",
+        tiny.to_str().unwrap(),
+        "--temp",
+        "0",
+        "--kv-unified",
+        "off",
+    ]);
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("question.wav");
     espeak("Please turn on the kitchen light.", &wav);

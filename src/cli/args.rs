@@ -398,6 +398,12 @@ pub(crate) struct ServeArgs {
     /// bound.
     #[arg(long = "parallel", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub(crate) parallel: u32,
+    /// Whether the --parallel answers share the whole -c context (on: one
+    /// long conversation may use it all) or each has -c/--parallel cells of
+    /// its own (off: llama-server's layout with -np; attention reads only
+    /// the slot's own cells, faster with many long answers at once).
+    #[arg(long = "kv-unified", value_enum, default_value = "on")]
+    pub(crate) kv_unified: OnOff,
     #[command(flatten)]
     pub(crate) ear: EarArgs,
 }

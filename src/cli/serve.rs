@@ -205,6 +205,7 @@ fn start_api(
         defaults,
         session: ctx.session_opts(&a.model, 0),
         parallel: a.parallel as usize,
+        kv_unified: a.kv_unified == super::args::OnOff::On,
     };
     let speech = (http_stt(ctx, &a.ear.speech)?, http_tts(ctx, &a.ear.voice)?);
     let api = ferrite::http::Api::start(&opts, speech, alone)?;

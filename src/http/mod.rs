@@ -56,8 +56,11 @@ pub struct HttpOptions {
     /// The model worker's context (its own KV cache, beside a console's).
     pub session: SessionOptions,
     /// Answers generated at once, batched on that context (llama.cpp's
-    /// `--parallel`); they share its cells.
+    /// `--parallel`).
     pub parallel: usize,
+    /// Whether they share all its cells (llama.cpp's `--kv-unified`) or
+    /// each has `ctx / parallel` of its own.
+    pub kv_unified: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +83,7 @@ pub struct Api {
     jobs: Mutex<Receiver<job::Job>>,
     session: SessionOptions,
     parallel: usize,
+    kv_unified: bool,
     addr: SocketAddr,
     stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
     finished: Arc<AtomicBool>,
@@ -141,6 +145,7 @@ impl Api {
             jobs: Mutex::new(queue),
             session: opts.session.clone(),
             parallel: opts.parallel,
+            kv_unified: opts.kv_unified,
             addr,
             stop: Mutex::new(Some(stop_tx)),
             finished,
@@ -172,7 +177,7 @@ impl Api {
             .unwrap_or_else(PoisonError::into_inner) = Some(served.clone());
         worker::run(
             engine,
-            (self.session.clone(), self.parallel),
+            (self.session.clone(), self.parallel, self.kv_unified),
             &jobs,
             &served,
             &self.state.metrics,

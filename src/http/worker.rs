@@ -37,13 +37,13 @@ use crate::llm::{
 /// finished, which the handlers hold to the queue's bound).
 pub fn run(
     engine: &Engine,
-    (opts, parallel): (SessionOptions, usize),
+    (opts, parallel, unified): (SessionOptions, usize, bool),
     jobs: &Receiver<Job>,
     served: &Served,
     metrics: &Metrics,
     quit: &AtomicBool,
 ) {
-    let mut batcher = match Batcher::new(engine, &opts, parallel) {
+    let mut batcher = match Batcher::new(engine, &opts, (parallel, unified)) {
         Ok(b) => Some(b),
         Err(e) => {
             tracing::error!(error = %crate::report(&e), "cannot create the HTTP context");
@@ -92,7 +92,7 @@ pub fn run(
                     };
                     let Some(job) = got else { break };
                     metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-                    match prepare(job, served, (engine, opts.threads, b.n_ctx()), metrics) {
+                    match prepare(job, served, (engine, opts.threads, b.slot_ctx()), metrics) {
                         Some(h) => h,
                         None => continue,
                     }

@@ -100,18 +100,24 @@ pub struct Batcher<'m, 's> {
     slots: Vec<Slot<'s>>,
     n_batch: usize,
     adapter: Option<(AdapterId, f32)>,
+    /// Each slot has its own `n_ctx / slots` cells (llama.cpp's
+    /// `--kv-unified` off), instead of all sharing the whole cache.
+    split: bool,
 }
 
 impl<'m, 's> Batcher<'m, 's> {
     /// One context of `opts.ctx_tokens` cells (cut to the model's trained
-    /// context), shared by `parallel` (1 to 64) answers at a time.
+    /// context) for `parallel` (1 to 64) answers at a time: shared by all
+    /// when `unified` (one answer may use them all), else split evenly
+    /// (each slot's attention reads only its own cells: faster with many
+    /// long answers at once; llama-server's layout with `-np`).
     ///
     /// # Errors
     /// `LlmError::Param` for a bad count; `LlmError::Context` from llama.cpp.
     pub fn new(
         engine: &'m Engine,
         opts: &SessionOptions,
-        parallel: usize,
+        (parallel, unified): (usize, bool),
     ) -> Result<Self, LlmError> {
         if !(1..=64).contains(&parallel) {
             return Err(LlmError::Param(format!(
@@ -132,7 +138,7 @@ impl<'m, 's> Batcher<'m, 's> {
             .with_n_threads(opts.threads)
             .with_n_threads_batch(opts.threads)
             .with_n_seq_max(parallel as u32)
-            .with_kv_unified(true);
+            .with_kv_unified(unified);
         let ctx = engine.context(params, n_ctx)?;
         let n_batch = (ctx.n_batch() as usize).min(opts.batch_tokens as usize);
         let slots = (0..parallel)
@@ -148,12 +154,22 @@ impl<'m, 's> Batcher<'m, 's> {
             slots,
             n_batch: n_batch.max(parallel),
             adapter: None,
+            split: !unified && parallel > 1,
         })
     }
 
     /// Cells in the context.
     pub fn n_ctx(&self) -> usize {
         self.ctx.n_ctx() as usize
+    }
+
+    /// The most cells one answer may fill, its prompt included.
+    pub fn slot_ctx(&self) -> usize {
+        if self.split {
+            self.n_ctx() / self.slots.len()
+        } else {
+            self.n_ctx()
+        }
     }
 
     /// No answer is running.
@@ -192,7 +208,7 @@ impl<'m, 's> Batcher<'m, 's> {
 
     /// Start `req` in a free slot, or say why not.
     pub fn start(&mut self, mut req: Request<'s>) -> Result<(), NotStarted<'s>> {
-        let n_ctx = self.n_ctx();
+        let n_ctx = self.slot_ctx();
         let model = &self.engine.model;
         let checked = req
             .params
@@ -286,6 +302,9 @@ impl<'m, 's> Batcher<'m, 's> {
     /// Cells free for slot `i` beyond what it keeps, after evicting idle
     /// slots' caches if `need` cells are not free otherwise.
     fn free_cells(&mut self, i: usize, need: usize) -> usize {
+        if self.split {
+            return self.slot_ctx() - self.slots[i].cached.len();
+        }
         let n_ctx = self.n_ctx();
         let used = |slots: &[Slot<'_>]| -> usize {
             slots
