@@ -188,6 +188,10 @@ fn the_openai_client_talks_to_serve_http() {
     assert_eq!(v["n2"], "BadRequestError 400");
     assert_eq!(v["unknown_field"], "BadRequestError 400");
     assert_eq!(v["ten_mb_body"], "413 invalid_request_error");
+    let l = &v["long_history"];
+    assert!(l["text"].as_str().unwrap().contains("Tokyo"), "{l}");
+    let p = l["prompt_tokens"].as_u64().unwrap();
+    assert!(p > 1000 && p + 16 <= 2048, "cut to fit -c 2048: {l}");
     let b = &v["batched"];
     assert_eq!(b["together"], b["alone"], "batched vs one at a time");
     let eight = v["eight_clients"].as_array().unwrap();
@@ -217,10 +221,10 @@ fn the_openai_client_talks_to_serve_http() {
     // The dropped stream was stopped (the worker saw its client gone), and
     // every other answer finished: whole, stream, two text completions,
     // json_schema, three with log probabilities, three embedding calls,
-    // eight, four alone and four together.
+    // eight, the long conversation, four alone and four together.
     let m = &v["metrics"];
     assert_eq!(m["ferrite_cancelled_total"], 1.0, "{m}");
-    assert_eq!(m["ferrite_answers_total"], 27.0, "{m}");
+    assert_eq!(m["ferrite_answers_total"], 28.0, "{m}");
     assert_eq!(m["ferrite_queue_depth"], 0.0, "{m}");
     assert!(
         m["ferrite_resident_memory_bytes"].as_f64().unwrap() > 1e7,

@@ -3,7 +3,7 @@
 //! back on its own channel (`Piece`s: text as it is written, then the
 //! finish and token counts, or an error).
 
-use tokio::sync::mpsc::Sender;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::llm::{Finish, GenParams, Message, TokenLogprob};
 
@@ -14,7 +14,10 @@ pub struct Job {
     /// The model it names (`MODEL` or `MODEL:ADAPTER`), resolved when it
     /// runs: the console may have switched the model since it was queued.
     pub model: String,
-    pub out: Sender<Piece>,
+    /// Unbounded (an answer is bounded by its max_tokens), so the worker
+    /// never waits on a client that stopped reading while other answers
+    /// run.
+    pub out: UnboundedSender<Piece>,
 }
 
 /// What to generate from.

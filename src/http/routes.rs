@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::api::{
     self, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, ResponseFormat, Sampling,
@@ -361,8 +361,8 @@ fn enqueue(
     st: &AppState,
     (work, params): (Work, GenParams),
     model: String,
-) -> Result<tokio::sync::mpsc::Receiver<Piece>, ApiError> {
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Piece>, ApiError> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let job = Job {
         work,
         params,
@@ -410,7 +410,10 @@ fn rand_id() -> u64 {
     h.finish()
 }
 
-async fn whole(mut rx: tokio::sync::mpsc::Receiver<Piece>, h: &Head) -> Result<Value, ApiError> {
+async fn whole(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Piece>,
+    h: &Head,
+) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut lps: Vec<TokenLogprob> = Vec::new();
     while let Some(p) = rx.recv().await {
@@ -448,7 +451,7 @@ async fn whole(mut rx: tokio::sync::mpsc::Receiver<Piece>, h: &Head) -> Result<V
 }
 
 fn stream(
-    rx: tokio::sync::mpsc::Receiver<Piece>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<Piece>,
     h: Head,
     include_usage: bool,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>> + Send> {
@@ -468,7 +471,7 @@ fn stream(
     // Log probabilities wait for the text of their token, and go out with it.
     let mut pending: Vec<TokenLogprob> = Vec::new();
     let mut offset = 0;
-    let body = ReceiverStream::new(rx).flat_map(move |p| {
+    let body = UnboundedReceiverStream::new(rx).flat_map(move |p| {
         let mut lps = |pending: &mut Vec<TokenLogprob>| {
             let v = h
                 .logprobs

@@ -57,29 +57,26 @@ pub fn run(
         let busy = batcher.as_ref().is_some_and(|b| !b.idle());
         if quit.load(Ordering::Relaxed) && !busy {
             if let Some(h) = held.take() {
+                metrics.waiting.fetch_sub(1, Ordering::Relaxed);
                 let why = "the model is being switched: retry shortly";
-                let _ = h.out.blocking_send(Piece::Error(why.into()));
+                let _ = h.out.send(Piece::Error(why.into()));
                 metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
             return;
         }
         let Some(b) = batcher.as_mut() else {
-            // No context: every job gets the error.
-            match jobs.recv_timeout(Duration::from_millis(200)) {
-                Ok(job) => {
-                    metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-                    let why = "the model's context could not be created";
-                    end(&job, metrics, Piece::Error(why.into()));
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+            if refuse_next(jobs, metrics) {
+                continue;
             }
-            continue;
+            return;
         };
         // Start requests while they start; wait for one only when idle.
         while !quit.load(Ordering::Relaxed) {
             let h = match held.take() {
-                Some(h) => h,
+                Some(h) => {
+                    metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+                    h
+                }
                 None => {
                     let got = if b.idle() {
                         match jobs.recv_timeout(Duration::from_millis(200)) {
@@ -99,6 +96,8 @@ pub fn run(
                 }
             };
             if let Some(h) = begin(b, h, metrics) {
+                // Still waiting: counted in the queue's depth.
+                metrics.waiting.fetch_add(1, Ordering::Relaxed);
                 held = Some(h);
                 break;
             }
@@ -111,16 +110,31 @@ pub fn run(
     }
 }
 
+/// Without a context: the next job (if one comes within 200 ms) gets the
+/// error. False when the queue's senders are gone.
+fn refuse_next(jobs: &Receiver<Job>, metrics: &Metrics) -> bool {
+    match jobs.recv_timeout(Duration::from_millis(200)) {
+        Ok(job) => {
+            metrics.waiting.fetch_sub(1, Ordering::Relaxed);
+            let why = "the model's context could not be created";
+            end(&job, metrics, Piece::Error(why.into()));
+            true
+        }
+        Err(RecvTimeoutError::Timeout) => true,
+        Err(RecvTimeoutError::Disconnected) => false,
+    }
+}
+
 /// A request ready to start, with what it needs besides.
 struct Held<'s> {
     req: Box<Request<'s>>,
     adapter: Option<(AdapterId, f32)>,
-    out: tokio::sync::mpsc::Sender<Piece>,
+    out: tokio::sync::mpsc::UnboundedSender<Piece>,
 }
 
 /// Send a job's last piece and count it out of the queue's bound.
 fn end(job: &Job, metrics: &Metrics, last: Piece) {
-    let _ = job.out.blocking_send(last);
+    let _ = job.out.send(last);
     metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
@@ -149,7 +163,8 @@ fn prepare<'s>(
         end(&job, metrics, piece);
         return None;
     }
-    let tokens = match prompt(engine, &job.work) {
+    let reserve = job.params.n_predict.unwrap_or(256).min(n_ctx / 2);
+    let tokens = match prompt(engine, &job.work, n_ctx.saturating_sub(reserve)) {
         Ok(t) => t,
         Err(e) => {
             end(&job, metrics, Piece::Error(crate::report(&e)));
@@ -169,6 +184,12 @@ fn prepare<'s>(
 
 /// Start a request on the batcher; it comes back when it must wait.
 fn begin<'s>(b: &mut Batcher<'_, 's>, h: Held<'s>, metrics: &Metrics) -> Option<Held<'s>> {
+    if h.out.is_closed() {
+        // Its client left while it waited.
+        metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+        return None;
+    }
     if h.adapter != b.adapter() {
         if !b.idle() {
             return Some(h);
@@ -176,7 +197,7 @@ fn begin<'s>(b: &mut Batcher<'_, 's>, h: Held<'s>, metrics: &Metrics) -> Option<
         // Swapped as `/lora use` does: the weights stay loaded, the caches
         // are emptied.
         if let Err(e) = b.set_adapter(h.adapter) {
-            let _ = h.out.blocking_send(Piece::Error(crate::report(&e)));
+            let _ = h.out.send(Piece::Error(crate::report(&e)));
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
@@ -188,21 +209,43 @@ fn begin<'s>(b: &mut Batcher<'_, 's>, h: Held<'s>, metrics: &Metrics) -> Option<
 }
 
 /// The job's prompt as tokens: a chat through the model's template, text
-/// as it is.
-fn prompt(engine: &Engine, work: &Work) -> Result<Vec<llama_cpp_2::token::LlamaToken>, LlmError> {
+/// as it is. A chat longer than `fit` tokens loses its oldest turns (the
+/// system message stays) until it fits, as a console conversation does.
+fn prompt(
+    engine: &Engine,
+    work: &Work,
+    fit: usize,
+) -> Result<Vec<llama_cpp_2::token::LlamaToken>, LlmError> {
     match work {
         Work::Chat {
             system,
             history,
             question,
         } => {
-            let mut msgs = Vec::with_capacity(history.len() + 2);
-            if let Some(s) = system.as_ref().filter(|s| !s.trim().is_empty()) {
-                msgs.push(Message::new(Role::System, s.clone()));
+            let mut turns = &history[..];
+            loop {
+                let mut msgs = Vec::with_capacity(turns.len() + 2);
+                if let Some(s) = system.as_ref().filter(|s| !s.trim().is_empty()) {
+                    msgs.push(Message::new(Role::System, s.clone()));
+                }
+                msgs.extend(turns.iter().cloned());
+                msgs.push(Message::new(Role::User, question.clone()));
+                let tokens = engine.tokenize(&engine.render_chat(&msgs, true)?);
+                if tokens.len() <= fit || turns.is_empty() {
+                    return Ok(tokens);
+                }
+                // Drop the oldest exchange (a user turn and its answer).
+                let n = if turns.len() >= 2 && turns[1].role == Role::Assistant {
+                    2
+                } else {
+                    1
+                };
+                turns = &turns[n..];
+                tracing::info!(
+                    remaining_turns = turns.len(),
+                    "HTTP chat cut to fit the slot"
+                );
             }
-            msgs.extend(history.iter().cloned());
-            msgs.push(Message::new(Role::User, question.clone()));
-            Ok(engine.tokenize(&engine.render_chat(&msgs, true)?))
         }
         Work::Text { prompt } => Ok(engine.tokenize(prompt)),
         Work::Embed { .. } => Err(LlmError::Param("embeddings have no prompt".into())),
@@ -212,16 +255,16 @@ fn prompt(engine: &Engine, work: &Work) -> Result<Vec<llama_cpp_2::token::LlamaT
 /// Where one answer's output goes: its client's channel, and the metrics
 /// when it ends.
 fn sink<'s>(
-    out: tokio::sync::mpsc::Sender<Piece>,
+    out: tokio::sync::mpsc::UnboundedSender<Piece>,
     metrics: &'s Metrics,
 ) -> crate::llm::BatchSink<'s> {
     Box::new(move |o| match o {
         Out::Logprob(lp) => {
             // A client gone shows at the text's send, next.
-            let _ = out.blocking_send(Piece::Logprob(lp));
+            let _ = out.send(Piece::Logprob(lp));
             ControlFlow::Continue(())
         }
-        Out::Text(t) => match out.blocking_send(Piece::Token(t.to_string())) {
+        Out::Text(t) => match out.send(Piece::Token(t.to_string())) {
             Ok(()) => ControlFlow::Continue(()),
             // The client is gone: stop now.
             Err(_) => ControlFlow::Break(()),
@@ -252,7 +295,7 @@ fn sink<'s>(
                 }
                 Err(e) => Piece::Error(crate::report(&e)),
             };
-            let _ = out.blocking_send(last);
+            let _ = out.send(last);
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
             ControlFlow::Continue(())
         }

@@ -13,9 +13,11 @@
 //! goes to the free slot whose cached tokens share the longest prefix with
 //! its prompt (a client resending its conversation pays only for the new
 //! turn). Room in the cache is reserved when an answer starts (its prompt
-//! plus its `max_tokens`, cut to what is free; idle slots' caches are
-//! evicted first), so an answer never finds the cache full mid-way: it
-//! ends with `Finish::ContextFull` at its reservation instead.
+//! plus its `max_tokens`; idle slots' caches are evicted first); while
+//! other answers run, one that does not fit waits for them rather than
+//! starting short. So an answer never finds the cache full mid-way: at
+//! most (alone, or without `max_tokens`) it ends with
+//! `Finish::ContextFull` at its reservation.
 //!
 //! An adapter applies to the whole context, so it is changed only when no
 //! answer is running (`set_adapter`), and the caches are emptied then.
@@ -35,6 +37,10 @@ use super::logprobs::TokenLogprob;
 use super::stats::{Finish, GenStats, Reply};
 use super::text::TextOut;
 use super::{Engine, GenParams, LlmError, SessionOptions};
+
+/// The least room (tokens to generate) an answer without `max_tokens`
+/// starts with while others run.
+const UNLIMITED_MIN: usize = 256;
 
 /// What an answer hands its owner, in order: for each token its log
 /// probability (when asked for) and its text, then the end.
@@ -235,12 +241,19 @@ impl<'m, 's> Batcher<'m, 's> {
             return Err(NotStarted::Wait(Box::new(req)));
         };
         let keep = self.reuse(i, &req.tokens);
-        let want = req.tokens.len() + req.params.n_predict.unwrap_or(n_ctx).min(n_ctx);
-        let free = self.free_cells(i, req.tokens.len() - keep);
-        if free < req.tokens.len() + 1 - keep {
+        let prompt = req.tokens.len();
+        let want = (prompt + req.params.n_predict.unwrap_or(n_ctx)).min(n_ctx);
+        let room = keep + self.free_cells(i, prompt - keep);
+        // An answer is not started short of its max_tokens while others
+        // run (it would end early for want of room they will free); one
+        // without a limit starts with at least UNLIMITED_MIN tokens of room.
+        let enough = room >= want
+            || self.running() == 0
+            || (req.params.n_predict.is_none() && room >= prompt + UNLIMITED_MIN);
+        if !enough || room <= prompt {
             return Err(NotStarted::Wait(Box::new(req)));
         }
-        let reserved = want.min(keep + free);
+        let reserved = want.min(room);
         let sampler = match req.params.sampler(model, n_ctx as u32, &req.tokens) {
             Ok(s) => s,
             Err(e) => {

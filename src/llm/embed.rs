@@ -21,6 +21,11 @@ use super::{Engine, LlmError};
 /// its patience).
 pub const MAX_EMBED_INPUTS: usize = 64;
 
+/// The most tokens one input may have. llama.cpp allocates logits for
+/// every token of a pooled batch (`n_vocab` × tokens × 4 bytes: 100 MB for
+/// 512 tokens of a 49k vocabulary), so this bounds what one request costs.
+pub const MAX_EMBED_TOKENS: u32 = 512;
+
 /// What `Engine::embed` returns.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embeddings {
@@ -39,7 +44,8 @@ impl Engine {
     }
 
     /// Embed each of `inputs` (1 to `MAX_EMBED_INPUTS` non-empty texts, each
-    /// at most `max_tokens` tokens and the model's trained context) with
+    /// at most `max_tokens`, `MAX_EMBED_TOKENS` and the model's trained
+    /// context tokens) with
     /// `threads` CPU threads.
     ///
     /// # Errors
@@ -63,7 +69,8 @@ impl Engine {
             max_tokens.min(train)
         } else {
             max_tokens
-        };
+        }
+        .min(MAX_EMBED_TOKENS);
         let mut tokenized = Vec::with_capacity(inputs.len());
         for (i, text) in inputs.iter().enumerate() {
             if text.is_empty() {

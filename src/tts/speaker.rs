@@ -137,8 +137,19 @@ fn speak_loop(
         stop.load(Ordering::SeqCst)
     };
     for sentence in rx {
-        let speaking = [Status::Idle, Status::Thinking, Status::Speaking];
-        if !barged(&stop) && status.transition(&speaking, Status::Speaking) {
+        // Without barge-in, speech heard meanwhile (the answer's own echo)
+        // does not keep the answer from being spoken.
+        let speaking: &[Status] = if barge_in.load(Ordering::SeqCst) {
+            &[Status::Idle, Status::Thinking, Status::Speaking]
+        } else {
+            &[
+                Status::Idle,
+                Status::Thinking,
+                Status::Speaking,
+                Status::Listening,
+            ]
+        };
+        if !barged(&stop) && status.transition(speaking, Status::Speaking) {
             let mut cut = false;
             let spoken = voice.speak_each(&sentence, &opts, &mut |a| {
                 let n = (a.rate as usize * CHUNK_MS / 1000).max(1);

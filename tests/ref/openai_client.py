@@ -174,6 +174,17 @@ for t in threads:
     t.join()
 out["eight_clients"] = results
 
+# A conversation longer than the context loses its oldest turns, as a
+# console's does, and is still answered.
+long = []
+for i in range(60):
+    long += [{"role": "user", "content": f"Tell me something about the number {i}."},
+             {"role": "assistant", "content": f"The number {i} comes right after {i - 1} and right before {i + 1}; "
+                                             f"it is {'even' if i % 2 == 0 else 'odd'}, and its square is {i * i}."}]
+r = client.chat.completions.create(model=model, max_tokens=16, temperature=0,
+                                   messages=long + japan)
+out["long_history"] = {"text": r.choices[0].message.content, "prompt_tokens": r.usage.prompt_tokens}
+
 # Batched answers are the answers: four questions at once (one batch on the
 # server's slots) get the same greedy text as each asked alone.
 questions = ["What is the capital of Japan?", "How many legs does a spider have?",
