@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use detect::detect;
 pub(crate) use memory::proc_kib_field;
 pub use memory::{available_bytes, check_fits, estimate, MemoryEstimate};
-pub use thermal::Governor;
+pub use thermal::{firmware_throttled, first_zone_c, Governor};
 
 /// Serial parity (the console's UART settings live in the profile).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

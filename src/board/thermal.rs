@@ -26,6 +26,18 @@ pub fn first_zone_c(root: &Path) -> Option<f64> {
     zones.iter().find_map(|z| read_milli_c(&z.join("temp")))
 }
 
+/// The Raspberry Pi firmware's throttling flags (what `vcgencmd
+/// get_throttled` prints), from sysfs under `root`: bit 0 under-voltage
+/// now, bit 1 ARM frequency capped now, bit 2 throttled now, bit 3 soft
+/// temperature limit now; bits 16-19 the same since boot. `None` off a Pi.
+pub fn firmware_throttled(root: &Path) -> Option<u32> {
+    let raw =
+        std::fs::read_to_string(root.join("sys/devices/platform/soc/soc:firmware/get_throttled"))
+            .ok()?;
+    let raw = raw.trim();
+    u32::from_str_radix(raw.trim_start_matches("0x"), 16).ok()
+}
+
 fn read_milli_c(p: &Path) -> Option<f64> {
     let milli: f64 = std::fs::read_to_string(p).ok()?.trim().parse().ok()?;
     Some(milli / 1000.0)
