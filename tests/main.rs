@@ -16,6 +16,7 @@ mod pull;
 mod reports;
 mod resample;
 mod serial;
+mod speculative;
 mod speech;
 mod structured;
 mod templates;

@@ -17,7 +17,7 @@ use super::protocol::Request;
 use super::{AssistantError, ServeOptions};
 use crate::board::Governor;
 use crate::gguf::GgufFile;
-use crate::llm::{AdapterId, Engine, GenParams, LlmError, Message, Session};
+use crate::llm::{AdapterId, DraftModel, Drafter, Engine, GenParams, LlmError, Message, Session};
 use crate::models::{ModelKind, Store};
 
 /// The front end's side of an answer: render the event; `Break` cancels the
@@ -102,6 +102,29 @@ impl<'a, 'm> Core<'a, 'm> {
             model: self.engine.name().to_string(),
             ctx: self.session.n_ctx(),
         }
+    }
+
+    /// Decode speculatively as `--draft`/`--lookup` asked, on `draft` (the
+    /// loaded draft model; `None` for prompt lookup, or when the draft model
+    /// did not fit this one).
+    ///
+    /// # Errors
+    /// The draft model's context could not be made.
+    pub fn set_draft(&mut self, draft: Option<&'m Engine>) -> Result<(), AssistantError> {
+        let Some(setting) = &self.opts.draft else {
+            return Ok(());
+        };
+        let drafter = match (draft, &setting.model) {
+            (Some(e), _) => Drafter::Model(Box::new(DraftModel::new(
+                self.engine,
+                e,
+                &self.opts.session,
+            )?)),
+            (None, None) => Drafter::Lookup,
+            (None, Some(_)) => return Ok(()),
+        };
+        self.session.set_draft(Some((drafter, setting.opts)))?;
+        Ok(())
     }
 
     pub fn set_adapter(&mut self, adapter: Option<(AdapterId, f32)>) -> Result<(), AssistantError> {

@@ -22,6 +22,7 @@ pub use commands::{Command, Setting, HELP};
 pub use event::{Event, StatsReport};
 pub use protocol::{parse_json_line, Request};
 pub use serve::{load_engine, serve};
+
 pub use status::rss_bytes;
 
 use crate::board::{Board, BoardError};
@@ -85,6 +86,16 @@ pub struct ServeOptions {
     /// Root of the filesystem to read `/proc` and `/sys` from (tests use a
     /// fake tree).
     pub sys_root: PathBuf,
+    /// Speculative decoding in every conversation (`--draft`, `--lookup`).
+    pub draft: Option<DraftSetting>,
+}
+
+/// `--draft MODEL` or `--lookup`, with the draft limits.
+#[derive(Debug, Clone)]
+pub struct DraftSetting {
+    /// The draft model's name and file; `None`: prompt lookup.
+    pub model: Option<(String, PathBuf)>,
+    pub opts: crate::llm::DraftOptions,
 }
 
 #[derive(Debug, thiserror::Error)]

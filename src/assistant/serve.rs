@@ -137,6 +137,8 @@ struct Loaded {
     /// The store's adapters for this model, loaded for the HTTP API beside
     /// the console (empty without it).
     http_adapters: Vec<(String, AdapterId, f32)>,
+    /// The `--draft` model, when it shares this model's vocabulary.
+    draft: Option<Engine>,
 }
 
 /// Load the model, and `--lora` onto it. At start-up (`first`) a failure is
@@ -178,12 +180,40 @@ fn load_model(
             Err(e) => return Err(e),
         }
     }
+    let draft = load_draft(opts, &engine, first, notice)?;
     Ok(Loaded {
         engine,
         startup_adapter,
         base_sha,
         http_adapters,
+        draft,
     })
+}
+
+/// The `--draft` model for `engine`: refused at start-up when the two
+/// vocabularies differ; after a `/model` switch the new model runs
+/// without a draft, and the console says why.
+fn load_draft(
+    opts: &ServeOptions,
+    engine: &Engine,
+    first: bool,
+    notice: &mut Option<String>,
+) -> Result<Option<Engine>, AssistantError> {
+    let Some((name, path)) = opts.draft.as_ref().and_then(|d| d.model.as_ref()) else {
+        return Ok(None);
+    };
+    let loaded = load_engine(opts, name, path).and_then(|d| {
+        crate::llm::check_vocab(engine, &d)?;
+        Ok(d)
+    });
+    match loaded {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if !first => {
+            *notice = Some(format!("--draft {name} is off for {}: {e}", engine.name()));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Load adapter `name` at `path` onto the running model `model` (name,
@@ -421,13 +451,14 @@ impl Host<'_> {
             }
         };
         let ear = self.ear.filter(|_| !self.ear_done);
-        let core = Core::new(
+        let mut core = Core::new(
             self.opts,
             &loaded.engine,
             self.store,
             self.manifest,
             &mut self.governor,
         )?;
+        core.set_draft(loaded.draft.as_ref())?;
         let mut con = Console::new(self.opts, core, &ch, self.service, ear);
         con.eof = self.input_ended;
         let resume = std::mem::replace(&mut self.resume, Resume::Fresh(Vec::new()));

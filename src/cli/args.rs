@@ -74,6 +74,8 @@ pub(crate) struct AskArgs {
     pub(crate) model: ModelArgs,
     #[command(flatten)]
     pub(crate) gen: GenArgs,
+    #[command(flatten)]
+    pub(crate) draft: DraftArgs,
     /// System prompt.
     #[arg(long)]
     pub(crate) system: Option<String>,
@@ -97,6 +99,8 @@ pub(crate) struct ChatArgs {
     pub(crate) model: ModelArgs,
     #[command(flatten)]
     pub(crate) gen: GenArgs,
+    #[command(flatten)]
+    pub(crate) draft: DraftArgs,
     /// System prompt.
     #[arg(long)]
     pub(crate) system: Option<String>,
@@ -370,6 +374,8 @@ pub(crate) struct ServeArgs {
     pub(crate) model: ModelArgs,
     #[command(flatten)]
     pub(crate) gen: GenArgs,
+    #[command(flatten)]
+    pub(crate) draft: DraftArgs,
     /// Also take spoken queries (microphone, or --wav files).
     #[arg(long)]
     pub(crate) listen: bool,
@@ -495,6 +501,46 @@ impl SpeechArgs {
             max_flatness: self.vad_flatness,
             ..Default::default()
         })
+    }
+}
+
+/// Speculative decoding (llama.cpp's flag names and defaults).
+#[derive(Args, Clone, Default)]
+pub(crate) struct DraftArgs {
+    /// Draft model (a name or GGUF path) with the model's vocabulary, e.g.
+    /// qwen2.5-coder-0.5b for qwen2.5-coder-1.5b: it proposes tokens and the
+    /// model checks them in one batch. Greedy answers stay the same (up to
+    /// rounding in near-ties); sampled ones keep the model's distribution.
+    #[arg(
+        long = "draft",
+        visible_alias = "model-draft",
+        value_name = "MODEL",
+        conflicts_with = "lookup"
+    )]
+    pub(crate) draft: Option<String>,
+    /// Draft without a second model: propose the tokens that followed the
+    /// last few tokens' latest earlier occurrence (prompt lookup; pays off
+    /// when the answer repeats the prompt: code edits, summaries, JSON).
+    #[arg(long)]
+    pub(crate) lookup: bool,
+    /// Most draft tokens checked per step.
+    #[arg(long = "draft-max", visible_alias = "draft-n", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=ferrite::llm::MAX_DRAFT as i64))]
+    pub(crate) draft_max: u32,
+    /// Fewer draft tokens than this are not checked (plain decoding instead).
+    #[arg(long = "draft-min", default_value_t = 0)]
+    pub(crate) draft_min: u32,
+    /// The draft model stops proposing below this probability of its top token.
+    #[arg(long = "draft-p-min", default_value_t = 0.75)]
+    pub(crate) draft_p_min: f32,
+}
+
+impl DraftArgs {
+    pub(crate) fn options(&self) -> ferrite::llm::DraftOptions {
+        ferrite::llm::DraftOptions {
+            max: self.draft_max as usize,
+            min: self.draft_min as usize,
+            p_min: self.draft_p_min,
+        }
     }
 }
 

@@ -7,8 +7,11 @@ use super::{Ctx, Out};
 
 pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
     let mut engine = ctx.load(&a.model)?;
+    let draft = ctx.load_draft(&a.draft, &a.model)?;
     let adapter = a.lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;
-    let mut sess = engine.session(ctx.session_opts(&a.model, a.gen.beams as usize))?;
+    let sopts = ctx.session_opts(&a.model, a.gen.beams as usize);
+    let mut sess = engine.session(sopts.clone())?;
+    sess.set_draft(Ctx::drafter(&a.draft, &engine, draft.as_ref(), &sopts)?)?;
     sess.set_adapter(adapter)?;
     sess.set_system(a.system);
     let prompt = a.prompt.join(" ");

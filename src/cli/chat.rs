@@ -98,12 +98,16 @@ enum Next {
 }
 
 pub(crate) fn run(ctx: &Ctx, a: ChatArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let opts = ctx.serve_options(a.lora, &a.model, &a.gen, a.system)?;
+    let opts = ctx.serve_options(a.lora, &a.model, &a.gen, &a.draft, a.system)?;
     let intr = Arc::new(Interrupt::default());
     watch_sigint(intr.clone())?;
     let mut lines = Lines::open()?;
     let mut governor = Governor::new(&ctx.board, opts.session.threads, &opts.sys_root);
     let mut engine = ctx.load(&a.model)?;
+    let mut draft = ctx.load_draft(&a.draft, &a.model)?;
+    if let Some(d) = &draft {
+        ferrite::llm::check_vocab(&engine, d)?;
+    }
     loop {
         let adapter = opts
             .lora
@@ -116,10 +120,24 @@ pub(crate) fn run(ctx: &Ctx, a: ChatArgs, out: &mut Out) -> anyhow::Result<ExitC
             stats: a.stats,
             intr: &intr,
         };
-        match chat.converse(&mut engine, adapter, &mut governor, &mut lines, out)? {
+        let next = chat.converse(
+            (&mut engine, draft.as_ref()),
+            adapter,
+            &mut governor,
+            &mut lines,
+            out,
+        )?;
+        match next {
             Next::Exit(code) => return Ok(code),
             Next::Switch(name, path) => match assistant::load_engine(&opts, &name, &path) {
-                Ok(e) => engine = e,
+                Ok(e) => {
+                    if let Some(Err(why)) = draft.as_ref().map(|d| ferrite::llm::check_vocab(&e, d))
+                    {
+                        eprintln!("note: {why}: speculative decoding is off");
+                        draft = None;
+                    }
+                    engine = e
+                }
                 Err(e) => eprintln!(
                     "error: cannot switch to {name}: {e}; staying on {}",
                     engine.name()
@@ -140,7 +158,7 @@ struct Chat<'a> {
 impl Chat<'_> {
     fn converse(
         &self,
-        engine: &mut Engine,
+        (engine, draft): (&mut Engine, Option<&Engine>),
         mut adapter: Option<(AdapterId, f32)>,
         governor: &mut Governor,
         lines: &mut Lines,
@@ -155,6 +173,7 @@ impl Chat<'_> {
                 &self.ctx.manifest,
                 governor,
             )?;
+            core.set_draft(draft)?;
             match carry.take() {
                 Some(c) => core.restore(c, adapter)?,
                 None => {

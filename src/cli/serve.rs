@@ -51,7 +51,7 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         echo: !a.no_echo && !stdio,
         json: a.json,
         max_line_bytes: a.max_line as usize,
-        ..ctx.serve_options(a.lora, &a.model, &a.gen, a.system)?
+        ..ctx.serve_options(a.lora, &a.model, &a.gen, &a.draft, a.system)?
     };
     let mut led = None;
     let ear = if listen {

@@ -18,7 +18,7 @@ use ferrite::gguf::GgufFile;
 use ferrite::llm::{self, Engine, LoadOptions, SessionOptions};
 use ferrite::models::{Manifest, Store};
 
-use super::args::{GenArgs, ModelArgs, SpeechArgs, VoiceArgs};
+use super::args::{DraftArgs, GenArgs, ModelArgs, SpeechArgs, VoiceArgs};
 
 pub(crate) struct Ctx {
     pub(crate) board: Board,
@@ -149,6 +149,43 @@ impl Ctx {
         Ok(engine)
     }
 
+    /// The `--draft` model, loaded (and pulled when missing) like the
+    /// model itself; `None` without `--draft`.
+    pub(crate) fn load_draft(
+        &self,
+        d: &DraftArgs,
+        m: &ModelArgs,
+    ) -> anyhow::Result<Option<Engine>> {
+        let Some(spec) = &d.draft else {
+            return Ok(None);
+        };
+        d.options().validate()?;
+        let args = ModelArgs {
+            model: Some(spec.clone()),
+            ..m.clone()
+        };
+        Ok(Some(anyhow::Context::context(
+            self.load(&args),
+            "the draft model",
+        )?))
+    }
+
+    /// The drafter `--draft`/`--lookup` ask for, on `draft` (loaded by
+    /// `load_draft`) for `target`'s sessions of `sopts`.
+    pub(crate) fn drafter<'m>(
+        d: &DraftArgs,
+        target: &Engine,
+        draft: Option<&'m Engine>,
+        sopts: &SessionOptions,
+    ) -> anyhow::Result<Option<(llm::Drafter<'m>, llm::DraftOptions)>> {
+        let drafter = match draft {
+            Some(e) => llm::Drafter::Model(Box::new(llm::DraftModel::new(target, e, sopts)?)),
+            None if d.lookup => llm::Drafter::Lookup,
+            None => return Ok(None),
+        };
+        Ok(Some((drafter, d.options())))
+    }
+
     /// Load `--lora NAME|PATH[:SCALE]` into the engine, checked against it.
     pub(crate) fn load_lora(
         &self,
@@ -238,8 +275,21 @@ impl Ctx {
         lora: Option<String>,
         m: &ModelArgs,
         gen: &GenArgs,
+        draft: &DraftArgs,
         system: Option<String>,
     ) -> anyhow::Result<ferrite::assistant::ServeOptions> {
+        draft.options().validate()?;
+        let draft = match (&draft.draft, draft.lookup) {
+            (Some(spec), _) => Some(ferrite::assistant::DraftSetting {
+                model: Some(self.resolve(Some(spec))?),
+                opts: draft.options(),
+            }),
+            (None, true) => Some(ferrite::assistant::DraftSetting {
+                model: None,
+                opts: draft.options(),
+            }),
+            (None, false) => None,
+        };
         Ok(ferrite::assistant::ServeOptions {
             lora,
             model: m.model.clone().or(self.board.default_model.clone()),
@@ -252,6 +302,7 @@ impl Ctx {
             max_line_bytes: 1 << 20,
             board: self.board.clone(),
             sys_root: ferrite::assistant::default_sys_root(),
+            draft,
         })
     }
 

@@ -411,12 +411,8 @@ impl<'m, 's> Batcher<'m, 's> {
         if run.n_gen == 0 {
             run.prompt_ms = run.t0.elapsed().as_secs_f64() * 1e3;
         }
-        let picked = match &run.params.grammar {
-            Some(g) => super::grammar::sample_guarded(&mut run.sampler, ctx, idx, g)
-                .map_err(LlmError::from),
-            None => Ok(run.sampler.sample(ctx, idx)),
-        };
-        let tok = match picked {
+        let picked = super::grammar::pick(&mut run.sampler, ctx, idx, run.params.grammar.as_ref());
+        let tok = match picked.map_err(LlmError::from) {
             Ok(t) => t,
             Err(e) => return self.finish(i, Err(e)),
         };
@@ -486,6 +482,7 @@ impl<'m, 's> Batcher<'m, 's> {
                     ctx_used: slot.cached.len(),
                     ctx_tokens: n_ctx,
                     load_ms,
+                    ..GenStats::default()
                 },
             }
         });

@@ -269,6 +269,25 @@ impl Grammar {
     }
 }
 
+/// The next token from the logits at batch index `idx`: the sampler chain
+/// picks it and accepts it (so its penalties and grammar move on), the
+/// guarded way when a grammar is set (`sample_guarded`). Every generation
+/// loop (a session's, the batcher's, the speculative check) picks here.
+///
+/// # Errors
+/// `GrammarError::DeadEnd` when the grammar allows no token.
+pub(crate) fn pick(
+    sampler: &mut LlamaSampler,
+    ctx: &LlamaContext<'_>,
+    idx: i32,
+    grammar: Option<&Grammar>,
+) -> Result<LlamaToken, GrammarError> {
+    match grammar {
+        Some(g) => sample_guarded(sampler, ctx, idx, g),
+        None => Ok(sampler.sample(ctx, idx)),
+    }
+}
+
 /// One token under a grammar, without letting llama.cpp abort: the chain
 /// (grammar in front) is applied to the candidates, and a pick the grammar
 /// masked (logit -inf: no token fits, so greedy or the draw fell on a

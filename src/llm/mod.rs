@@ -21,6 +21,7 @@ mod params;
 mod perplexity;
 mod score;
 mod session;
+mod speculative;
 mod stats;
 mod text;
 
@@ -40,6 +41,9 @@ pub use params::GenParams;
 pub use perplexity::{perplexity, PerplexityResult};
 pub use score::{score_answer, TokenScore};
 pub use session::{Session, SessionOptions};
+pub use speculative::{
+    check_vocab, lookup, DraftModel, DraftOptions, Drafter, LOOKUP_NGRAM_MAX, MAX_DRAFT,
+};
 pub use stats::{Finish, GenStats, Reply};
 pub use text::{StopMatcher, Utf8Stream};
 

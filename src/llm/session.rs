@@ -20,6 +20,7 @@ use llama_cpp_2::token::LlamaToken;
 use super::adapters::{ActiveAdapter, AdapterId};
 use super::chat::{Message, Role};
 use super::logprobs::Probe;
+use super::speculative::{DraftCount, DraftOptions, Drafter};
 use super::stats::{Finish, GenStats, Reply};
 use super::text::TextOut;
 use super::{beam, default_threads, Engine, GenParams, LlmError};
@@ -63,6 +64,8 @@ pub struct Session<'m> {
     history: Vec<Message>,
     last: Option<GenStats>,
     pub(crate) adapter: Option<ActiveAdapter>,
+    /// Speculative decoding, when set (`set_draft`).
+    draft: Option<Speculation<'m>>,
 }
 
 /// Context parameters for `opts`. Beam search keeps two generations of beams
@@ -134,7 +137,29 @@ impl<'m> Session<'m> {
             history: Vec::new(),
             last: None,
             adapter: None,
+            draft: None,
         })
+    }
+
+    /// Decode speculatively with `drafter` (or stop): greedy answers stay
+    /// token for token what they are without it (see `speculative`).
+    ///
+    /// # Errors
+    /// `LlmError::Param` for options out of range.
+    pub fn set_draft(
+        &mut self,
+        draft: Option<(Drafter<'m>, DraftOptions)>,
+    ) -> Result<(), LlmError> {
+        if let Some((_, o)) = &draft {
+            o.validate()?;
+        }
+        self.draft = draft.map(|(drafter, opts)| Speculation { drafter, opts });
+        Ok(())
+    }
+
+    /// The drafter in use, as `--stats` names it.
+    pub fn draft_name(&self) -> Option<String> {
+        self.draft.as_ref().map(|s| s.drafter.describe())
     }
 
     pub fn engine(&self) -> &'m Engine {
@@ -371,7 +396,12 @@ impl<'m> Session<'m> {
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t_gen = Instant::now();
         let mut out = Output::new(&params.stop, sink);
-        let (n_gen, finish, ttft_ms) = if params.beams >= 1 {
+        let Decoded {
+            n_gen,
+            finish,
+            ttft_ms,
+            draft,
+        } = if params.beams >= 1 {
             if params.beams > self.opts.max_beams {
                 return Err(LlmError::Param(format!(
                     "this session was set up for at most {} beams",
@@ -402,7 +432,12 @@ impl<'m> Session<'m> {
                     }
                 }
             }
-            (toks.len(), finish, ttft_ms)
+            Decoded {
+                n_gen: toks.len(),
+                finish,
+                ttft_ms,
+                draft: DraftCount::default(),
+            }
         } else {
             self.sample_loop(params, logits_idx, (&mut out, probe), t0)?
         };
@@ -422,6 +457,8 @@ impl<'m> Session<'m> {
             ctx_used: self.cached.len(),
             ctx_tokens: self.n_ctx(),
             load_ms: self.engine.load_ms(),
+            draft_tokens: draft.drafted,
+            draft_accepted: draft.accepted,
         };
         tracing::debug!(%stats, ?finish, "answer done");
         self.last = Some(stats.clone());
@@ -435,58 +472,153 @@ impl<'m> Session<'m> {
     fn sample_loop(
         &mut self,
         params: &GenParams,
-        mut logits_idx: i32,
+        logits_idx: i32,
+        (out, probe): (&mut Output<'_>, Option<Probe<'_>>),
+        t0: Instant,
+    ) -> Result<Decoded, LlmError> {
+        // The penalties look at the prompt too, as in llama-cli.
+        let mut sampler = params.sampler(&self.engine.model, self.n_ctx(), &self.cached)?;
+        let mut draft = self.draft.take();
+        let r = self.decode_loop(
+            params,
+            logits_idx,
+            &mut sampler,
+            (out, probe),
+            t0,
+            draft.as_mut(),
+        );
+        self.draft = draft;
+        // Draft tokens the target did not keep leave its cache.
+        if r.as_ref().is_ok_and(|d| d.draft.drafted > 0) {
+            self.ctx
+                .kv_cache_seq_rm(0, Some(self.cached.len() as u32), None)?;
+        }
+        r
+    }
+
+    /// Pick, show and decode token by token; with a drafter, each decode
+    /// also evaluates the draft's guesses for the tokens after, and a pick
+    /// that equals the next guess is already in the cache (see
+    /// `speculative`). Either way every token is the sampler's pick from
+    /// the target's logits at its position.
+    fn decode_loop(
+        &mut self,
+        params: &GenParams,
+        mut idx: i32,
+        sampler: &mut llama_cpp_2::sampling::LlamaSampler,
         (out, mut probe): (&mut Output<'_>, Option<Probe<'_>>),
         t0: Instant,
-    ) -> Result<(usize, Finish, f64), LlmError> {
-        let model = &self.engine.model;
-        let vocab = model.vocab();
-        // The penalties look at the prompt too, as in llama-cli.
-        let mut sampler = params.sampler(model, self.n_ctx(), &self.cached)?;
+        mut spec: Option<&mut Speculation<'m>>,
+    ) -> Result<Decoded, LlmError> {
         let n_ctx = self.n_ctx() as usize;
-        let mut batch = LlamaBatch::new(1, 1);
-        let mut n_gen = 0usize;
-        let mut ttft_ms = 0.0;
+        let mut batch = LlamaBatch::new(spec.as_ref().map_or(1, |s| s.opts.max + 1), 1);
+        // Guesses evaluated after the last kept token, in order.
+        let mut pending = std::collections::VecDeque::new();
+        let mut d = Decoded::default();
         let _span = tracing::debug_span!("decode").entered();
-        let finish = loop {
-            if params.n_predict.is_some_and(|n| n_gen >= n) {
+        d.finish = loop {
+            if params.n_predict.is_some_and(|n| d.n_gen >= n) {
                 break Finish::Length;
             }
-            // `sample` also accepts the token into the chain; under a
-            // grammar, the guarded way (see `sample_guarded`).
-            let tok = match &params.grammar {
-                Some(g) => super::grammar::sample_guarded(&mut sampler, &self.ctx, logits_idx, g)?,
-                None => sampler.sample(&self.ctx, logits_idx),
-            };
-            if n_gen == 0 {
-                ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let tok = super::grammar::pick(sampler, &self.ctx, idx, params.grammar.as_ref())?;
+            if d.n_gen == 0 {
+                d.ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
             }
-            if vocab.is_eog(tok) {
-                break Finish::EndOfGeneration;
-            }
-            n_gen += 1;
-            if let (Some(k), Some(probe)) = (params.logprobs, probe.as_mut()) {
-                let logits = self.ctx.get_logits_ith(logits_idx);
-                probe(super::logprobs::of(model, logits, tok, k));
-            }
-            match out.token(model, tok) {
-                Step::Go => {}
-                Step::Stop => break Finish::StopString,
-                Step::Cancel => break Finish::Cancelled,
+            if let Some(f) = self.emit(tok, idx, params, out, &mut probe, &mut d.n_gen) {
+                break f;
             }
             if self.cached.len() + 1 >= n_ctx {
                 break Finish::ContextFull;
             }
+            if pending.front() == Some(&tok) {
+                // Guessed right: in the cache already, the next logits out.
+                pending.pop_front();
+                self.cached.push(tok);
+                d.draft.accepted += 1;
+                idx += 1;
+                continue;
+            }
+            if !pending.is_empty() {
+                self.ctx
+                    .kv_cache_seq_rm(0, Some(self.cached.len() as u32), None)?;
+                pending.clear();
+            }
+            let guesses = match spec.as_deref_mut() {
+                Some(s) => {
+                    let room = n_ctx.saturating_sub(self.cached.len() + 2);
+                    let left = params.n_predict.map_or(usize::MAX, |n| n - d.n_gen);
+                    self.cached.push(tok);
+                    let g = s
+                        .drafter
+                        .draft(&self.cached, s.opts.max.min(room).min(left), &s.opts);
+                    self.cached.pop();
+                    Some(g?)
+                        .filter(|g| g.len() >= s.opts.min.max(1))
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            let pos = self.cached.len();
             batch.clear();
-            batch
-                .add(tok, self.cached.len() as i32, &[0], true)
-                .map_err(LlmError::from)?;
+            for (j, &t) in std::iter::once(&tok).chain(&guesses).enumerate() {
+                batch
+                    .add(t, (pos + j) as i32, &[0], true)
+                    .map_err(LlmError::from)?;
+            }
             self.ctx.decode(&mut batch).map_err(LlmError::from)?;
             self.cached.push(tok);
-            logits_idx = 0;
+            d.draft.drafted += guesses.len();
+            pending.extend(guesses);
+            idx = 0;
         };
-        Ok((n_gen, finish, ttft_ms))
+        Ok(d)
     }
+
+    /// A picked token's way out: end of generation, its log probability,
+    /// its text. `Some` ends the answer.
+    fn emit(
+        &self,
+        tok: LlamaToken,
+        idx: i32,
+        params: &GenParams,
+        out: &mut Output<'_>,
+        probe: &mut Option<Probe<'_>>,
+        n_gen: &mut usize,
+    ) -> Option<Finish> {
+        let model = &self.engine.model;
+        if model.vocab().is_eog(tok) {
+            return Some(Finish::EndOfGeneration);
+        }
+        *n_gen += 1;
+        if let (Some(k), Some(probe)) = (params.logprobs, probe.as_mut()) {
+            probe(super::logprobs::of(
+                model,
+                self.ctx.get_logits_ith(idx),
+                tok,
+                k,
+            ));
+        }
+        match out.token(model, tok) {
+            Step::Go => None,
+            Step::Stop => Some(Finish::StopString),
+            Step::Cancel => Some(Finish::Cancelled),
+        }
+    }
+}
+
+/// What one decode loop did.
+#[derive(Default)]
+struct Decoded {
+    n_gen: usize,
+    finish: Finish,
+    ttft_ms: f64,
+    draft: DraftCount,
+}
+
+/// A session's drafter and its limits.
+pub(crate) struct Speculation<'m> {
+    pub(crate) drafter: Drafter<'m>,
+    pub(crate) opts: DraftOptions,
 }
 
 enum Step {

@@ -4,10 +4,11 @@
 use serde::Serialize;
 
 /// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Finish {
     /// The model produced an end-of-generation token.
+    #[default]
     EndOfGeneration,
     /// A user stop string appeared.
     StopString,
@@ -35,6 +36,10 @@ pub struct GenStats {
     pub ctx_tokens: u32,
     /// How long the model took to load (the engine's figure).
     pub load_ms: f64,
+    /// Speculative decoding: tokens the drafter proposed, and how many of
+    /// them the target kept (0 and 0 without a drafter).
+    pub draft_tokens: usize,
+    pub draft_accepted: usize,
 }
 
 impl GenStats {
@@ -72,7 +77,17 @@ impl std::fmt::Display for GenStats {
             self.tokens_per_s(),
             self.ctx_used,
             self.ctx_tokens
-        )
+        )?;
+        if self.draft_tokens > 0 {
+            write!(
+                f,
+                " | draft {}/{} accepted ({:.0}%)",
+                self.draft_accepted,
+                self.draft_tokens,
+                100.0 * self.draft_accepted as f64 / self.draft_tokens as f64
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,178 @@
+//! Speculative decoding keeps the target's answers: greedy answers with a
+//! draft model or prompt lookup are the goldens (held the way that holds on
+//! any build: `common::check_golden`, since a batch of draft tokens rounds
+//! differently from one token at a time), a seeded sampled answer is the
+//! same text with and without drafts (the sampler draws once per token
+//! either way), multi-turn caches stay right, and a draft model with
+//! another vocabulary is refused.
+
+use std::ops::ControlFlow;
+
+use ferrite::llm::{
+    DraftModel, DraftOptions, Drafter, Engine, GenParams, LoadOptions, Reply, Session,
+    SessionOptions,
+};
+
+use crate::common::{self, check_golden, engine, golden, GOLDENS};
+
+fn opts() -> SessionOptions {
+    SessionOptions {
+        ctx_tokens: 1024,
+        threads: 2,
+        ..Default::default()
+    }
+}
+
+/// A session on the test model drafting with `how`: "model" (a second
+/// context on the same model: a drafter that is always right when greedy)
+/// or "lookup".
+fn session(how: Option<&str>) -> Session<'static> {
+    let e = engine();
+    let mut s = e.session(opts()).unwrap();
+    let drafter = match how {
+        Some("model") => Some(Drafter::Model(Box::new(
+            DraftModel::new(e, e, &opts()).unwrap(),
+        ))),
+        Some("lookup") => Some(Drafter::Lookup),
+        _ => None,
+    };
+    let o = DraftOptions {
+        p_min: 0.0,
+        ..Default::default()
+    };
+    s.set_draft(drafter.map(|d| (d, o))).unwrap();
+    s
+}
+
+fn ask(s: &mut Session<'_>, q: &str, p: &GenParams) -> Reply {
+    s.ask(q, p, &mut |_| ControlFlow::Continue(())).unwrap()
+}
+
+fn greedy(n: usize) -> GenParams {
+    GenParams {
+        n_predict: Some(n),
+        ..GenParams::greedy()
+    }
+}
+
+#[test]
+fn greedy_answers_with_drafts_are_the_goldens() {
+    for how in ["model", "lookup"] {
+        for name in GOLDENS {
+            let (inp, want) = golden(name);
+            let r = ask(&mut session(Some(how)), &inp, &greedy(48));
+            check_golden(&inp, &want, &r.text);
+            if how == "model" {
+                // The same model drafting greedily is right nearly always.
+                assert!(
+                    r.stats.draft_accepted * 10 >= r.stats.draft_tokens * 8,
+                    "{how} {name}: {}",
+                    r.stats
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lookup_drafts_pay_off_when_the_answer_repeats_the_prompt() {
+    let q = "Repeat this list exactly, once: red, green, blue, yellow, purple, orange, black, white, pink, brown.";
+    let plain = ask(&mut session(None), q, &greedy(40));
+    let spec = ask(&mut session(Some("lookup")), q, &greedy(40));
+    assert_eq!(plain.text, spec.text);
+    assert!(spec.stats.draft_accepted >= 5, "{}", spec.stats);
+    assert_eq!(plain.stats.draft_tokens, 0);
+}
+
+#[test]
+fn a_seeded_sampled_answer_is_the_same_with_and_without_drafts() {
+    let p = GenParams {
+        n_predict: Some(48),
+        temperature: 0.9,
+        seed: 7,
+        ..GenParams::default()
+    };
+    let q = "Write two sentences about a cat.";
+    let plain = ask(&mut session(None), q, &p);
+    for how in ["model", "lookup"] {
+        let spec = ask(&mut session(Some(how)), q, &p);
+        assert_eq!(plain.text, spec.text, "{how}");
+        if how == "model" {
+            // Sampling rejects some of the greedy draft's tokens.
+            assert!(
+                spec.stats.draft_tokens > spec.stats.draft_accepted,
+                "{}",
+                spec.stats
+            );
+        }
+    }
+}
+
+#[test]
+fn follow_up_turns_with_drafts_answer_as_without() {
+    let mut plain = session(None);
+    let mut spec = session(Some("model"));
+    for q in [
+        "What is the capital of Japan?",
+        "And of France?",
+        "Name three colours.",
+    ] {
+        let a = ask(&mut plain, q, &greedy(24));
+        let b = ask(&mut spec, q, &greedy(24));
+        assert_eq!(a.text, b.text, "{q}");
+        assert_eq!(a.stats.ctx_used, b.stats.ctx_used, "{q}: cache cells");
+    }
+}
+
+#[test]
+fn a_draft_model_with_another_vocabulary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Engine::load(
+        "tiny",
+        &common::write_tiny_llama(dir.path()),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let err = match DraftModel::new(engine(), &tiny, &opts()) {
+        Ok(_) => panic!("a 288-token vocabulary drafted for a 49152-token one"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("vocabularies differ"), "{err}");
+    let bad = DraftOptions {
+        max: 0,
+        ..Default::default()
+    };
+    let e = session(None)
+        .set_draft(Some((Drafter::Lookup, bad)))
+        .unwrap_err();
+    assert!(e.to_string().contains("--draft-max"), "{e}");
+}
+
+#[test]
+fn ask_takes_lookup_and_a_draft_model_and_reports_them() {
+    let home = tempfile::tempdir().unwrap();
+    let model = common::model_path().to_str().unwrap();
+    let q = "What is the capital of Japan?";
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "ask", "-m", model, "--temp", "0", "-n", "6", "-t", "2", "--stats",
+        ];
+        args.extend_from_slice(extra);
+        args.push(q);
+        let out = common::ferrite(home.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{extra:?}: {err}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), err)
+    };
+    let (plain, _) = run(&[]);
+    let (drafted, stats) = run(&["--draft", model, "--draft-max", "4"]);
+    assert_eq!(plain, drafted);
+    assert!(stats.contains("accepted"), "{stats}");
+    let (looked, _) = run(&["--lookup"]);
+    assert_eq!(plain, looked);
+    let out = common::ferrite(
+        home.path(),
+        &["ask", "-m", model, "--draft", model, "--lookup", q],
+    );
+    assert!(!out.status.success());
+}
