@@ -33,7 +33,7 @@ fn session(how: Option<&str>) -> Session<'static> {
         Some("model") => Some(Drafter::Model(Box::new(
             DraftModel::new(e, e, &opts()).unwrap(),
         ))),
-        Some("lookup") => Some(Drafter::Lookup),
+        Some("lookup") => Some(Drafter::lookup()),
         _ => None,
     };
     let o = DraftOptions {
@@ -143,7 +143,7 @@ fn a_draft_model_with_another_vocabulary_is_refused() {
         ..Default::default()
     };
     let e = session(None)
-        .set_draft(Some((Drafter::Lookup, bad)))
+        .set_draft(Some((Drafter::lookup(), bad)))
         .unwrap_err();
     assert!(e.to_string().contains("--draft-max"), "{e}");
 }
@@ -175,4 +175,30 @@ fn ask_takes_lookup_and_a_draft_model_and_reports_them() {
         &["ask", "-m", model, "--draft", model, "--lookup", q],
     );
     assert!(!out.status.success());
+}
+
+#[test]
+fn the_console_drafts_and_its_stats_say_so() {
+    let home = tempfile::tempdir().unwrap();
+    let m = common::model_path().to_str().unwrap();
+    for (mode, extra) in [("serve", &["--stdio"][..]), ("chat", &[][..])] {
+        let mut args = vec![mode];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-m", m, "-n", "6", "--temp", "0", "-t", "2", "--draft", m]);
+        let out = common::ferrite_with_input(
+            home.path(),
+            &args,
+            b"What is the capital of Japan?\n/stats\n",
+        );
+        let (said, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{mode}: {err}");
+        assert!(said.contains("Tokyo"), "{mode}: {said}");
+        assert!(
+            format!("{said}{err}").contains("accepted"),
+            "{mode}: /stats without the draft: {said} {err}"
+        );
+    }
 }

@@ -120,7 +120,7 @@ impl<'a, 'm> Core<'a, 'm> {
                 e,
                 &self.opts.session,
             )?)),
-            (None, None) => Drafter::Lookup,
+            (None, None) => Drafter::lookup(),
             (None, Some(_)) => return Ok(()),
         };
         self.session.set_draft(Some((drafter, setting.opts)))?;
@@ -384,6 +384,7 @@ impl<'a, 'm> Core<'a, 'm> {
             throttled: self.governor.is_throttled(),
             threads: self.session.threads(),
             adapter: self.session.adapter().map(|a| (a.name.clone(), a.scale)),
+            draft: self.session.draft_name(),
             output_dropped_bytes: None,
         }
     }

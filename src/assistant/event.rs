@@ -68,6 +68,9 @@ pub struct StatsReport {
     pub threads: i32,
     /// The LoRA adapter in use and its scale.
     pub adapter: Option<(String, f32)>,
+    /// The speculative drafter in use (`--draft`, `--lookup`); the last
+    /// answer's drafted and accepted tokens are in `last`.
+    pub draft: Option<String>,
     /// Output the link dropped for a terminal that stopped reading (the
     /// console fills this in; the core cannot see the link).
     pub output_dropped_bytes: Option<u64>,

@@ -89,6 +89,15 @@ pub fn stats_text(s: &StatsReport) -> String {
     if let Some((name, scale)) = &s.adapter {
         t.push_str(&format!("adapter: {name} at scale {scale}\n"));
     }
+    if let Some(d) = &s.draft {
+        let (drafted, accepted) = s
+            .last
+            .as_ref()
+            .map_or((0, 0), |st| (st.draft_tokens, st.draft_accepted));
+        t.push_str(&format!(
+            "speculative: {d}, last answer {accepted}/{drafted} draft tokens accepted\n"
+        ));
+    }
     let used = s.last.as_ref().map_or(0, |st| st.ctx_used);
     t.push_str(&format!(
         "context: {used}/{} tokens, {} turns\n",

@@ -180,7 +180,7 @@ impl Ctx {
     ) -> anyhow::Result<Option<(llm::Drafter<'m>, llm::DraftOptions)>> {
         let drafter = match draft {
             Some(e) => llm::Drafter::Model(Box::new(llm::DraftModel::new(target, e, sopts)?)),
-            None if d.lookup => llm::Drafter::Lookup,
+            None if d.lookup => llm::Drafter::lookup(),
             None => return Ok(None),
         };
         Ok(Some((drafter, d.options())))

@@ -11,7 +11,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use serde::Serialize;
 
-use super::session::{context_params, SessionOptions};
+use super::context::{context_params, SessionOptions};
 use super::{Engine, LlmError};
 
 #[derive(Debug, Clone)]

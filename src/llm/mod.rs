@@ -13,6 +13,7 @@ mod batch;
 mod beam;
 mod bench;
 mod chat;
+mod context;
 mod embed;
 mod engine;
 mod grammar;
@@ -33,6 +34,7 @@ pub use adapters::{parse_adapter_spec, ActiveAdapter, AdapterId};
 pub use batch::{BatchSink, Batcher, NotStarted, Out, Request};
 pub use bench::{run_bench, BenchOptions, BenchResult};
 pub use chat::{render_template, Message, Role, TemplateKind};
+pub use context::SessionOptions;
 pub use embed::{unit, Embeddings, MAX_EMBED_INPUTS};
 pub use engine::{Engine, LoadOptions};
 pub use grammar::{Grammar, GrammarError, MAX_GRAMMAR_BYTES};
@@ -40,7 +42,7 @@ pub use logprobs::{Probe, TokenLogprob, TokenText, MAX_TOP_LOGPROBS};
 pub use params::GenParams;
 pub use perplexity::{perplexity, PerplexityResult};
 pub use score::{score_answer, TokenScore};
-pub use session::{Session, SessionOptions};
+pub use session::Session;
 pub use speculative::{
     check_vocab, lookup, DraftModel, DraftOptions, Drafter, LOOKUP_NGRAM_MAX, MAX_DRAFT,
 };

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use llama_cpp_2::llama_batch::LlamaBatch;
 
-use super::session::{context_params, SessionOptions};
+use super::context::{context_params, SessionOptions};
 use super::{Engine, LlmError};
 
 #[derive(Debug, Clone, serde::Serialize)]

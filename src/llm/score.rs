@@ -14,7 +14,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use super::chat::Message;
-use super::session::{context_params, SessionOptions};
+use super::context::{context_params, SessionOptions};
 use super::{Engine, LlmError};
 
 /// One answer position under teacher forcing. Logits are llama.cpp's raw

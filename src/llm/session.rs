@@ -8,46 +8,21 @@
 //! long-running console never fails on length and re-evaluates the
 //! conversation only once per half window.
 
-use std::num::NonZeroU32;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use super::adapters::{ActiveAdapter, AdapterId};
 use super::chat::{Message, Role};
+use super::context::{context_params, SessionOptions};
 use super::logprobs::Probe;
 use super::speculative::{DraftCount, DraftOptions, Drafter};
 use super::stats::{Finish, GenStats, Reply};
 use super::text::TextOut;
-use super::{beam, default_threads, Engine, GenParams, LlmError};
-
-/// How a session's context is set up.
-#[derive(Debug, Clone)]
-pub struct SessionOptions {
-    /// Context window in tokens (`-c`).
-    pub ctx_tokens: u32,
-    /// CPU threads for generation and prompt processing (`-t`).
-    pub threads: i32,
-    /// Tokens evaluated per llama.cpp decode call during prompt processing.
-    pub batch_tokens: u32,
-    /// The widest beam search this session will run (0: none).
-    pub max_beams: usize,
-}
-
-impl Default for SessionOptions {
-    fn default() -> Self {
-        SessionOptions {
-            ctx_tokens: 2048,
-            threads: default_threads(),
-            batch_tokens: 512,
-            max_beams: 0,
-        }
-    }
-}
+use super::{beam, Engine, GenParams, LlmError};
 
 /// Where the text of an answer goes, piece by piece. Called once per
 /// generated token (with an empty string when the token completed no
@@ -66,20 +41,6 @@ pub struct Session<'m> {
     pub(crate) adapter: Option<ActiveAdapter>,
     /// Speculative decoding, when set (`set_draft`).
     draft: Option<Speculation<'m>>,
-}
-
-/// Context parameters for `opts`. Beam search keeps two generations of beams
-/// alive while copying, so it needs 2 × the widest beam sequences.
-pub(crate) fn context_params(opts: &SessionOptions) -> LlamaContextParams {
-    let n_seq = (2 * opts.max_beams).max(1) as u32;
-    LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(opts.ctx_tokens))
-        .with_n_batch(opts.batch_tokens)
-        .with_n_ubatch(opts.batch_tokens)
-        .with_n_threads(opts.threads)
-        .with_n_threads_batch(opts.threads)
-        .with_n_seq_max(n_seq)
-        .with_kv_unified(n_seq > 1)
 }
 
 impl<'m> Session<'m> {
@@ -402,42 +363,7 @@ impl<'m> Session<'m> {
             ttft_ms,
             draft,
         } = if params.beams >= 1 {
-            if params.beams > self.opts.max_beams {
-                return Err(LlmError::Param(format!(
-                    "this session was set up for at most {} beams",
-                    self.opts.max_beams
-                )));
-            }
-            let _span = tracing::debug_span!("beam", width = params.beams).entered();
-            let (toks, finish) = beam::search(
-                &mut self.ctx,
-                &self.engine.model,
-                tokens.len(),
-                logits_idx,
-                params,
-            )?;
-            self.cached.truncate(tokens.len());
-            let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
-            let mut finish = finish;
-            for &t in &toks {
-                match out.token(&self.engine.model, t) {
-                    Step::Go => {}
-                    Step::Stop => {
-                        finish = Finish::StopString;
-                        break;
-                    }
-                    Step::Cancel => {
-                        finish = Finish::Cancelled;
-                        break;
-                    }
-                }
-            }
-            Decoded {
-                n_gen: toks.len(),
-                finish,
-                ttft_ms,
-                draft: DraftCount::default(),
-            }
+            self.beam_loop(tokens.len(), params, logits_idx, &mut out, t0)?
         } else {
             self.sample_loop(params, logits_idx, (&mut out, probe), t0)?
         };
@@ -466,6 +392,54 @@ impl<'m> Session<'m> {
             text: out.text.text,
             finish,
             stats,
+        })
+    }
+
+    /// Beam search (`params.beams` ≥ 1) from the prompt's last logits, the
+    /// best beam's text shown once it is known.
+    fn beam_loop(
+        &mut self,
+        n_prompt: usize,
+        params: &GenParams,
+        logits_idx: i32,
+        out: &mut Output<'_>,
+        t0: Instant,
+    ) -> Result<Decoded, LlmError> {
+        if params.beams > self.opts.max_beams {
+            return Err(LlmError::Param(format!(
+                "this session was set up for at most {} beams",
+                self.opts.max_beams
+            )));
+        }
+        let _span = tracing::debug_span!("beam", width = params.beams).entered();
+        let (toks, finish) = beam::search(
+            &mut self.ctx,
+            &self.engine.model,
+            n_prompt,
+            logits_idx,
+            params,
+        )?;
+        self.cached.truncate(n_prompt);
+        let ttft_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut finish = finish;
+        for &t in &toks {
+            match out.token(&self.engine.model, t) {
+                Step::Go => {}
+                Step::Stop => {
+                    finish = Finish::StopString;
+                    break;
+                }
+                Step::Cancel => {
+                    finish = Finish::Cancelled;
+                    break;
+                }
+            }
+        }
+        Ok(Decoded {
+            n_gen: toks.len(),
+            finish,
+            ttft_ms,
+            draft: DraftCount::default(),
         })
     }
 
@@ -515,6 +489,8 @@ impl<'m> Session<'m> {
         // Guesses evaluated after the last kept token, in order.
         let mut pending = std::collections::VecDeque::new();
         let mut d = Decoded::default();
+        // The last proposal: its length, and the accepted count before it.
+        let mut round = (0, 0);
         let _span = tracing::debug_span!("decode").entered();
         d.finish = loop {
             if params.n_predict.is_some_and(|n| d.n_gen >= n) {
@@ -545,6 +521,8 @@ impl<'m> Session<'m> {
             }
             let guesses = match spec.as_deref_mut() {
                 Some(s) => {
+                    s.drafter
+                        .observe(round.0, d.draft.accepted - round.1, &s.opts);
                     let room = n_ctx.saturating_sub(self.cached.len() + 2);
                     let left = params.n_predict.map_or(usize::MAX, |n| n - d.n_gen);
                     self.cached.push(tok);
@@ -567,6 +545,7 @@ impl<'m> Session<'m> {
             }
             self.ctx.decode(&mut batch).map_err(LlmError::from)?;
             self.cached.push(tok);
+            round = (guesses.len(), d.draft.accepted);
             d.draft.drafted += guesses.len();
             pending.extend(guesses);
             idx = 0;
