@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Build llama.cpp's own `llama-server`, the reference for the HTTP API bench
-# (benches/http-vs-llama-server.py).
+# (benches/http-vs-llama-server.py), and from the same tree its
+# `llama-speculative-simple` (draft-model speculative decoding) and
+# `llama-lookup` (n-gram lookup), the references for benches/speculative.sh.
 #
 # llama-cpp-sys-2 vendors llama.cpp without tools/server, and the server of
 # the nearest llama-cpp-python source package (0.3.36) does not compile
@@ -33,9 +35,10 @@ for f in index.html manifest.webmanifest sw.js build.json version.json bundle.js
   [ -f "$dist/$f" ] || echo '{}' > "$dist/$f"
 done
 cmake -S "$tree" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
   -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_UI_GZIP=OFF \
   -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=ON -DGGML_NATIVE=ON >/dev/null
-cmake --build "$work/build" --target llama-server -j "$(nproc)"
-cp "$work/build/bin/llama-server" "$out/"
-echo "built: $out/llama-server (llama.cpp from llama-cpp-python $version)"
+tools=(llama-server llama-speculative-simple llama-lookup llama-bench)
+cmake --build "$work/build" --target "${tools[@]}" -j "$(nproc)"
+for t in "${tools[@]}"; do cp "$work/build/bin/$t" "$out/"; done
+echo "built: ${tools[*]} in $out (llama.cpp from llama-cpp-python $version)"

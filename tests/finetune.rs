@@ -44,7 +44,7 @@ fn llama_logits_of(
             ctx_tokens: 1024,
             threads: 2,
             batch_tokens: 512,
-            max_beams: 0,
+            ..Default::default()
         })
         .unwrap();
     s.set_adapter(id.map(|i| (i, scale))).unwrap();

@@ -13,6 +13,7 @@ mod gguf_files;
 mod http;
 mod long_speech;
 mod pull;
+mod qwen;
 mod reports;
 mod resample;
 mod serial;

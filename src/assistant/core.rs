@@ -403,6 +403,7 @@ pub(crate) fn check_switchable(
         &gguf,
         opts.session.ctx_tokens,
         opts.session.batch_tokens,
+        opts.session.kv,
         &opts.sys_root,
     )?;
     Ok(gguf)

@@ -6,6 +6,8 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 use super::{Board, BoardError};
 use crate::gguf::GgufFile;
 
@@ -25,8 +27,62 @@ impl MemoryEstimate {
     }
 }
 
-/// KV cache bytes per token of context (f16 K and V in every layer).
-fn kv_bytes_per_token(g: &GgufFile) -> u64 {
+/// The element type of the KV cache, as llama.cpp names it (`-ctk`/`-ctv`,
+/// `--cache-type-k`/`--cache-type-v`): f16 (llama.cpp's default), or ggml's
+/// 8-bit and 4-bit block quantizations, which hold a context in 53% or 28%
+/// of the bytes (34 and 18 bytes per block of 32, ggml's `type_traits`).
+/// A quantized V cache needs flash attention (llama.cpp's rule), which
+/// ferrite then turns on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvType {
+    #[default]
+    F16,
+    Q8_0,
+    Q4_0,
+}
+
+impl KvType {
+    pub const ALL: [KvType; 3] = [KvType::F16, KvType::Q8_0, KvType::Q4_0];
+
+    /// Bytes for `n` elements (`n` a multiple of the block, as head
+    /// dimensions are).
+    pub fn bytes(self, n: u64) -> u64 {
+        match self {
+            KvType::F16 => 2 * n,
+            KvType::Q8_0 => n.div_ceil(32) * 34,
+            KvType::Q4_0 => n.div_ceil(32) * 18,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F16 => "f16",
+            KvType::Q8_0 => "q8_0",
+            KvType::Q4_0 => "q4_0",
+        }
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        KvType::ALL
+            .into_iter()
+            .find(|t| t.name() == s)
+            .ok_or_else(|| format!("unknown KV cache type `{s}`: use f16, q8_0 or q4_0"))
+    }
+}
+
+impl std::fmt::Display for KvType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// KV cache bytes per token of context: K and V of every layer, each of
+/// its cache type.
+pub fn kv_bytes_per_token(g: &GgufFile, (k, v): (KvType, KvType)) -> u64 {
     let arch = g.architecture().unwrap_or("llama");
     let get = |k: &str| g.get_u64(&format!("{arch}.{k}"));
     let n_layer = get("block_count").unwrap_or(0);
@@ -35,14 +91,19 @@ fn kv_bytes_per_token(g: &GgufFile) -> u64 {
     let n_head_kv = get("attention.head_count_kv").unwrap_or(n_head);
     let k_dim = get("attention.key_length").unwrap_or(n_embd / n_head);
     let v_dim = get("attention.value_length").unwrap_or(n_embd / n_head);
-    n_layer * n_head_kv * (k_dim + v_dim) * 2
+    n_layer * n_head_kv * (k.bytes(k_dim) + v.bytes(v_dim))
 }
 
 /// The estimate for `ctx_tokens` of context with `ubatch` tokens per step.
 /// The compute term is an upper bound of llama.cpp's CPU compute buffer for
 /// a llama-style graph: activations of one micro-batch plus its attention
 /// scores and the logits.
-pub fn estimate(g: &GgufFile, ctx_tokens: u32, ubatch: u32) -> MemoryEstimate {
+pub fn estimate(
+    g: &GgufFile,
+    ctx_tokens: u32,
+    ubatch: u32,
+    kv: (KvType, KvType),
+) -> MemoryEstimate {
     let arch = g.architecture().unwrap_or("llama");
     let get = |k: &str| g.get_u64(&format!("{arch}.{k}")).unwrap_or(0);
     let n_embd = get("embedding_length");
@@ -57,7 +118,7 @@ pub fn estimate(g: &GgufFile, ctx_tokens: u32, ubatch: u32) -> MemoryEstimate {
     let compute = 4 * ub * (4 * n_embd + 2 * n_ff + n_head * ctx + n_vocab);
     MemoryEstimate {
         model_bytes: g.tensors.iter().map(|t| t.nbytes).sum(),
-        kv_bytes: kv_bytes_per_token(g) * ctx,
+        kv_bytes: kv_bytes_per_token(g, kv) * ctx,
         compute_bytes: compute,
     }
 }
@@ -87,9 +148,10 @@ pub fn check_fits(
     g: &GgufFile,
     ctx_tokens: u32,
     ubatch: u32,
+    kv: (KvType, KvType),
     root: &Path,
 ) -> Result<MemoryEstimate, BoardError> {
-    let est = estimate(g, ctx_tokens, ubatch);
+    let est = estimate(g, ctx_tokens, ubatch, kv);
     let budget = (board.memory_budget_mb > 0).then(|| board.memory_budget_mb * MIB);
     let avail = available_bytes(root);
     let (limit, why) = match (budget, avail) {
@@ -112,7 +174,7 @@ pub fn check_fits(
     let mut best = 0;
     let mut c = 256;
     while c < ctx_tokens {
-        if estimate(g, c, ubatch).total() <= limit {
+        if estimate(g, c, ubatch, kv).total() <= limit {
             best = c;
         }
         c += 256;
@@ -138,6 +200,8 @@ pub fn check_fits(
 mod tests {
     use super::*;
     use crate::gguf::{GgufWriter, Value};
+
+    const F16: (KvType, KvType) = (KvType::F16, KvType::F16);
 
     /// A llama-shaped header (8 layers, 256 wide, 4 KV heads of 64) with one
     /// 1 MiB tensor standing in for the weights.
@@ -171,10 +235,20 @@ mod tests {
     fn kv_cache_follows_the_header() {
         let d = tempfile::tempdir().unwrap();
         let g = model(d.path());
-        let e = estimate(&g, 1024, 512);
+        let e = estimate(&g, 1024, 512, F16);
         // 8 layers × 4 heads × (64 + 64) × 2 bytes × 1024 tokens
         assert_eq!(e.kv_bytes, 8 * 4 * 128 * 2 * 1024);
         assert_eq!(e.model_bytes, 1 << 20);
+        // q8_0: 34 bytes per 32; q4_0 V beside f16 K: 18 per 32.
+        let q8 = estimate(&g, 1024, 512, (KvType::Q8_0, KvType::Q8_0));
+        assert_eq!(q8.kv_bytes, 8 * 4 * (2 * 34 * 2) * 1024);
+        let mixed = estimate(&g, 1024, 512, (KvType::F16, KvType::Q4_0));
+        assert_eq!(mixed.kv_bytes, 8 * 4 * (64 * 2 + 2 * 18) * 1024);
+        assert_eq!("q4_0".parse::<KvType>(), Ok(KvType::Q4_0));
+        assert!("q5_1"
+            .parse::<KvType>()
+            .unwrap_err()
+            .contains("f16, q8_0 or q4_0"));
     }
 
     #[test]
@@ -186,8 +260,8 @@ mod tests {
             ..Board::default()
         };
         meminfo(d.path(), 8192);
-        assert!(check_fits(&board, &g, 2048, 512, d.path()).is_ok());
-        let e = check_fits(&board, &g, 1 << 20, 512, d.path())
+        assert!(check_fits(&board, &g, 2048, 512, F16, d.path()).is_ok());
+        let e = check_fits(&board, &g, 1 << 20, 512, F16, d.path())
             .unwrap_err()
             .to_string();
         assert!(
@@ -196,12 +270,12 @@ mod tests {
         );
         // Less available than the budget: the kernel's figure wins.
         meminfo(d.path(), 16);
-        let e = check_fits(&board, &g, 16384, 512, d.path())
+        let e = check_fits(&board, &g, 16384, 512, F16, d.path())
             .unwrap_err()
             .to_string();
         assert!(e.contains("available memory"), "{e}");
         let fit: u32 = e.rsplit("-c ").next().unwrap().parse().unwrap();
-        assert!(check_fits(&board, &g, fit, 512, d.path()).is_ok());
-        assert!(check_fits(&board, &g, fit + 256, 512, d.path()).is_err());
+        assert!(check_fits(&board, &g, fit, 512, F16, d.path()).is_ok());
+        assert!(check_fits(&board, &g, fit + 256, 512, F16, d.path()).is_err());
     }
 }

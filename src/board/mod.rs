@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 
 pub use detect::detect;
 pub(crate) use memory::proc_kib_field;
-pub use memory::{available_bytes, check_fits, estimate, MemoryEstimate};
+pub use memory::{
+    available_bytes, check_fits, estimate, kv_bytes_per_token, KvType, MemoryEstimate,
+};
 pub use thermal::{firmware_throttled, first_zone_c, Governor};
 
 /// Serial parity (the console's UART settings live in the profile).
@@ -100,6 +102,9 @@ pub struct Board {
     /// CPU threads; 0 = all online cores.
     pub threads: u32,
     pub ctx_tokens: u32,
+    /// The KV cache's element type, K and V (`-ctk`/`-ctv` override it):
+    /// q8_0 holds a context in about half the memory of f16.
+    pub kv_type: KvType,
     pub gpu_layers: u32,
     /// MiB for model + KV cache + compute buffers; 0 = only what is free.
     pub memory_budget_mb: u64,
@@ -136,6 +141,7 @@ impl Default for Board {
             arm_arch: None,
             threads: 0,
             ctx_tokens: 2048,
+            kv_type: KvType::F16,
             gpu_layers: 0,
             memory_budget_mb: 0,
             default_model: None,

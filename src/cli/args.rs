@@ -227,6 +227,12 @@ pub(crate) struct BenchArgs {
     /// Print llama-bench's JSON (a list of objects) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// KV cache type for K (llama-bench's -ctk): f16, q8_0 or q4_0.
+    #[arg(long = "cache-type-k", visible_alias = "ctk", value_name = "TYPE")]
+    pub(crate) cache_type_k: Option<ferrite::board::KvType>,
+    /// KV cache type for V (llama-bench's -ctv).
+    #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
+    pub(crate) cache_type_v: Option<ferrite::board::KvType>,
 }
 
 #[derive(Args)]
@@ -559,6 +565,13 @@ pub(crate) struct ModelArgs {
     /// Layers to offload to the GPU (CUDA builds).
     #[arg(long = "n-gpu-layers", visible_alias = "ngl")]
     pub(crate) gpu_layers: Option<u32>,
+    /// KV cache type for K: f16, q8_0 (about half the memory) or q4_0
+    /// (default: the board's `kv_type`, else f16).
+    #[arg(long = "cache-type-k", visible_alias = "ctk", value_name = "TYPE")]
+    pub(crate) cache_type_k: Option<ferrite::board::KvType>,
+    /// KV cache type for V, as for K; a quantized V turns flash attention on.
+    #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
+    pub(crate) cache_type_v: Option<ferrite::board::KvType>,
 }
 
 #[derive(Args, Clone)]

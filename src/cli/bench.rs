@@ -13,6 +13,8 @@ pub(crate) fn run(ctx: &Ctx, a: BenchArgs, out: &mut Out) -> anyhow::Result<()> 
         threads: a.threads,
         ctx_size: None,
         gpu_layers: None,
+        cache_type_k: a.cache_type_k,
+        cache_type_v: a.cache_type_v,
     };
     let engine = ctx.load(&margs)?;
     let opts = llm::BenchOptions {
@@ -22,6 +24,7 @@ pub(crate) fn run(ctx: &Ctx, a: BenchArgs, out: &mut Out) -> anyhow::Result<()> 
         reps: a.reps as usize,
         n_batch: a.n_batch,
         n_ubatch: a.n_ubatch.min(a.n_batch),
+        kv: ctx.session_opts(&margs, 0).kv,
     };
     let pb = indicatif::ProgressBar::new_spinner();
     let results = llm::run_bench(&engine, &opts, &mut |m| pb.set_message(m.to_string()))?;

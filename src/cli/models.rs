@@ -221,6 +221,13 @@ fn gguf_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
     }
     writeln!(out, "path:           {}", path.display())?;
     writeln!(out, "{s}")?;
+    // What a context costs, per cache type (-ctk/-ctv, the board's kv_type).
+    use ferrite::board::{kv_bytes_per_token, KvType};
+    let per = |t: KvType| format!("{} {} B", t, kv_bytes_per_token(&g, (t, t)));
+    if kv_bytes_per_token(&g, (KvType::F16, KvType::F16)) > 0 {
+        let all: Vec<String> = KvType::ALL.into_iter().map(per).collect();
+        writeln!(out, "KV per token:   {}", all.join(", "))?;
+    }
     match g.check_model() {
         Ok(()) => writeln!(out, "loadable:       yes")?,
         Err(e) => writeln!(out, "loadable:       no: {}", ferrite::report(&e))?,

@@ -15,7 +15,7 @@ pub(crate) fn run(ctx: &Ctx, a: PerplexityArgs, out: &mut Out) -> anyhow::Result
     let opts = ctx.session_opts(&a.model, 0);
     let n_ctx = a.model.ctx_size.unwrap_or(512);
     let mut write_err = None;
-    let r = llm::perplexity(&engine, &text, n_ctx, opts.threads, &mut |i, _n, est| {
+    let r = llm::perplexity(&engine, &text, n_ctx, &opts, &mut |i, _n, est| {
         if write_err.is_none() {
             write_err = write!(out, "[{i}]{est:.4},")
                 .and_then(|()| out.flush())

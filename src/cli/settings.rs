@@ -140,6 +140,7 @@ impl Ctx {
             &gguf,
             opts.ctx_tokens,
             opts.batch_tokens,
+            opts.kv,
             Path::new("/"),
         )?;
         let engine = Engine::from_gguf(&name, gguf, &self.load_opts(m))?;
@@ -317,6 +318,10 @@ impl Ctx {
             ctx_tokens: m.ctx_size.unwrap_or(self.board.ctx_tokens),
             threads: m.threads.unwrap_or_else(|| self.board.threads()),
             max_beams: beams,
+            kv: (
+                m.cache_type_k.unwrap_or(self.board.kv_type),
+                m.cache_type_v.unwrap_or(self.board.kv_type),
+            ),
             ..SessionOptions::default()
         }
     }

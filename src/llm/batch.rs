@@ -22,11 +22,9 @@
 //! An adapter applies to the whole context, so it is changed only when no
 //! answer is running (`set_adapter`), and the caches are emptied then.
 
-use std::num::NonZeroU32;
 use std::ops::ControlFlow;
 use std::time::Instant;
 
-use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
@@ -137,14 +135,13 @@ impl<'m, 's> Batcher<'m, 's> {
             opts.ctx_tokens
         }
         .max(16);
-        let params = LlamaContextParams::default()
-            .with_n_ctx(NonZeroU32::new(n_ctx))
-            .with_n_batch(opts.batch_tokens)
-            .with_n_ubatch(opts.batch_tokens)
-            .with_n_threads(opts.threads)
-            .with_n_threads_batch(opts.threads)
-            .with_n_seq_max(parallel as u32)
-            .with_kv_unified(unified);
+        let params = super::context::context_params(&SessionOptions {
+            ctx_tokens: n_ctx,
+            max_beams: 0,
+            ..opts.clone()
+        })
+        .with_n_seq_max(parallel as u32)
+        .with_kv_unified(unified);
         let ctx = engine.context(params, n_ctx)?;
         let n_batch = (ctx.n_batch() as usize).min(opts.batch_tokens as usize);
         let slots = (0..parallel)

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::context::{context_params, SessionOptions};
 use super::{Engine, LlmError};
+use crate::board::KvType;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -23,6 +24,8 @@ pub struct BenchOptions {
     /// llama-bench's defaults: 2048 and 512.
     pub n_batch: u32,
     pub n_ubatch: u32,
+    /// KV cache types, K and V (llama-bench's `-ctk`, `-ctv`).
+    pub kv: (KvType, KvType),
 }
 
 impl Default for BenchOptions {
@@ -34,6 +37,7 @@ impl Default for BenchOptions {
             reps: 5,
             n_batch: 2048,
             n_ubatch: 512,
+            kv: (KvType::F16, KvType::F16),
         }
     }
 }
@@ -49,6 +53,9 @@ pub struct BenchResult {
     pub n_batch: u32,
     pub n_ubatch: u32,
     pub n_threads: i32,
+    /// KV cache types as llama-bench's JSON names them (`f16`, `q8_0`).
+    pub type_k: String,
+    pub type_v: String,
     pub n_prompt: usize,
     pub n_gen: usize,
     pub avg_ns: u64,
@@ -234,7 +241,8 @@ fn time_test(
         ctx_tokens: (n_prompt + n_gen).max(16) as u32,
         threads: opts.threads,
         batch_tokens: opts.n_batch,
-        max_beams: 0,
+        kv: opts.kv,
+        ..SessionOptions::default()
     };
     let params = context_params(&sopts).with_n_ubatch(opts.n_ubatch);
     let mut ctx = engine.context(params, sopts.ctx_tokens)?;
@@ -292,6 +300,8 @@ fn result(
         n_batch: opts.n_batch,
         n_ubatch: opts.n_ubatch,
         n_threads: opts.threads,
+        type_k: opts.kv.0.to_string(),
+        type_v: opts.kv.1.to_string(),
         n_prompt,
         n_gen,
         avg_ns: avg_ns as u64,

@@ -3,9 +3,19 @@
 
 use std::num::NonZeroU32;
 
-use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
 
 use super::default_threads;
+use crate::board::KvType;
+
+/// llama.cpp's type for a KV cache type.
+fn cache_type(t: KvType) -> KvCacheType {
+    match t {
+        KvType::F16 => KvCacheType::F16,
+        KvType::Q8_0 => KvCacheType::Q8_0,
+        KvType::Q4_0 => KvCacheType::Q4_0,
+    }
+}
 
 /// How a session's context is set up.
 #[derive(Debug, Clone)]
@@ -18,6 +28,8 @@ pub struct SessionOptions {
     pub batch_tokens: u32,
     /// The widest beam search this session will run (0: none).
     pub max_beams: usize,
+    /// The KV cache's element types, K and V (`-ctk`, `-ctv`).
+    pub kv: (KvType, KvType),
 }
 
 impl Default for SessionOptions {
@@ -27,15 +39,23 @@ impl Default for SessionOptions {
             threads: default_threads(),
             batch_tokens: 512,
             max_beams: 0,
+            kv: (KvType::F16, KvType::F16),
         }
     }
 }
 
 /// Context parameters for `opts`. Beam search keeps two generations of beams
-/// alive while copying, so it needs 2 × the widest beam sequences.
+/// alive while copying, so it needs 2 × the widest beam sequences. A
+/// quantized V cache turns flash attention on (llama.cpp refuses one
+/// without it); otherwise llama.cpp's default (auto) stands.
 pub(crate) fn context_params(opts: &SessionOptions) -> LlamaContextParams {
     let n_seq = (2 * opts.max_beams).max(1) as u32;
-    LlamaContextParams::default()
+    let mut p = LlamaContextParams::default();
+    if opts.kv.1 != KvType::F16 {
+        p = p.with_flash_attention_policy(llama_cpp_sys_2::LLAMA_FLASH_ATTN_TYPE_ENABLED);
+    }
+    p.with_type_k(cache_type(opts.kv.0))
+        .with_type_v(cache_type(opts.kv.1))
         .with_n_ctx(NonZeroU32::new(opts.ctx_tokens))
         .with_n_batch(opts.batch_tokens)
         .with_n_ubatch(opts.batch_tokens)

@@ -30,11 +30,13 @@ fn nll_of(logits: &[f32], token: usize) -> f64 {
     -((logits[token] - max) as f64 - sum.ln())
 }
 
+/// `base` gives the threads and the KV cache types (`-ctk`/`-ctv`: what
+/// a quantized cache costs shows here); the context is `ctx_tokens`.
 pub fn perplexity(
     engine: &Engine,
     text: &str,
     ctx_tokens: u32,
-    threads: i32,
+    base: &SessionOptions,
     on_chunk: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult, LlmError> {
     let t0 = Instant::now();
@@ -56,9 +58,9 @@ pub fn perplexity(
     }
     let opts = SessionOptions {
         ctx_tokens,
-        threads,
         batch_tokens: ctx_tokens,
         max_beams: 0,
+        ..base.clone()
     };
     let params = context_params(&opts).with_n_ubatch(ctx_tokens.min(512));
     let mut ctx = engine.context(params, ctx_tokens)?;

@@ -82,7 +82,7 @@ pub fn score_answer(
         ctx_tokens,
         threads,
         batch_tokens: ctx_tokens,
-        max_beams: 0,
+        ..SessionOptions::default()
     };
     let mut ctx = engine.context(context_params(&opts), ctx_tokens)?;
     let all: Vec<LlamaToken> = prompt.iter().chain(&forced).copied().collect();
