@@ -66,17 +66,19 @@ def ferrite(a, target, extra, prompt):
     return float(m.group(2)), int(m.group(1)), acc
 
 
-def llama_spec(a, target, draft, prompt):
+def llama_spec(a, target, draft, prompt, kind="draft-simple", n_max=3):
     exe = Path(a.llama) / "llama-speculative-simple"
-    cmd = [exe, "-m", target, "-md", draft, "-p", prompt, "-n", str(a.n), "-t", str(a.threads),
-           "-td", str(a.threads), "--temp", "0", "-c", "2048", "--draft-max", "16",
-           "--draft-min", "0", "--draft-p-min", "0.75", "-s", "1", "-no-cnv"]
+    cmd = [exe, "-m", target, "-p", prompt, "-n", str(a.n), "-t", str(a.threads),
+           "--temp", "0", "-c", "2048", "-s", "1", "--spec-type", kind]
+    if kind == "draft-simple":
+        cmd += ["-md", draft, "-td", str(a.threads), "--spec-draft-n-max", str(n_max),
+                "--spec-draft-n-min", "0", "--spec-draft-p-min", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     out = r.stdout + r.stderr
     m = re.search(r"decoded\s+(\d+) tokens in\s+([\d.]+) seconds, speed:\s+([\d.]+) t/s", out)
     if not m:
         sys.exit(f"llama-speculative-simple failed:\n{out[-2000:]}")
-    nd = re.search(r"n_draft\s*=\s*(\d+)", out)
+    nd = re.search(r"n_drafted\s*=\s*(\d+)", out)
     na = re.search(r"n_accept\s*=\s*(\d+)", out)
     acc = f"{na.group(1)}/{nd.group(1)}" if nd and na else ""
     return float(m.group(3)), int(m.group(1)), acc
@@ -104,10 +106,16 @@ def main():
     configs = {
         "ferrite": lambda q: ferrite(a, target, [], q),
         "ferrite --draft": lambda q: ferrite(a, target, ["--draft", draft], q),
+        "ferrite --draft --draft-max 16": lambda q: ferrite(
+            a, target, ["--draft", draft, "--draft-max", "16"], q),
         "ferrite --lookup": lambda q: ferrite(a, target, ["--lookup"], q),
+        "ferrite --lookup --draft-max 16": lambda q: ferrite(
+            a, target, ["--lookup", "--draft-max", "16"], q),
     }
     if have_llama:
         configs["llama-speculative-simple -md"] = lambda q: llama_spec(a, target, draft, q)
+        configs["llama-speculative-simple ngram-simple"] = lambda q: llama_spec(
+            a, target, draft, q, "ngram-simple")
     speeds = {(pn, c): [] for pn in PROMPTS for c in configs}
     accepted = {}
     for r in range(a.rounds):
@@ -122,7 +130,7 @@ def main():
     print(f"\n{a.target} (draft {a.draft}), {a.threads} threads, {a.n} tokens, greedy, "
           f"median of {a.rounds} interleaved rounds"
           + (f"; llama-bench tg{a.n} = {tg:.2f} tok/s" if tg else "") + "\n")
-    print("| prompt | configuration | tok/s | draft accepted | × ferrite plain | × llama.cpp speculative |"
+    print("| prompt | configuration | tok/s | accepted/drafted | × ferrite plain | × llama.cpp -md |"
           + (" × llama-bench tg |" if tg else ""))
     print("| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if tg else ""))
     for pn in PROMPTS:

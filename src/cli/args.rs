@@ -530,13 +530,13 @@ pub(crate) struct DraftArgs {
     #[arg(long)]
     pub(crate) lookup: bool,
     /// Most draft tokens checked per step.
-    #[arg(long = "draft-max", visible_alias = "draft-n", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=ferrite::llm::MAX_DRAFT as i64))]
+    #[arg(long = "draft-max", visible_alias = "draft-n", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=ferrite::llm::MAX_DRAFT as i64))]
     pub(crate) draft_max: u32,
     /// Fewer draft tokens than this are not checked (plain decoding instead).
     #[arg(long = "draft-min", default_value_t = 0)]
     pub(crate) draft_min: u32,
     /// The draft model stops proposing below this probability of its top token.
-    #[arg(long = "draft-p-min", default_value_t = 0.75)]
+    #[arg(long = "draft-p-min", default_value_t = 0.0)]
     pub(crate) draft_p_min: f32,
 }
 

@@ -44,7 +44,7 @@ pub use perplexity::{perplexity, PerplexityResult};
 pub use score::{score_answer, TokenScore};
 pub use session::Session;
 pub use speculative::{
-    check_vocab, lookup, DraftModel, DraftOptions, Drafter, LOOKUP_NGRAM_MAX, MAX_DRAFT,
+    check_vocab, lookup, DraftModel, DraftOptions, Drafter, LOOKUP_NGRAM, MAX_DRAFT,
 };
 pub use stats::{Finish, GenStats, Reply};
 pub use text::{StopMatcher, Utf8Stream};
