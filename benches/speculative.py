@@ -98,10 +98,12 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("-n", type=int, default=128)
     p.add_argument("--target", default="qwen2.5-coder-1.5b")
-    p.add_argument("--draft", default="qwen2.5-coder-0.5b")
+    p.add_argument("--draft", default="qwen2.5-coder-0.5b",
+                   help="the draft model, or none for the draft-free rows only")
     p.add_argument("--llama", default=str(ROOT / "target/llama-server"))
     a = p.parse_args()
-    target, draft = model_path(a.target), model_path(a.draft)
+    target = model_path(a.target)
+    draft = None if a.draft == "none" else model_path(a.draft)
     have_llama = (Path(a.llama) / "llama-speculative-simple").exists()
     configs = {
         "ferrite": lambda q: ferrite(a, target, [], q),
@@ -116,6 +118,9 @@ def main():
         configs["llama-speculative-simple -md"] = lambda q: llama_spec(a, target, draft, q)
         configs["llama-speculative-simple ngram-simple"] = lambda q: llama_spec(
             a, target, draft, q, "ngram-simple")
+    if draft is None:  # --draft none: the draft-free rows only
+        configs = {k: v for k, v in configs.items() if "draft" not in k and "-md" not in k}
+    ref_name = "llama-speculative-simple -md" if draft else "llama-speculative-simple ngram-simple"
     speeds = {(pn, c): [] for pn in PROMPTS for c in configs}
     accepted = {}
     for r in range(a.rounds):
@@ -130,12 +135,12 @@ def main():
     print(f"\n{a.target} (draft {a.draft}), {a.threads} threads, {a.n} tokens, greedy, "
           f"median of {a.rounds} interleaved rounds"
           + (f"; llama-bench tg{a.n} = {tg:.2f} tok/s" if tg else "") + "\n")
-    print("| prompt | configuration | tok/s | accepted/drafted | × ferrite plain | × llama.cpp -md |"
+    print(f"| prompt | configuration | tok/s | accepted/drafted | × ferrite plain | × `{ref_name}` |"
           + (" × llama-bench tg |" if tg else ""))
     print("| --- | --- | ---: | ---: | ---: | ---: |" + (" ---: |" if tg else ""))
     for pn in PROMPTS:
         base = statistics.median(speeds[(pn, "ferrite")])
-        ref = statistics.median(speeds[(pn, "llama-speculative-simple -md")]) if have_llama else None
+        ref = statistics.median(speeds[(pn, ref_name)]) if have_llama else None
         for c in configs:
             v = statistics.median(speeds[(pn, c)])
             row = (f"| {pn} | `{c}` | {v:.2f} | {accepted[(pn, c)] or '-'} | {v / base:.2f} | "

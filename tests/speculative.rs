@@ -202,3 +202,38 @@ fn the_console_drafts_and_its_stats_say_so() {
         );
     }
 }
+
+#[test]
+fn guesses_stay_within_one_llama_cpp_batch_and_a_cut_answer_leaves_the_cache_right() {
+    // A 4-token batch with 16-token drafts: a longer batch would abort in
+    // llama.cpp (GGML_ASSERT n_tokens <= n_batch).
+    let e = engine();
+    let o = SessionOptions {
+        batch_tokens: 4,
+        ..opts()
+    };
+    let mut s = e.session(o.clone()).unwrap();
+    let d = DraftModel::new(e, e, &o).unwrap();
+    let big = DraftOptions {
+        max: 16,
+        ..Default::default()
+    };
+    s.set_draft(Some((Drafter::Model(Box::new(d)), big)))
+        .unwrap();
+    let mut plain = e.session(o).unwrap();
+    // A stop string ends the first answer while guesses are pending; the
+    // next turn must see the same cache as without drafts.
+    let cut = GenParams {
+        stop: vec!["Japan".into()],
+        ..greedy(24)
+    };
+    for (q, p) in [
+        ("What is the capital of Japan?", &cut),
+        ("And of France?", &greedy(16)),
+    ] {
+        let a = ask(&mut plain, q, p);
+        let b = ask(&mut s, q, p);
+        assert_eq!(a.text, b.text, "{q}");
+        assert_eq!(a.stats.ctx_used, b.stats.ctx_used, "{q}");
+    }
+}

@@ -6,6 +6,7 @@ use super::args::AskArgs;
 use super::{Ctx, Out};
 
 pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
+    a.draft.options().validate()?;
     let mut engine = ctx.load(&a.model)?;
     let draft = ctx.load_draft(&a.draft, &a.model)?;
     let adapter = a.lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;

@@ -102,17 +102,25 @@ impl<'m> Session<'m> {
         })
     }
 
-    /// Decode speculatively with `drafter` (or stop): greedy answers stay
-    /// token for token what they are without it (see `speculative`).
+    /// Decode speculatively with `drafter` (or stop): every token is still
+    /// the sampler's pick, so answers stay what they are without it up to
+    /// the rounding of batched evaluation (see `speculative`).
     ///
     /// # Errors
-    /// `LlmError::Param` for options out of range.
+    /// `LlmError::Param` for options out of range, or a recurrent or hybrid
+    /// model (its cache cannot drop refused guesses).
     pub fn set_draft(
         &mut self,
         draft: Option<(Drafter<'m>, DraftOptions)>,
     ) -> Result<(), LlmError> {
         if let Some((_, o)) = &draft {
             o.validate()?;
+            let m = &self.engine.model;
+            if m.is_recurrent() || m.is_hybrid() {
+                return Err(LlmError::Param(
+                    "speculative decoding needs a transformer's KV cache: this model is recurrent or hybrid".into(),
+                ));
+            }
         }
         self.draft = draft.map(|(drafter, opts)| Speculation { drafter, opts });
         Ok(())
@@ -523,7 +531,11 @@ impl<'m> Session<'m> {
                 Some(s) => {
                     s.drafter
                         .observe(round.0, d.draft.accepted - round.1, &s.opts);
-                    let room = n_ctx.saturating_sub(self.cached.len() + 2);
+                    // Within the context, and within one llama.cpp batch
+                    // (a longer one trips GGML_ASSERT(n_tokens <= n_batch)).
+                    let room = n_ctx
+                        .saturating_sub(self.cached.len() + 2)
+                        .min(self.opts_batch() - 1);
                     let left = params.n_predict.map_or(usize::MAX, |n| n - d.n_gen);
                     self.cached.push(tok);
                     let g = s

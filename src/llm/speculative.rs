@@ -13,9 +13,12 @@
 //!   (Saxena, "Prompt Lookup Decoding", 2023), which pays off when the answer
 //!   repeats its input (code edits, summaries, JSON).
 //!
-//! The checking keeps the target's output exactly: every token still comes
-//! from the target's own sampler at its position, and a draft token is kept
-//! only when it equals that sample. With a deterministic (greedy) drafter
+//! The checking keeps the target's output: every token still comes from
+//! the target's own sampler at its position, and a draft token is kept only
+//! when it equals that sample. (The logits of a guess come out of a batch,
+//! which rounds differently from one token at a time: where two tokens are
+//! within that rounding of each other, a greedy answer can take the other
+//! one, as with llama.cpp's own speculative decoding.) With a deterministic (greedy) drafter
 //! this is the standard acceptance rule (Leviathan et al., 2023, §2.3:
 //! accept x with probability min(1, p(x)/q(x)) where q is a point mass, and
 //! on rejection draw from p with x removed), so the output distribution is
@@ -124,7 +127,9 @@ impl<'m> Drafter<'m> {
             *len = if accepted == drafted {
                 (*len * 2).min(opts.max)
             } else {
-                accepted + 1
+                // Never below --draft-min, or shorter proposals would be
+                // dropped and the length never learn again.
+                (accepted + 1).max(opts.min).min(opts.max)
             };
         }
     }
@@ -178,6 +183,8 @@ pub fn lookup(history: &[LlamaToken], limit: usize, (min, max): (usize, usize)) 
 /// A draft model on its own context, with the tokens its KV cache holds.
 pub struct DraftModel<'m> {
     engine: &'m Engine,
+    /// The target's vocabulary size: a draft id at or past it is not proposed.
+    target_vocab: i32,
     ctx: LlamaContext<'m>,
     cached: Vec<LlamaToken>,
     n_batch: usize,
@@ -208,6 +215,7 @@ impl<'m> DraftModel<'m> {
         let n_batch = (ctx.n_batch() as usize).min(opts.batch_tokens as usize);
         Ok(DraftModel {
             engine: draft,
+            target_vocab: target.n_vocab(),
             ctx,
             cached: Vec::new(),
             n_batch,
@@ -227,7 +235,7 @@ impl<'m> DraftModel<'m> {
             return Ok(Vec::new());
         }
         let mut idx = self.sync(history)?;
-        let n_vocab = self.engine.n_vocab();
+        let n_vocab = self.target_vocab;
         let mut out = Vec::with_capacity(limit);
         let mut batch = LlamaBatch::new(1, 1);
         while out.len() < limit {
@@ -310,7 +318,12 @@ pub fn check_vocab(target: &Engine, draft: &Engine) -> Result<(), LlmError> {
     if tv.vocab_type() != dv.vocab_type() {
         return differ("tokenizer type");
     }
-    if tv.bos() != dv.bos() || tv.eos() != dv.eos() || tv.should_add_bos() != dv.should_add_bos() {
+    // As llama.cpp: the BOS (EOS) ids must agree where they are added.
+    if tv.should_add_bos() != dv.should_add_bos()
+        || tv.should_add_eos() != dv.should_add_eos()
+        || (tv.should_add_bos() && tv.bos() != dv.bos())
+        || (tv.should_add_eos() && tv.eos() != dv.eos())
+    {
         return differ("special tokens");
     }
     let (nt, nd) = (target.n_vocab(), draft.n_vocab());
