@@ -531,20 +531,8 @@ impl<'m> Session<'m> {
                 Some(s) => {
                     s.drafter
                         .observe(round.0, d.draft.accepted - round.1, &s.opts);
-                    // Within the context, and within one llama.cpp batch
-                    // (a longer one trips GGML_ASSERT(n_tokens <= n_batch)).
-                    let room = n_ctx
-                        .saturating_sub(self.cached.len() + 2)
-                        .min(self.opts_batch() - 1);
                     let left = params.n_predict.map_or(usize::MAX, |n| n - d.n_gen);
-                    self.cached.push(tok);
-                    let g = s
-                        .drafter
-                        .draft(&self.cached, s.opts.max.min(room).min(left), &s.opts);
-                    self.cached.pop();
-                    Some(g?)
-                        .filter(|g| g.len() >= s.opts.min.max(1))
-                        .unwrap_or_default()
+                    self.guesses(s, tok, left)?
                 }
                 None => Vec::new(),
             };
@@ -563,6 +551,29 @@ impl<'m> Session<'m> {
             idx = 0;
         };
         Ok(d)
+    }
+
+    /// The drafter's guesses for the tokens after `tok` (not yet in the
+    /// cache): as many as fit the context, one llama.cpp batch (a longer
+    /// one trips `GGML_ASSERT(n_tokens <= n_batch)`) and the `left` tokens
+    /// of `-n`; none when fewer than `--draft-min`.
+    fn guesses(
+        &mut self,
+        s: &mut Speculation<'m>,
+        tok: LlamaToken,
+        left: usize,
+    ) -> Result<Vec<LlamaToken>, LlmError> {
+        let room = (self.n_ctx() as usize)
+            .saturating_sub(self.cached.len() + 2)
+            .min(self.opts_batch() - 1);
+        self.cached.push(tok);
+        let g = s
+            .drafter
+            .draft(&self.cached, s.opts.max.min(room).min(left), &s.opts);
+        self.cached.pop();
+        Ok(Some(g?)
+            .filter(|g| g.len() >= s.opts.min.max(1))
+            .unwrap_or_default())
     }
 
     /// A picked token's way out: end of generation, its log probability,
