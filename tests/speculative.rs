@@ -175,6 +175,31 @@ fn ask_takes_lookup_and_a_draft_model_and_reports_them() {
         &["ask", "-m", model, "--draft", model, "--lookup", q],
     );
     assert!(!out.status.success());
+    // The memory check counts both models: the Zero 2 W profile (256 MiB)
+    // holds SmolLM2 alone, not twice.
+    let zero = [
+        "--board",
+        "rpi-zero2w",
+        "ask",
+        "-m",
+        model,
+        "-n",
+        "1",
+        "-t",
+        "2",
+    ];
+    let alone = common::ferrite(home.path(), &[&zero[..], &[q]].concat());
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
+    let both = common::ferrite(home.path(), &[&zero[..], &["--draft", model, q]].concat());
+    let err = String::from_utf8_lossy(&both.stderr);
+    assert!(
+        !both.status.success() && err.contains("for the model beside it"),
+        "{err}"
+    );
 }
 
 #[test]

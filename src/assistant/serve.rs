@@ -27,6 +27,7 @@ use super::{render, AssistantError, Ear, ServeOptions, Service};
 use crate::board::Governor;
 use crate::console::line::{self, LineEditor};
 use crate::console::{self, Channels, Connector, Input};
+use crate::gguf::GgufFile;
 use crate::http::{Api, Served};
 use crate::hw::Status;
 use crate::llm::{AdapterId, Engine};
@@ -128,6 +129,27 @@ pub fn load_engine(opts: &ServeOptions, name: &str, path: &Path) -> Result<Engin
     Ok(Engine::from_gguf(name, gguf, &opts.load)?)
 }
 
+/// Load the model at `path` beside `engine` (a draft model): the memory
+/// check counts `engine`'s estimate first.
+fn load_beside(
+    opts: &ServeOptions,
+    engine: &Engine,
+    (name, path): (&str, &Path),
+) -> Result<Engine, AssistantError> {
+    let s = &opts.session;
+    let settings = (s.ctx_tokens, s.batch_tokens, s.kv);
+    let beside = crate::board::estimate(
+        &GgufFile::open(engine.path())?,
+        s.ctx_tokens,
+        s.batch_tokens,
+        s.kv,
+    );
+    let gguf = GgufFile::open(path)?;
+    gguf.check_model()?;
+    crate::board::check_fits_beside(&opts.board, &gguf, settings, &opts.sys_root, Some(beside))?;
+    Ok(Engine::from_gguf(name, gguf, &opts.load)?)
+}
+
 /// The model a conversation runs on, with the `--lora` every new
 /// conversation starts with.
 struct Loaded {
@@ -202,7 +224,7 @@ fn load_draft(
     let Some((name, path)) = opts.draft.as_ref().and_then(|d| d.model.as_ref()) else {
         return Ok(None);
     };
-    let loaded = load_engine(opts, name, path).and_then(|d| {
+    let loaded = load_beside(opts, engine, (name, path)).and_then(|d| {
         crate::llm::check_vocab(engine, &d)?;
         Ok(d)
     });

@@ -151,10 +151,26 @@ pub fn check_fits(
     kv: (KvType, KvType),
     root: &Path,
 ) -> Result<MemoryEstimate, BoardError> {
+    check_fits_beside(board, g, (ctx_tokens, ubatch, kv), root, None)
+}
+
+/// `check_fits` for a model loaded beside another (a draft model beside
+/// the model it drafts for): `beside`'s estimate is taken off the budget
+/// and off the available memory first (the other model is memory-mapped,
+/// so the kernel has not counted it yet).
+pub fn check_fits_beside(
+    board: &Board,
+    g: &GgufFile,
+    (ctx_tokens, ubatch, kv): (u32, u32, (KvType, KvType)),
+    root: &Path,
+    beside: Option<MemoryEstimate>,
+) -> Result<MemoryEstimate, BoardError> {
     let est = estimate(g, ctx_tokens, ubatch, kv);
-    let budget = (board.memory_budget_mb > 0).then(|| board.memory_budget_mb * MIB);
-    let avail = available_bytes(root);
-    let (limit, why) = match (budget, avail) {
+    let taken = beside.map_or(0, |b| b.total());
+    let budget =
+        (board.memory_budget_mb > 0).then(|| (board.memory_budget_mb * MIB).saturating_sub(taken));
+    let avail = available_bytes(root).map(|a| a.saturating_sub(taken));
+    let (limit, mut why) = match (budget, avail) {
         (Some(b), Some(a)) if a < b => (
             a,
             format!(
@@ -169,6 +185,12 @@ pub fn check_fits(
     };
     if est.total() <= limit {
         return Ok(est);
+    }
+    if taken > 0 {
+        why.push_str(&format!(
+            ", after {} MiB for the model beside it",
+            taken.div_ceil(MIB)
+        ));
     }
     // The largest context (multiple of 256) whose estimate still fits.
     let mut best = 0;
@@ -277,5 +299,16 @@ mod tests {
         let fit: u32 = e.rsplit("-c ").next().unwrap().parse().unwrap();
         assert!(check_fits(&board, &g, fit, 512, F16, d.path()).is_ok());
         assert!(check_fits(&board, &g, fit + 256, 512, F16, d.path()).is_err());
+        // Beside another model, what that one needs is taken off first.
+        meminfo(d.path(), 8192);
+        let alone = check_fits(&board, &g, 2048, 512, F16, d.path()).unwrap();
+        let big = MemoryEstimate {
+            model_bytes: 60 * MIB,
+            ..alone
+        };
+        let e = check_fits_beside(&board, &g, (2048, 512, F16), d.path(), Some(big))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MiB for the model beside it"), "{e}");
     }
 }

@@ -132,16 +132,25 @@ impl Ctx {
     }
 
     pub(crate) fn load(&self, m: &ModelArgs) -> anyhow::Result<Engine> {
+        self.load_beside(m, None)
+    }
+
+    /// `load`, with `beside` (the estimate of a model already loaded, which
+    /// this one drafts for) counted against the memory first.
+    fn load_beside(
+        &self,
+        m: &ModelArgs,
+        beside: Option<board::MemoryEstimate>,
+    ) -> anyhow::Result<Engine> {
         let (name, path) = self.resolve(m.model.as_deref())?;
         let opts = self.session_opts(m, 0);
         let gguf = GgufFile::open(&path)?;
-        board::check_fits(
+        board::check_fits_beside(
             &self.board,
             &gguf,
-            opts.ctx_tokens,
-            opts.batch_tokens,
-            opts.kv,
+            (opts.ctx_tokens, opts.batch_tokens, opts.kv),
             Path::new("/"),
+            beside,
         )?;
         let engine = Engine::from_gguf(&name, gguf, &self.load_opts(m))?;
         if let Some(c) = m.ctx_size {
@@ -165,8 +174,17 @@ impl Ctx {
             model: Some(spec.clone()),
             ..m.clone()
         };
+        // The model it drafts for is loaded: count it first.
+        let (_, target) = self.resolve(m.model.as_deref())?;
+        let opts = self.session_opts(m, 0);
+        let beside = board::estimate(
+            &GgufFile::open(&target)?,
+            opts.ctx_tokens,
+            opts.batch_tokens,
+            opts.kv,
+        );
         Ok(Some(anyhow::Context::context(
-            self.load(&args),
+            self.load_beside(&args, Some(beside)),
             "the draft model",
         )?))
     }
