@@ -12,6 +12,7 @@ mod fuzz;
 mod gguf_files;
 mod http;
 mod long_speech;
+mod prompt_cache;
 mod pull;
 mod qwen;
 mod reports;

@@ -127,8 +127,14 @@ impl<'a, 'm> Core<'a, 'm> {
         Ok(())
     }
 
+    /// Apply the conversation's adapter (or none); with `--prompt-cache`,
+    /// the system prompt's state is then loaded for it (or saved).
     pub fn set_adapter(&mut self, adapter: Option<(AdapterId, f32)>) -> Result<(), AssistantError> {
-        Ok(self.session.set_adapter(adapter)?)
+        self.session.set_adapter(adapter)?;
+        if self.opts.prompt_cache {
+            warm(&mut self.session, self.store);
+        }
+        Ok(())
     }
 
     /// Continue a conversation after an engine change.
@@ -141,6 +147,9 @@ impl<'a, 'm> Core<'a, 'm> {
         self.session.restore(carry.history);
         self.session.set_system(carry.system);
         self.params = carry.params;
+        if self.opts.prompt_cache {
+            warm(&mut self.session, self.store);
+        }
         Ok(())
     }
 
@@ -387,6 +396,25 @@ impl<'a, 'm> Core<'a, 'm> {
             draft: self.session.draft_name(),
             output_dropped_bytes: None,
         }
+    }
+}
+
+/// Load the system prompt's state from the store's `prompt-cache/` (or
+/// evaluate and save it); a failure is logged and the conversation starts
+/// without it.
+fn warm(session: &mut Session<'_>, store: &Store) {
+    let e = session.engine();
+    let warmed = store
+        .model_sha256(e.name(), e.path())
+        .map_err(|e| e.to_string())
+        .and_then(|sha| {
+            crate::llm::PromptCache::new(&store.root().join("prompt-cache"), &sha)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|c| session.warm(&c).map_err(|e| crate::report(&e)));
+    match warmed {
+        Ok(w) => tracing::info!(?w, "prompt cache"),
+        Err(why) => tracing::warn!(%why, "prompt cache: not used"),
     }
 }
 

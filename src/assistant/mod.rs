@@ -88,6 +88,9 @@ pub struct ServeOptions {
     pub sys_root: PathBuf,
     /// Speculative decoding in every conversation (`--draft`, `--lookup`).
     pub draft: Option<DraftSetting>,
+    /// Keep the system prompt's KV state in the store's `prompt-cache/`
+    /// and load it when a conversation starts (`--prompt-cache`).
+    pub prompt_cache: bool,
 }
 
 /// `--draft MODEL` or `--lookup`, with the draft limits.

@@ -79,6 +79,11 @@ pub(crate) struct AskArgs {
     /// System prompt.
     #[arg(long)]
     pub(crate) system: Option<String>,
+    /// Keep the system prompt's evaluated state in the store
+    /// (`prompt-cache/`, keyed by model, adapter, context and prompt) and
+    /// load it at the next start instead of evaluating it again.
+    #[arg(long = "prompt-cache")]
+    pub(crate) prompt_cache: bool,
     /// Print load time, tokens/s and time-to-first-token to stderr.
     #[arg(long)]
     pub(crate) stats: bool,
@@ -104,6 +109,11 @@ pub(crate) struct ChatArgs {
     /// System prompt.
     #[arg(long)]
     pub(crate) system: Option<String>,
+    /// Keep the system prompt's evaluated state in the store
+    /// (`prompt-cache/`, keyed by model, adapter, context and prompt) and
+    /// load it at the next start instead of evaluating it again.
+    #[arg(long = "prompt-cache")]
+    pub(crate) prompt_cache: bool,
     /// Print each answer's tokens/s and time-to-first-token to stderr.
     #[arg(long)]
     pub(crate) stats: bool,
@@ -382,6 +392,10 @@ pub(crate) struct ServeArgs {
     pub(crate) gen: GenArgs,
     #[command(flatten)]
     pub(crate) draft: DraftArgs,
+    /// Keep the system prompt's evaluated state in the store
+    /// (`prompt-cache/`) and load it at the next start.
+    #[arg(long = "prompt-cache")]
+    pub(crate) prompt_cache: bool,
     /// Also take spoken queries (microphone, or --wav files).
     #[arg(long)]
     pub(crate) listen: bool,

@@ -15,6 +15,12 @@ pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
     sess.set_draft(Ctx::drafter(&a.draft, &engine, draft.as_ref(), &sopts)?)?;
     sess.set_adapter(adapter)?;
     sess.set_system(a.system);
+    if a.prompt_cache {
+        let sha = ctx.store.model_sha256(engine.name(), engine.path())?;
+        let cache = ferrite::llm::PromptCache::new(&ctx.store.root().join("prompt-cache"), &sha)?;
+        let warmed = sess.warm(&cache)?;
+        tracing::info!(?warmed, "prompt cache");
+    }
     let prompt = a.prompt.join(" ");
     let params = a.gen.params()?;
     let mut broken = false;

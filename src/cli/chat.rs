@@ -98,7 +98,10 @@ enum Next {
 }
 
 pub(crate) fn run(ctx: &Ctx, a: ChatArgs, out: &mut Out) -> anyhow::Result<ExitCode> {
-    let opts = ctx.serve_options(a.lora, &a.model, &a.gen, &a.draft, a.system)?;
+    let opts = ServeOptions {
+        prompt_cache: a.prompt_cache,
+        ..ctx.serve_options(a.lora, &a.model, &a.gen, &a.draft, a.system)?
+    };
     let intr = Arc::new(Interrupt::default());
     watch_sigint(intr.clone())?;
     let mut lines = Lines::open()?;

@@ -51,6 +51,7 @@ pub(crate) fn run(ctx: &Ctx, a: ServeArgs, listen: bool, out: &mut Out) -> anyho
         echo: !a.no_echo && !stdio,
         json: a.json,
         max_line_bytes: a.max_line as usize,
+        prompt_cache: a.prompt_cache,
         ..ctx.serve_options(a.lora, &a.model, &a.gen, &a.draft, a.system)?
     };
     let mut led = None;

@@ -322,6 +322,7 @@ impl Ctx {
             board: self.board.clone(),
             sys_root: ferrite::assistant::default_sys_root(),
             draft,
+            prompt_cache: false,
         })
     }
 

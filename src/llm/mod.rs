@@ -20,6 +20,7 @@ mod grammar;
 mod logprobs;
 mod params;
 mod perplexity;
+mod prompt_cache;
 mod score;
 mod session;
 mod speculative;
@@ -41,6 +42,7 @@ pub use grammar::{Grammar, GrammarError, MAX_GRAMMAR_BYTES};
 pub use logprobs::{Probe, TokenLogprob, TokenText, MAX_TOP_LOGPROBS};
 pub use params::GenParams;
 pub use perplexity::{perplexity, PerplexityResult};
+pub use prompt_cache::{PromptCache, Warmed};
 pub use score::{score_answer, TokenScore};
 pub use session::Session;
 pub use speculative::{

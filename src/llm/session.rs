@@ -144,6 +144,11 @@ impl<'m> Session<'m> {
         self.opts.threads
     }
 
+    /// The KV cache's element types, K and V.
+    pub fn kv_types(&self) -> (crate::board::KvType, crate::board::KvType) {
+        self.opts.kv
+    }
+
     pub fn set_system(&mut self, system: Option<String>) {
         self.system = system.filter(|s| !s.trim().is_empty());
     }
@@ -304,7 +309,7 @@ impl<'m> Session<'m> {
 
     /// Evaluate `tokens` into sequence 0, reusing the cached prefix. Returns
     /// the batch index whose logits predict the next token.
-    fn prefill(&mut self, tokens: &[LlamaToken]) -> Result<(usize, i32), LlmError> {
+    pub(super) fn prefill(&mut self, tokens: &[LlamaToken]) -> Result<(usize, i32), LlmError> {
         let n_ctx = self.n_ctx() as usize;
         if tokens.is_empty() {
             return Err(LlmError::Param("empty prompt".into()));

@@ -1,0 +1,133 @@
+//! The system prompt's KV state on disk (`--prompt-cache`): saved once,
+//! loaded by the next session (and the next process) instead of evaluated,
+//! with the same answer; a corrupted or cut file is ignored and replaced,
+//! never handed to llama.cpp; another system prompt is another state.
+
+use std::ops::ControlFlow;
+
+use ferrite::llm::{GenParams, PromptCache, Session, SessionOptions, Warmed};
+
+use crate::common::{self, engine};
+
+const SYSTEM: &str = "You are the voice assistant of a small house in the mountains. \
+    You answer in one short sentence, you never make things up, and when you \
+    do not know something you say so. The house has a kitchen, a garden and a \
+    workshop, and its owner likes geography questions.";
+
+fn session(system: &str) -> Session<'static> {
+    let mut s = engine()
+        .session(SessionOptions {
+            ctx_tokens: 1024,
+            threads: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    s.set_system(Some(system.into()));
+    s
+}
+
+fn answer(s: &mut Session<'_>) -> ferrite::llm::Reply {
+    let p = GenParams {
+        n_predict: Some(12),
+        ..GenParams::greedy()
+    };
+    s.ask("What is the capital of Japan?", &p, &mut |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap()
+}
+
+#[test]
+fn a_saved_prompt_state_is_loaded_and_answers_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = PromptCache::new(dir.path(), "sha-of-the-model").unwrap();
+    let mut first = session(SYSTEM);
+    let Warmed::Saved(n) = first.warm(&cache).unwrap() else {
+        panic!("nothing saved")
+    };
+    assert!(n > 40, "{n} tokens");
+    let a = answer(&mut first);
+    let mut second = session(SYSTEM);
+    assert_eq!(second.warm(&cache).unwrap(), Warmed::Loaded(n));
+    let b = answer(&mut second);
+    assert_eq!(a.text, b.text);
+    assert!(b.text.contains("Tokyo"), "{}", b.text);
+    assert_eq!(
+        b.stats.cached_tokens, n,
+        "the prompt was not evaluated again"
+    );
+    // Another system prompt is another state.
+    let mut other = session(&SYSTEM.replace("mountains", "city"));
+    assert!(matches!(other.warm(&cache).unwrap(), Warmed::Saved(_)));
+    // Another model (its sha256) too.
+    let elsewhere = PromptCache::new(dir.path(), "another-model").unwrap();
+    assert!(matches!(
+        session(SYSTEM).warm(&elsewhere).unwrap(),
+        Warmed::Saved(_)
+    ));
+}
+
+#[test]
+fn a_damaged_state_is_ignored_and_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = PromptCache::new(dir.path(), "m").unwrap();
+    let Warmed::Saved(n) = session(SYSTEM).warm(&cache).unwrap() else {
+        panic!()
+    };
+    let state = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "state"))
+        .unwrap();
+    let good = std::fs::read(&state).unwrap();
+    // A flipped byte in the middle, then the file cut in half.
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x55;
+    for damaged in [bad, good[..good.len() / 2].to_vec()] {
+        std::fs::write(&state, &damaged).unwrap();
+        let mut s = session(SYSTEM);
+        assert_eq!(s.warm(&cache).unwrap(), Warmed::Saved(n));
+        assert!(answer(&mut s).text.contains("Tokyo"));
+        // Replaced by a good one.
+        assert_eq!(session(SYSTEM).warm(&cache).unwrap(), Warmed::Loaded(n));
+    }
+    // No system prompt: nothing to keep.
+    let mut bare = engine().session(SessionOptions::default()).unwrap();
+    assert_eq!(bare.warm(&cache).unwrap(), Warmed::Nothing);
+}
+
+#[test]
+fn ask_reuses_the_state_across_processes() {
+    let home = tempfile::tempdir().unwrap();
+    let m = common::model_path().to_str().unwrap();
+    let run = || {
+        let out = common::ferrite(
+            home.path(),
+            &[
+                "ask",
+                "-v",
+                "-m",
+                m,
+                "--temp",
+                "0",
+                "-n",
+                "6",
+                "-t",
+                "2",
+                "--prompt-cache",
+                "--system",
+                SYSTEM,
+                "What is the capital of Japan?",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{err}");
+        (String::from_utf8_lossy(&out.stdout).to_string(), err)
+    };
+    let (a, first) = run();
+    let (b, second) = run();
+    assert_eq!(a, b);
+    assert!(first.contains("warmed=Saved("), "{first}");
+    assert!(second.contains("warmed=Loaded("), "{second}");
+}
