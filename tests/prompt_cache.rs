@@ -131,3 +131,38 @@ fn ask_reuses_the_state_across_processes() {
     assert!(first.contains("warmed=Saved("), "{first}");
     assert!(second.contains("warmed=Loaded("), "{second}");
 }
+
+#[test]
+fn the_console_loads_the_state_at_its_next_start() {
+    let home = tempfile::tempdir().unwrap();
+    let m = common::model_path().to_str().unwrap();
+    for (i, want) in ["warmed=Saved(", "warmed=Loaded("].iter().enumerate() {
+        let out = common::ferrite_with_input(
+            home.path(),
+            &[
+                "serve",
+                "--stdio",
+                "-v",
+                "-m",
+                m,
+                "--temp",
+                "0",
+                "-n",
+                "6",
+                "-t",
+                "2",
+                "--prompt-cache",
+                "--system",
+                SYSTEM,
+            ],
+            b"What is the capital of Japan?\n",
+        );
+        let (said, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{err}");
+        assert!(said.contains("Tokyo"), "start {i}: {said}");
+        assert!(err.contains(want), "start {i}: {err}");
+    }
+}

@@ -413,7 +413,7 @@ fn warm(session: &mut Session<'_>, store: &Store) {
         })
         .and_then(|c| session.warm(&c).map_err(|e| crate::report(&e)));
     match warmed {
-        Ok(w) => tracing::info!(?w, "prompt cache"),
+        Ok(warmed) => tracing::info!(?warmed, "prompt cache"),
         Err(why) => tracing::warn!(%why, "prompt cache: not used"),
     }
 }

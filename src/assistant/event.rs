@@ -69,7 +69,9 @@ pub struct StatsReport {
     /// The LoRA adapter in use and its scale.
     pub adapter: Option<(String, f32)>,
     /// The speculative drafter in use (`--draft`, `--lookup`); the last
-    /// answer's drafted and accepted tokens are in `last`.
+    /// answer's drafted and accepted tokens are in `last`. Left out of the
+    /// JSON protocol without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub draft: Option<String>,
     /// Output the link dropped for a terminal that stopped reading (the
     /// console fills this in; the core cannot see the link).

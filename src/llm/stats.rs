@@ -37,9 +37,16 @@ pub struct GenStats {
     /// How long the model took to load (the engine's figure).
     pub load_ms: f64,
     /// Speculative decoding: tokens the drafter proposed, and how many of
-    /// them the target kept (0 and 0 without a drafter).
+    /// them the target kept (0 and 0 without a drafter, and then left out
+    /// of the JSON protocol, whose wire format is otherwise unchanged).
+    #[serde(skip_serializing_if = "is_zero")]
     pub draft_tokens: usize,
+    #[serde(skip_serializing_if = "is_zero")]
     pub draft_accepted: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl GenStats {
