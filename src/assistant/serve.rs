@@ -480,7 +480,11 @@ impl Host<'_> {
             self.manifest,
             &mut self.governor,
         )?;
-        core.set_draft(loaded.draft.as_ref())?;
+        // A draft context that cannot be made (memory, a cache type the
+        // draft model refuses) costs speed, not the console.
+        if let Err(e) = core.set_draft(loaded.draft.as_ref()) {
+            tracing::warn!(error = %crate::report(&e), "speculative decoding is off");
+        }
         let mut con = Console::new(self.opts, core, &ch, self.service, ear);
         con.eof = self.input_ended;
         let resume = std::mem::replace(&mut self.resume, Resume::Fresh(Vec::new()));

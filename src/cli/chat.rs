@@ -176,7 +176,9 @@ impl Chat<'_> {
                 &self.ctx.manifest,
                 governor,
             )?;
-            core.set_draft(draft)?;
+            if let Err(e) = core.set_draft(draft) {
+                eprintln!("note: speculative decoding is off: {}", ferrite::report(&e));
+            }
             match carry.take() {
                 Some(c) => core.restore(c, adapter)?,
                 None => {
