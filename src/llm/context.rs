@@ -4,8 +4,11 @@
 use std::num::NonZeroU32;
 
 use llama_cpp_2::context::params::{KvCacheType, LlamaContextParams};
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
 
-use super::default_threads;
+use super::{default_threads, LlmError};
 use crate::board::KvType;
 
 /// llama.cpp's type for a KV cache type.
@@ -63,4 +66,50 @@ pub(crate) fn context_params(opts: &SessionOptions) -> LlamaContextParams {
         .with_n_threads_batch(opts.threads)
         .with_n_seq_max(n_seq)
         .with_kv_unified(n_seq > 1)
+}
+
+/// Make `ctx`'s KV cache hold exactly `tokens` at positions 0.., where
+/// `cached` lists what it holds now: the common prefix is kept, the rest
+/// removed, and the new tokens decoded `n_batch` at a time (logits only
+/// for the last). The last token is evaluated again when everything was
+/// cached, since its logits are needed. A session's prompt and a draft
+/// model's history both come in here. `tokens` must not be empty.
+///
+/// Returns the tokens reused and the batch index of the last token's
+/// logits.
+///
+/// # Errors
+/// `LlmError::Decode`, `LlmError::Batch` from llama.cpp.
+pub(crate) fn fill(
+    ctx: &mut LlamaContext<'_>,
+    cached: &mut Vec<LlamaToken>,
+    tokens: &[LlamaToken],
+    n_batch: usize,
+) -> Result<(usize, i32), LlmError> {
+    let mut keep = cached
+        .iter()
+        .zip(tokens)
+        .take_while(|(a, b)| a == b)
+        .count();
+    if keep == tokens.len() {
+        // The logits of the last token are needed again.
+        keep -= 1;
+    }
+    if ctx.kv_cache_seq_rm(-1, Some(keep as u32), None).is_err() {
+        ctx.clear_kv_cache();
+        keep = 0;
+    }
+    cached.truncate(keep);
+    let new = &tokens[keep..];
+    let mut batch = LlamaBatch::new(n_batch, 1);
+    for (ci, chunk) in new.chunks(n_batch).enumerate() {
+        batch.clear();
+        for (j, &tok) in chunk.iter().enumerate() {
+            let i = ci * n_batch + j;
+            batch.add(tok, (keep + i) as i32, &[0], i + 1 == new.len())?;
+        }
+        ctx.decode(&mut batch)?;
+    }
+    cached.extend_from_slice(new);
+    Ok((keep, batch.n_tokens() - 1))
 }

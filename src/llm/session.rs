@@ -320,42 +320,9 @@ impl<'m> Session<'m> {
                 ctx_tokens: self.n_ctx(),
             });
         }
-        let mut keep = self
-            .cached
-            .iter()
-            .zip(tokens)
-            .take_while(|(a, b)| a == b)
-            .count();
-        if keep == tokens.len() {
-            // The logits of the last token are needed again.
-            keep -= 1;
-        }
-        if self
-            .ctx
-            .kv_cache_seq_rm(-1, Some(keep as u32), None)
-            .is_err()
-        {
-            self.ctx.clear_kv_cache();
-            keep = 0;
-        }
-        self.cached.truncate(keep);
         let n_batch = self.opts_batch();
-        let mut batch = LlamaBatch::new(n_batch, 1);
-        let new = &tokens[keep..];
-        let _span = tracing::debug_span!("prefill", tokens = new.len(), cached = keep).entered();
-        for (ci, chunk) in new.chunks(n_batch).enumerate() {
-            batch.clear();
-            for (j, &tok) in chunk.iter().enumerate() {
-                let i = ci * n_batch + j;
-                let last = i + 1 == new.len();
-                batch
-                    .add(tok, (keep + i) as i32, &[0], last)
-                    .map_err(LlmError::from)?;
-            }
-            self.ctx.decode(&mut batch).map_err(LlmError::from)?;
-        }
-        self.cached.extend_from_slice(new);
-        Ok((keep, batch.n_tokens() - 1))
+        let _span = tracing::debug_span!("prefill", tokens = tokens.len()).entered();
+        super::context::fill(&mut self.ctx, &mut self.cached, tokens, n_batch)
     }
 
     fn generate(

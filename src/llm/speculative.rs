@@ -29,7 +29,7 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
-use super::context::{context_params, SessionOptions};
+use super::context::{context_params, fill, SessionOptions};
 use super::{Engine, LlmError};
 
 /// How many tokens a drafter may propose (llama.cpp's `--draft-max`,
@@ -260,36 +260,8 @@ impl<'m> DraftModel<'m> {
     /// Make the draft cache hold exactly `history` and return the batch
     /// index of the logits after its last token.
     fn sync(&mut self, history: &[LlamaToken]) -> Result<i32, LlmError> {
-        let mut keep = self
-            .cached
-            .iter()
-            .zip(history)
-            .take_while(|(a, b)| a == b)
-            .count();
-        if keep == history.len() {
-            keep -= 1; // its logits are needed again
-        }
-        if self
-            .ctx
-            .kv_cache_seq_rm(0, Some(keep as u32), None)
-            .is_err()
-        {
-            self.ctx.clear_kv_cache();
-            keep = 0;
-        }
-        self.cached.truncate(keep);
-        let new = &history[keep..];
-        let mut batch = LlamaBatch::new(self.n_batch, 1);
-        for (ci, chunk) in new.chunks(self.n_batch).enumerate() {
-            batch.clear();
-            for (j, &tok) in chunk.iter().enumerate() {
-                let i = ci * self.n_batch + j;
-                batch.add(tok, (keep + i) as i32, &[0], i + 1 == new.len())?;
-            }
-            self.ctx.decode(&mut batch)?;
-        }
-        self.cached.extend_from_slice(new);
-        Ok(batch.n_tokens() - 1)
+        let (_, idx) = fill(&mut self.ctx, &mut self.cached, history, self.n_batch)?;
+        Ok(idx)
     }
 }
 
