@@ -202,6 +202,56 @@ fn ask_takes_lookup_and_a_draft_model_and_reports_them() {
     );
 }
 
+/// `bench --draft` with the model as its own draft: greedy drafts from the
+/// same weights are kept (all but near-ties that a batch rounds otherwise),
+/// and the table and JSON say so; `--question` needs a drafter.
+#[test]
+fn bench_draft_measures_drafted_against_plain_decoding() {
+    let home = tempfile::tempdir().unwrap();
+    let model = common::model_path().to_str().unwrap();
+    let base = ["bench", "-m", model, "-n", "12", "-r", "1", "-t", "2"];
+    let q = ["--question", "Name the colours of the rainbow."];
+    let out = common::ferrite(
+        home.path(),
+        &[&base[..], &["--draft", model, "--json"], &q].concat(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let r = &rows[0];
+    assert_eq!(r["test"], "spec-q1");
+    assert_eq!(r["n_gen"], 12);
+    let (drafted, kept) = (
+        r["n_drafted"].as_u64().unwrap(),
+        r["n_accept"].as_u64().unwrap(),
+    );
+    assert!(drafted > 0 && kept * 10 >= drafted * 8, "{r}");
+    assert!(r["avg_ts"].as_f64().unwrap() > 0.0 && r["plain_avg_ts"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["drafter"].as_str().unwrap().starts_with("draft model"),
+        "{r}"
+    );
+    // The built-in prompts, as a table, with prompt lookup.
+    let out = common::ferrite(home.path(), &[&base[..], &["--lookup"]].concat());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for test in ["spec-code", "spec-prose", "spec-edit"] {
+        assert!(table.contains(test), "{table}");
+    }
+    assert!(table.contains("prompt lookup"), "{table}");
+    let out = common::ferrite(home.path(), &[&base[..], &q].concat());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--draft MODEL or --lookup"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_console_drafts_and_its_stats_say_so() {
     let home = tempfile::tempdir().unwrap();

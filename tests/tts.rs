@@ -326,8 +326,8 @@ fn hear_in_halves(pcm: &[f32]) -> String {
     // than -40 dBFS), else the quietest frame.
     let quiet = |e: f32| e < 1e-4;
     let (mut best, mut run_start, mut best_len) = (lo, lo, 0);
-    for i in lo..hi {
-        if !quiet(energy[i]) {
+    for (i, &e) in energy.iter().enumerate().take(hi).skip(lo) {
+        if !quiet(e) {
             run_start = i + 1;
         } else if i + 1 - run_start > best_len {
             best_len = i + 1 - run_start;

@@ -100,6 +100,9 @@ pub struct Board {
     pub target: String,
     /// `GGML_CPU_ARM_ARCH` the board's build should use (ARM only).
     pub arm_arch: Option<String>,
+    /// `CMAKE_CUDA_ARCHITECTURES` for `--features cuda` builds (`87` on the
+    /// Orins; boards/ggml.sh reads it), unset on boards without an NVIDIA GPU.
+    pub cuda_arch: Option<String>,
     /// CPU threads; 0 = all online cores.
     pub threads: u32,
     pub ctx_tokens: u32,
@@ -140,6 +143,7 @@ impl Default for Board {
             description: String::new(),
             target: String::new(),
             arm_arch: None,
+            cuda_arch: None,
             threads: 0,
             ctx_tokens: 2048,
             kv_type: KvType::F16,

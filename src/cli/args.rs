@@ -243,6 +243,15 @@ pub(crate) struct BenchArgs {
     /// KV cache type for V (llama-bench's -ctv).
     #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
     pub(crate) cache_type_v: Option<ferrite::board::KvType>,
+    /// With --draft or --lookup: speculative decoding against plain decoding
+    /// on real questions (random tokens cannot be drafted), -n tokens each,
+    /// greedy, -r runs of each alternated.
+    #[command(flatten)]
+    pub(crate) draft: DraftArgs,
+    /// With --draft or --lookup: a question to answer instead of the built-in
+    /// code, prose and edit prompts (repeat for several).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) question: Vec<String>,
 }
 
 #[derive(Args)]

@@ -181,7 +181,7 @@ fn test_gen(
     Ok(())
 }
 
-fn mean_std(v: &[f64]) -> (f64, f64) {
+pub(super) fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
     if v.len() < 2 {

@@ -23,6 +23,7 @@ mod perplexity;
 mod prompt_cache;
 mod score;
 mod session;
+mod spec_bench;
 mod speculative;
 mod stats;
 mod text;
@@ -45,6 +46,7 @@ pub use perplexity::{perplexity, PerplexityResult};
 pub use prompt_cache::{PromptCache, Warmed};
 pub use score::{score_answer, TokenScore};
 pub use session::Session;
+pub use spec_bench::{run_spec_bench, SpecBenchOptions, SpecResult, SPEC_PROMPTS};
 pub use speculative::{
     check_vocab, lookup, DraftModel, DraftOptions, Drafter, LOOKUP_NGRAM, MAX_DRAFT,
 };
