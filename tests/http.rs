@@ -341,7 +341,7 @@ fn a_network_address_needs_a_key() {
 
 /// A request over plain HTTP/1.0 (the connection closes after it): the
 /// status and the JSON body.
-fn request(
+pub(crate) fn request(
     port: u16,
     method: &str,
     path: &str,

@@ -312,3 +312,76 @@ fn guesses_stay_within_one_llama_cpp_batch_and_a_cut_answer_leaves_the_cache_rig
         assert_eq!(a.stats.ctx_used, b.stats.ctx_used, "{q}");
     }
 }
+
+/// The raw body of `GET path` on `port`.
+fn get_text(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(c, "GET {path} HTTP/1.0\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).unwrap();
+    reply
+}
+
+/// A counter's value in `/metrics`' text.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("ferrite_{name}{{")))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+}
+
+/// The HTTP API drafts too: three greedy answers at once on a server with
+/// the model as its own draft (one draft context per slot) are the
+/// goldens, and `/metrics` counts the draft tokens proposed and kept (the
+/// same weights' greedy guesses are nearly all kept). With prompt lookup
+/// the answers are the goldens as well.
+#[test]
+fn the_http_api_drafts_each_slot() {
+    let model = common::model_path().to_str().unwrap();
+    for extra in [&["--draft", model][..], &["--lookup"][..]] {
+        let args = [extra, &["--parallel", "3", "--draft-max", "4"][..]].concat();
+        let srv = crate::http::start_in(tempfile::tempdir().unwrap().path(), &args);
+        let port: u16 = srv.base.rsplit(':').next().unwrap().parse().unwrap();
+        let answers: Vec<(String, String, String)> = std::thread::scope(|s| {
+            let handles: Vec<_> = GOLDENS
+                .iter()
+                .map(|name| {
+                    s.spawn(move || {
+                        let (inp, want) = golden(name);
+                        let body = serde_json::json!({
+                            "model": crate::http::model_name(),
+                            "temperature": 0,
+                            "max_tokens": 48,
+                            "messages": [{"role": "user", "content": inp}],
+                        });
+                        let (status, v) =
+                            crate::http::request(port, "POST", "/v1/chat/completions", Some(&body));
+                        assert_eq!(status, 200, "{extra:?} {name}: {v}");
+                        let text = v["choices"][0]["message"]["content"]
+                            .as_str()
+                            .unwrap()
+                            .to_string();
+                        (inp, want, text)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (inp, want, text) in &answers {
+            check_golden(inp, want, text);
+        }
+        let m = get_text(port, "/metrics");
+        let (drafted, kept) = (
+            counter(&m, "draft_tokens_total"),
+            counter(&m, "draft_accepted_total"),
+        );
+        if extra[0] == "--draft" {
+            assert!(drafted > 0 && kept * 10 >= drafted * 8, "{m}");
+        } else {
+            assert!(kept <= drafted, "{m}");
+        }
+    }
+}

@@ -436,7 +436,15 @@ impl Host<'_> {
                     loaded.startup_adapter,
                 );
                 let (engine, quit) = (&loaded.engine, &quit);
-                s.spawn(move || api.work(engine, served, quit));
+                // As the console drafts: with the draft model, or prompt
+                // lookup; not at all when the draft model did not load.
+                let draft = self.opts.draft.as_ref().and_then(|d| {
+                    match (loaded.draft.as_ref(), &d.model) {
+                        (None, Some(_)) => None,
+                        (m, _) => Some((m, d.opts)),
+                    }
+                });
+                s.spawn(move || api.work(engine, draft, served, quit));
             }
             let next = loop {
                 match self.conversation(connector, loaded) {

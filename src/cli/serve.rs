@@ -238,12 +238,16 @@ fn http(
         .map(|spec| ctx.load_lora(&mut engine, spec))
         .transpose()?;
     let served = ferrite::http::Served::new(engine.name(), adapters, default_adapter);
+    a.draft.options().validate()?;
+    let draft_model = ctx.load_draft(&a.draft, &a.model)?;
+    let draft = (a.draft.lookup || draft_model.is_some())
+        .then(|| (draft_model.as_ref(), a.draft.options()));
     let api = start_api(ctx, a, addr, true)?;
     service.status(&format!("serving the HTTP API on {}", api.addr()));
     service.ready();
     let quit = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        s.spawn(|| api.work(&engine, served, &quit));
+        s.spawn(|| api.work(&engine, draft, served, &quit));
         // systemd's side, until the server is done: the watchdog fed,
         // SIGTERM turned into a stop.
         while !api.finished() && !service.stopping() {

@@ -2,7 +2,7 @@
 //! (prometheus.io/docs/instrumenting/exposition_formats), for a board's
 //! monitoring to scrape: requests, answers finished and cancelled, tokens
 //! in and out, generation time (tokens per second is the rate of one over
-//! the other), the queue and the answers running, the process's memory, and
+//! the other), draft tokens proposed and kept, the queue and the answers running, the process's memory, and
 //! the board's SoC temperature and throttling where it exposes them.
 
 use std::fmt::Write;
@@ -21,6 +21,9 @@ pub struct Metrics {
     pub generated_tokens: AtomicU64,
     /// Time spent generating, in milliseconds.
     pub generation_ms: AtomicU64,
+    /// Speculative decoding: draft tokens proposed, and kept.
+    pub draft_tokens: AtomicU64,
+    pub draft_accepted: AtomicU64,
     /// Requests waiting for the model.
     pub waiting: AtomicUsize,
     /// Requests accepted and not yet finished (waiting, and the one the
@@ -45,43 +48,51 @@ impl Metrics {
             );
             let _ = writeln!(s, "ferrite_{name}{{model=\"{model}\"}} {value}");
         };
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        put(
-            "requests_total",
-            "counter",
-            "Chat requests received.",
-            get(&self.requests).to_string(),
-        );
-        put(
-            "answers_total",
-            "counter",
-            "Answers finished.",
-            get(&self.answered).to_string(),
-        );
-        put(
-            "cancelled_total",
-            "counter",
-            "Answers stopped because the client went away.",
-            get(&self.cancelled).to_string(),
-        );
-        put(
-            "prompt_tokens_total",
-            "counter",
-            "Prompt tokens of finished answers.",
-            get(&self.prompt_tokens).to_string(),
-        );
-        put(
-            "generated_tokens_total",
-            "counter",
-            "Tokens generated.",
-            get(&self.generated_tokens).to_string(),
-        );
-        put(
-            "generation_seconds_total",
-            "counter",
-            "Time spent generating.",
-            format!("{:.3}", get(&self.generation_ms) as f64 / 1000.0),
-        );
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed).to_string();
+        let counters = [
+            (
+                "requests_total",
+                "Chat requests received.",
+                get(&self.requests),
+            ),
+            ("answers_total", "Answers finished.", get(&self.answered)),
+            (
+                "cancelled_total",
+                "Answers stopped because the client went away.",
+                get(&self.cancelled),
+            ),
+            (
+                "prompt_tokens_total",
+                "Prompt tokens of finished answers.",
+                get(&self.prompt_tokens),
+            ),
+            (
+                "generated_tokens_total",
+                "Tokens generated.",
+                get(&self.generated_tokens),
+            ),
+            (
+                "generation_seconds_total",
+                "Time spent generating.",
+                format!(
+                    "{:.3}",
+                    self.generation_ms.load(Ordering::Relaxed) as f64 / 1000.0
+                ),
+            ),
+            (
+                "draft_tokens_total",
+                "Draft tokens proposed (speculative decoding).",
+                get(&self.draft_tokens),
+            ),
+            (
+                "draft_accepted_total",
+                "Draft tokens the model kept.",
+                get(&self.draft_accepted),
+            ),
+        ];
+        for (name, help, value) in counters {
+            put(name, "counter", help, value);
+        }
         put(
             "queue_depth",
             "gauge",

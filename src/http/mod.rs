@@ -32,7 +32,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::llm::{AdapterId, Engine, GenParams, SessionOptions};
+use crate::llm::{AdapterId, DraftOptions, Engine, GenParams, SessionOptions};
 use crate::models::Store;
 
 pub use state::{LoadVoice, Served, Stt, Tts};
@@ -165,8 +165,16 @@ impl Api {
 
     /// Run the model for HTTP clients on `engine`, as `served` names it,
     /// until `quit` is set (checked between answers) or the server stops.
+    /// With `draft`, answers are decoded speculatively: with that draft
+    /// model (one context per slot), or prompt lookup when it is `None`.
     /// One worker at a time; requests wait for the next while none runs.
-    pub fn work(&self, engine: &Engine, mut served: Served, quit: &AtomicBool) {
+    pub fn work(
+        &self,
+        engine: &Engine,
+        draft: Option<(Option<&Engine>, DraftOptions)>,
+        mut served: Served,
+        quit: &AtomicBool,
+    ) {
         served.n_embd = engine.n_embd();
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         tracing::info!(model = %served.model, adapters = served.adapters.len(), "HTTP worker on the model");
@@ -176,7 +184,7 @@ impl Api {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(served.clone());
         worker::run(
-            engine,
+            (engine, draft),
             (self.session.clone(), self.parallel, self.kv_unified),
             &jobs,
             &served,

@@ -27,16 +27,18 @@ use super::job::{Job, Piece, Work};
 use super::metrics::Metrics;
 use super::state::Served;
 use crate::llm::{
-    AdapterId, Batcher, Engine, Finish, LlmError, Message, NotStarted, Out, Request, Role,
-    SessionOptions,
+    AdapterId, Batcher, DraftModel, DraftOptions, Drafter, Engine, Finish, LlmError, Message,
+    NotStarted, Out, Request, Role, SessionOptions,
 };
 
 /// Run jobs on `engine`, `parallel` at a time, until `quit` is set (the
 /// running answers finish first) or the queue's senders are gone, counting
 /// in `metrics` (`waiting`: jobs queued; `in_flight`: jobs accepted and not
-/// finished, which the handlers hold to the queue's bound).
+/// finished, which the handlers hold to the queue's bound). With `draft`,
+/// speculatively (`Batcher::set_draft`): a draft model's contexts that
+/// cannot be made leave drafting off, with a warning.
 pub fn run(
-    engine: &Engine,
+    (engine, draft): (&Engine, Option<(Option<&Engine>, DraftOptions)>),
     (opts, parallel, unified): (SessionOptions, usize, bool),
     jobs: &Receiver<Job>,
     served: &Served,
@@ -44,7 +46,12 @@ pub fn run(
     quit: &AtomicBool,
 ) {
     let mut batcher = match Batcher::new(engine, &opts, (parallel, unified)) {
-        Ok(b) => Some(b),
+        Ok(mut b) => {
+            if let Some(draft) = draft {
+                set_draft(&mut b, engine, draft, &opts);
+            }
+            Some(b)
+        }
         Err(e) => {
             tracing::error!(error = %crate::report(&e), "cannot create the HTTP context");
             None
@@ -107,6 +114,31 @@ pub fn run(
                 tracing::error!(error = %crate::report(&e), "a batched decode failed");
             }
         }
+    }
+}
+
+/// Draft on `b`'s slots as `serve` asked: `model`'s contexts (one per slot,
+/// each the slot's size), or prompt lookup. A draft context that cannot be
+/// made leaves drafting off, with a warning: it costs speed, not answers.
+fn set_draft<'m>(
+    b: &mut Batcher<'m, '_>,
+    engine: &'m Engine,
+    (model, dopts): (Option<&'m Engine>, DraftOptions),
+    opts: &SessionOptions,
+) {
+    let sopts = SessionOptions {
+        ctx_tokens: b.slot_ctx() as u32,
+        ..opts.clone()
+    };
+    let mut make = || match model {
+        Some(m) => Ok(Drafter::Model(Box::new(DraftModel::new(
+            engine, m, &sopts,
+        )?))),
+        None => Ok(Drafter::lookup()),
+    };
+    match b.set_draft(Some((&mut make, dopts))) {
+        Ok(()) => tracing::info!(drafter = ?b.draft_name(), "HTTP answers drafted"),
+        Err(e) => tracing::warn!(error = %crate::report(&e), "HTTP answers are not drafted"),
     }
 }
 
@@ -279,6 +311,12 @@ fn sink<'s>(
                     metrics
                         .generation_ms
                         .fetch_add(st.gen_ms as u64, Ordering::Relaxed);
+                    metrics
+                        .draft_tokens
+                        .fetch_add(st.draft_tokens as u64, Ordering::Relaxed);
+                    metrics
+                        .draft_accepted
+                        .fetch_add(st.draft_accepted as u64, Ordering::Relaxed);
                     if reply.finish == Finish::Cancelled {
                         metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                     } else {

@@ -21,6 +21,14 @@
 //!
 //! An adapter applies to the whole context, so it is changed only when no
 //! answer is running (`set_adapter`), and the caches are emptied then.
+//!
+//! Speculative decoding (`set_draft`): each slot has its own drafter (prompt
+//! lookup, or a draft model's context of the slot's size). A generated
+//! token goes into the batch with the drafter's guesses after it, all with
+//! logits; the answer's sampler then picks position by position, as
+//! `Session` does, keeping guesses while they are its picks. The cells of
+//! refused guesses are removed from the slot's sequence. So every token is
+//! still the sampler's pick, and a guess costs a batch slot, not a decode.
 
 use std::ops::ControlFlow;
 use std::time::Instant;
@@ -32,6 +40,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use super::adapters::AdapterId;
 use super::logprobs::TokenLogprob;
+use super::speculative::{DraftOptions, Drafter};
 use super::stats::{Finish, GenStats, Reply};
 use super::text::TextOut;
 use super::{Engine, GenParams, LlmError, SessionOptions};
@@ -49,6 +58,9 @@ pub enum Out<'t> {
     /// The answer is over (the last call).
     Done(Result<Reply, LlmError>),
 }
+
+/// Makes one slot's drafter (`Batcher::set_draft`).
+pub type MakeDrafter<'a, 'm> = &'a mut dyn FnMut() -> Result<Drafter<'m>, LlmError>;
 
 /// Where an answer's `Out`s go; `Break` on a token cancels the answer.
 pub type BatchSink<'s> = Box<dyn FnMut(Out<'_>) -> ControlFlow<()> + 's>;
@@ -79,6 +91,11 @@ struct Running<'s> {
     last: Option<LlamaToken>,
     /// This answer's batch index whose logits are to be sampled.
     logits_at: Option<i32>,
+    /// Draft tokens in the batch after `logits_at`'s token, to be checked.
+    guesses: Vec<LlamaToken>,
+    /// Draft tokens proposed and kept over this answer.
+    drafted: usize,
+    accepted: usize,
     text: TextOut,
     prompt_tokens: usize,
     reused: usize,
@@ -90,19 +107,22 @@ struct Running<'s> {
     ttft_ms: f64,
 }
 
-struct Slot<'s> {
+struct Slot<'m, 's> {
     seq: i32,
     /// Tokens in the KV cache for this sequence, at positions 0..len.
     cached: Vec<LlamaToken>,
     run: Option<Running<'s>>,
+    /// This slot's drafter (`set_draft`).
+    drafter: Option<Drafter<'m>>,
 }
 
 /// A context with `parallel` slots.
 pub struct Batcher<'m, 's> {
     engine: &'m Engine,
     ctx: LlamaContext<'m>,
-    slots: Vec<Slot<'s>>,
+    slots: Vec<Slot<'m, 's>>,
     n_batch: usize,
+    draft: DraftOptions,
     adapter: Option<(AdapterId, f32)>,
     /// Each slot has its own `n_ctx / slots` cells (llama.cpp's
     /// `--kv-unified` off), instead of all sharing the whole cache.
@@ -149,6 +169,7 @@ impl<'m, 's> Batcher<'m, 's> {
                 seq: i as i32,
                 cached: Vec::new(),
                 run: None,
+                drafter: None,
             })
             .collect();
         Ok(Batcher {
@@ -156,6 +177,7 @@ impl<'m, 's> Batcher<'m, 's> {
             ctx,
             slots,
             n_batch: n_batch.max(parallel),
+            draft: DraftOptions::default(),
             adapter: None,
             split: !unified && parallel > 1,
         })
@@ -207,6 +229,48 @@ impl<'m, 's> Batcher<'m, 's> {
             s.cached.clear();
         }
         Ok(())
+    }
+
+    /// Decode speculatively: `make` gives each slot its drafter (called
+    /// once per slot; a draft model's context of `slot_ctx` cells), or
+    /// `None` turns drafting off. Only while idle.
+    ///
+    /// # Errors
+    /// `LlmError::Param` while answers run, for options out of range or a
+    /// recurrent or hybrid model; what `make` returns.
+    pub fn set_draft(
+        &mut self,
+        draft: Option<(MakeDrafter<'_, 'm>, DraftOptions)>,
+    ) -> Result<(), LlmError> {
+        if !self.idle() {
+            return Err(LlmError::Param(
+                "drafting cannot change while answers run".into(),
+            ));
+        }
+        let Some((make, opts)) = draft else {
+            self.slots.iter_mut().for_each(|s| s.drafter = None);
+            return Ok(());
+        };
+        opts.validate()?;
+        let m = &self.engine.model;
+        if m.is_recurrent() || m.is_hybrid() {
+            return Err(LlmError::Param(
+                "speculative decoding needs a transformer's KV cache: this model is recurrent or hybrid".into(),
+            ));
+        }
+        let drafters = (0..self.slots.len())
+            .map(|_| make())
+            .collect::<Result<Vec<_>, _>>()?;
+        for (s, d) in self.slots.iter_mut().zip(drafters) {
+            s.drafter = Some(d);
+        }
+        self.draft = opts;
+        Ok(())
+    }
+
+    /// The drafter in use, as `--stats` names it.
+    pub fn draft_name(&self) -> Option<String> {
+        self.slots[0].drafter.as_ref().map(Drafter::describe)
     }
 
     /// Start `req` in a free slot, or say why not.
@@ -268,6 +332,9 @@ impl<'m, 's> Batcher<'m, 's> {
             sampler,
             last: None,
             logits_at: None,
+            guesses: Vec::new(),
+            drafted: 0,
+            accepted: 0,
             reused: keep,
             n_gen: 0,
             reserved,
@@ -316,7 +383,7 @@ impl<'m, 's> Batcher<'m, 's> {
             return self.slot_ctx() - self.slots[i].cached.len();
         }
         let n_ctx = self.n_ctx();
-        let used = |slots: &[Slot<'_>]| -> usize {
+        let used = |slots: &[Slot<'_, '_>]| -> usize {
             slots
                 .iter()
                 .map(|s| s.run.as_ref().map_or(s.cached.len(), |r| r.reserved))
@@ -359,16 +426,33 @@ impl<'m, 's> Batcher<'m, 's> {
         Ok(())
     }
 
-    /// Generated tokens first (one per answer), then prompt chunks.
+    /// Generated tokens first (one per answer, each with its drafter's
+    /// guesses), then prompt chunks.
     fn fill(&mut self, batch: &mut LlamaBatch<'_>) -> Result<(), LlmError> {
+        // Batch places the generated tokens still to come need.
+        let mut to_come = self
+            .slots
+            .iter()
+            .filter(|s| s.run.as_ref().is_some_and(|r| r.last.is_some()))
+            .count();
         for slot in &mut self.slots {
             let Some(run) = slot.run.as_mut() else {
                 continue;
             };
             if let Some(tok) = run.last.take() {
+                to_come -= 1;
                 run.logits_at = Some(batch.n_tokens());
                 batch.add(tok, slot.cached.len() as i32, &[slot.seq], true)?;
                 slot.cached.push(tok);
+                let room = self.n_batch - batch.n_tokens() as usize - to_come;
+                let guesses = guess(slot, room, &self.draft);
+                for &g in &guesses {
+                    batch.add(g, slot.cached.len() as i32, &[slot.seq], true)?;
+                    slot.cached.push(g);
+                }
+                if let Some(run) = slot.run.as_mut() {
+                    run.guesses = guesses;
+                }
             }
         }
         for slot in &mut self.slots {
@@ -394,30 +478,77 @@ impl<'m, 's> Batcher<'m, 's> {
         Ok(())
     }
 
-    /// Slot `i`'s next token, if its logits are out.
+    /// Slot `i`'s next tokens, if its logits are out: the pick after the
+    /// generated token, then after each guess while the guesses were the
+    /// picks. Refused guesses leave the cache; an answer that ends is told.
     fn sample(&mut self, i: usize) {
-        let model = &self.engine.model;
-        let ctx = &self.ctx;
-        let slot = &mut self.slots[i];
-        let Some(run) = slot.run.as_mut() else {
+        let Some(run) = self.slots[i].run.as_mut() else {
             return;
         };
         let Some(idx) = run.logits_at.take() else {
             return;
         };
+        let guesses = std::mem::take(&mut run.guesses);
+        // Cells holding the generated token and what is before it.
+        let base = self.slots[i].cached.len() - guesses.len();
+        let mut kept = 0;
+        let mut ended = None;
+        for j in 0..=guesses.len() {
+            if let Some(how) = self.pick(i, idx + j as i32, base + j) {
+                ended = Some(how);
+                break;
+            }
+            let Some(run) = self.slots[i].run.as_mut() else {
+                break;
+            };
+            if j < guesses.len() && run.last == Some(guesses[j]) {
+                // Guessed right: in the cache already, its logits out.
+                run.last = None;
+                kept += 1;
+            } else {
+                break;
+            }
+        }
+        let slot = &mut self.slots[i];
+        if slot.cached.len() > base + kept {
+            let _ = self
+                .ctx
+                .kv_cache_seq_rm(slot.seq, Some((base + kept) as u32), None);
+            slot.cached.truncate(base + kept);
+        }
+        if let Some(run) = slot.run.as_mut() {
+            run.drafted += guesses.len();
+            run.accepted += kept;
+        }
+        if let Some(d) = slot.drafter.as_mut() {
+            d.observe(guesses.len(), kept, &self.draft);
+        }
+        if let Some(how) = ended {
+            self.finish(i, how);
+        }
+    }
+
+    /// Slot `i`'s pick from the logits at batch index `idx`, with `valid`
+    /// cells of its cache meaning what they hold: `Some` when the answer
+    /// ends here, else the pick is shown and left in `last`.
+    fn pick(&mut self, i: usize, idx: i32, valid: usize) -> Option<Result<Finish, LlmError>> {
+        let model = &self.engine.model;
+        let ctx = &self.ctx;
+        let slot = &mut self.slots[i];
+        let run = slot.run.as_mut()?;
         if run.n_gen == 0 {
             run.prompt_ms = run.t0.elapsed().as_secs_f64() * 1e3;
         }
         let picked = super::grammar::pick(&mut run.sampler, ctx, idx, run.params.grammar.as_ref());
         let tok = match picked.map_err(LlmError::from) {
             Ok(t) => t,
-            Err(e) => return self.finish(i, Err(e)),
+            Err(e) => return Some(Err(e)),
         };
         if run.n_gen == 0 {
             run.ttft_ms = run.t0.elapsed().as_secs_f64() * 1e3;
         }
         if model.vocab().is_eog(tok) {
-            return self.finish(i, Ok(Finish::EndOfGeneration));
+            return Some(Ok(Finish::EndOfGeneration));
         }
         run.n_gen += 1;
         if let Some(k) = run.params.logprobs {
@@ -436,15 +567,15 @@ impl<'m, 's> Batcher<'m, 's> {
             Some(Finish::Cancelled)
         } else if run.params.n_predict.is_some_and(|n| run.n_gen >= n) {
             Some(Finish::Length)
-        } else if slot.cached.len() + 1 > run.reserved {
+        } else if valid + 1 > run.reserved {
             Some(Finish::ContextFull)
         } else {
             None
         };
-        match finish {
-            Some(f) => self.finish(i, Ok(f)),
-            None => run.last = Some(tok),
+        if finish.is_none() {
+            run.last = Some(tok);
         }
+        finish.map(Ok)
     }
 
     /// End slot `i`'s answer: the rest of its text, its statistics, `Done`.
@@ -479,7 +610,8 @@ impl<'m, 's> Batcher<'m, 's> {
                     ctx_used: slot.cached.len(),
                     ctx_tokens: n_ctx,
                     load_ms,
-                    ..GenStats::default()
+                    draft_tokens: run.drafted,
+                    draft_accepted: run.accepted,
                 },
             }
         });
@@ -496,6 +628,33 @@ impl<'m, 's> Batcher<'m, 's> {
             if self.slots[i].run.is_some() {
                 self.finish(i, Err(LlmError::Param(crate::report(e))));
             }
+        }
+    }
+}
+
+/// `slot`'s drafter's guesses after the generated token its cache ends
+/// with: at most `room` (the batch's places left), the cells its
+/// reservation has left, and the tokens its `max_tokens` has left; none
+/// below `--draft-min`. A drafter that fails drafts nothing (logged).
+fn guess(slot: &mut Slot<'_, '_>, room: usize, opts: &DraftOptions) -> Vec<LlamaToken> {
+    let (Some(run), Some(d)) = (slot.run.as_ref(), slot.drafter.as_mut()) else {
+        return Vec::new();
+    };
+    let cells = run.reserved.saturating_sub(slot.cached.len() + 1);
+    let left = run
+        .params
+        .n_predict
+        .map_or(usize::MAX, |n| n.saturating_sub(run.n_gen));
+    let limit = opts.max.min(room).min(cells).min(left);
+    if limit == 0 || limit < opts.min {
+        return Vec::new();
+    }
+    match d.draft(&slot.cached, limit, opts) {
+        Ok(g) if g.len() >= opts.min.max(1) => g,
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(error = %crate::report(&e), "drafting failed; decoding without");
+            Vec::new()
         }
     }
 }
