@@ -15,7 +15,7 @@ use crate::structured::LIGHT;
 
 /// A running server, killed on drop.
 pub(crate) struct Server {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) base: String,
     _home: Option<tempfile::TempDir>,
 }
@@ -524,4 +524,52 @@ fn the_chat_page_answers_in_a_real_browser() {
         "a screenshot of the page ({} bytes)",
         png.len()
     );
+}
+
+/// SIGTERM while an answer without an end in sight streams: the answer is
+/// cut after the worker's grace (5 s) and the server exits 0, rather than
+/// streaming to the end of the context past systemd's stop timeout.
+#[test]
+fn sigterm_cuts_a_long_streaming_answer() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut srv = start_with(&["-n", "-1"]);
+    let port: u16 = srv.base.rsplit(':').next().unwrap().parse().unwrap();
+    // SmolLM2 tells this story for well over a thousand tokens.
+    let body = serde_json::json!({
+        "model": model_name(),
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+        "temperature": 0,
+        "stream": true,
+    })
+    .to_string();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        c,
+        "POST /v1/chat/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut lines = BufReader::new(c).lines();
+    // Streaming has begun.
+    let mut chunks = 0;
+    while chunks < 5 {
+        let l = lines.next().unwrap().unwrap();
+        chunks += usize::from(l.starts_with("data: {"));
+    }
+    crate::common::signal(srv.child.id(), "TERM");
+    let t0 = Instant::now();
+    let code = loop {
+        if let Some(code) = srv.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "SIGTERM did not end the server"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "exit status after SIGTERM: {code:?}");
+    // The stream ended properly: its last event.
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l == "data: [DONE]"), "{rest:?}");
 }

@@ -166,3 +166,73 @@ fn the_console_loads_the_state_at_its_next_start() {
         assert!(err.contains(want), "start {i}: {err}");
     }
 }
+
+/// A chat request with `SYSTEM` and `question` to the server on `port`:
+/// the answer and `usage.prompt_tokens_details.cached_tokens`.
+fn ask_http(port: u16, question: &str) -> (String, u64) {
+    let body = serde_json::json!({
+        "model": crate::http::model_name(),
+        "temperature": 0,
+        "max_tokens": 12,
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": question},
+        ],
+    });
+    let (status, v) = crate::http::request(port, "POST", "/v1/chat/completions", Some(&body));
+    assert_eq!(status, 200, "{v}");
+    (
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap(),
+    )
+}
+
+/// `serve --http --prompt-cache`: the first request with a system prompt
+/// saves its standing prefix's state; after a restart the first request
+/// with it loads that state instead of evaluating it (OpenAI's
+/// `cached_tokens` says so) and answers as a server without the cache does.
+#[test]
+fn the_http_api_keeps_system_prompts_across_restarts() {
+    let home = tempfile::tempdir().unwrap();
+    let port_of = |srv: &crate::http::Server| -> u16 {
+        srv.base.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let plain = {
+        let srv = crate::http::start_in(home.path(), &[]);
+        ask_http(port_of(&srv), "What is the capital of Japan?")
+    };
+    assert_eq!(plain.1, 0, "nothing cached in a new server");
+    let states = || {
+        std::fs::read_dir(home.path().join("prompt-cache"))
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "state")
+                })
+                .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(states(), 0);
+    {
+        let srv = crate::http::start_in(home.path(), &["--prompt-cache"]);
+        let first = ask_http(port_of(&srv), "Name a river in France.");
+        assert_eq!(first.1, 0, "{first:?}");
+    }
+    assert_eq!(states(), 1, "the standing prefix was saved once");
+    let srv = crate::http::start_in(home.path(), &["--prompt-cache"]);
+    let again = ask_http(port_of(&srv), "What is the capital of Japan?");
+    assert!(again.1 >= 16, "the prefix came from disk: {again:?}");
+    assert_eq!(again.0, plain.0);
+    // The same server keeps it in the slot for the next question.
+    let next = ask_http(port_of(&srv), "Name a river in France.");
+    assert!(next.1 >= again.1, "{next:?}");
+}

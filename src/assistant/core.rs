@@ -399,18 +399,24 @@ impl<'a, 'm> Core<'a, 'm> {
     }
 }
 
+/// The store's `prompt-cache/` for `engine`'s model; `Err` says why not
+/// (its file cannot be hashed, the folder cannot be made).
+pub(crate) fn prompt_cache(
+    store: &Store,
+    engine: &Engine,
+) -> Result<crate::llm::PromptCache, String> {
+    let sha = store
+        .model_sha256(engine.name(), engine.path())
+        .map_err(|e| e.to_string())?;
+    crate::llm::PromptCache::new(&store.root().join("prompt-cache"), &sha)
+        .map_err(|e| e.to_string())
+}
+
 /// Load the system prompt's state from the store's `prompt-cache/` (or
 /// evaluate and save it); a failure is logged and the conversation starts
 /// without it.
 fn warm(session: &mut Session<'_>, store: &Store) {
-    let e = session.engine();
-    let warmed = store
-        .model_sha256(e.name(), e.path())
-        .map_err(|e| e.to_string())
-        .and_then(|sha| {
-            crate::llm::PromptCache::new(&store.root().join("prompt-cache"), &sha)
-                .map_err(|e| e.to_string())
-        })
+    let warmed = prompt_cache(store, session.engine())
         .and_then(|c| session.warm(&c).map_err(|e| crate::report(&e)));
     match warmed {
         Ok(warmed) => tracing::info!(?warmed, "prompt cache"),

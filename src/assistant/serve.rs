@@ -444,7 +444,16 @@ impl Host<'_> {
                         (m, _) => Some((m, d.opts)),
                     }
                 });
-                s.spawn(move || api.work(engine, draft, served, quit));
+                let prompt_cache = self.opts.prompt_cache.then(|| {
+                    super::core::prompt_cache(self.store, engine)
+                        .map_err(|why| tracing::warn!(%why, "prompt cache: not used for the HTTP API"))
+                        .ok()
+                }).flatten();
+                let speed = crate::http::Speedups {
+                    draft,
+                    prompt_cache,
+                };
+                s.spawn(move || api.work(engine, speed, served, quit));
             }
             let next = loop {
                 match self.conversation(connector, loaded) {

@@ -242,21 +242,35 @@ fn http(
     let draft_model = ctx.load_draft(&a.draft, &a.model)?;
     let draft = (a.draft.lookup || draft_model.is_some())
         .then(|| (draft_model.as_ref(), a.draft.options()));
+    let prompt_cache = if a.prompt_cache {
+        let sha = ctx.store.model_sha256(engine.name(), engine.path())?;
+        Some(ferrite::llm::PromptCache::new(
+            &ctx.store.root().join("prompt-cache"),
+            &sha,
+        )?)
+    } else {
+        None
+    };
+    let speed = ferrite::http::Speedups {
+        draft,
+        prompt_cache,
+    };
     let api = start_api(ctx, a, addr, true)?;
     service.status(&format!("serving the HTTP API on {}", api.addr()));
     service.ready();
     let quit = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
-        s.spawn(|| api.work(&engine, draft, served, &quit));
+        s.spawn(|| api.work(&engine, speed, served, &quit));
         // systemd's side, until the server is done: the watchdog fed,
         // SIGTERM turned into a stop.
         while !api.finished() && !service.stopping() {
             service.heartbeat();
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        let result = api.shutdown();
+        // The worker first: answers still streaming get its grace, then
+        // are cut, so the server's graceful shutdown does not wait on them.
         quit.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(result?)
+        Ok(api.shutdown()?)
     })
 }
 

@@ -43,8 +43,7 @@ pub enum Piece {
     Token(String),
     Done {
         finish: Finish,
-        prompt_tokens: usize,
-        completion_tokens: usize,
+        usage: super::api::Usage,
     },
     /// An `Embed` job's answer: unit vectors in input order, tokens read.
     Embeddings {

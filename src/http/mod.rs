@@ -63,6 +63,16 @@ pub struct HttpOptions {
     pub kv_unified: bool,
 }
 
+/// How the worker speeds answers up.
+#[derive(Default)]
+pub struct Speedups<'e> {
+    /// Decode speculatively: with this draft model (one context per slot),
+    /// or prompt lookup when it is `None`.
+    pub draft: Option<(Option<&'e Engine>, DraftOptions)>,
+    /// Keep system prompts' KV states on disk (`Batcher::set_prompt_cache`).
+    pub prompt_cache: Option<crate::llm::PromptCache>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     #[error("{addr} is not a loopback address: pass --api-key KEY (or --insecure-no-auth to serve it to anyone who can reach it)")]
@@ -165,13 +175,12 @@ impl Api {
 
     /// Run the model for HTTP clients on `engine`, as `served` names it,
     /// until `quit` is set (checked between answers) or the server stops.
-    /// With `draft`, answers are decoded speculatively: with that draft
-    /// model (one context per slot), or prompt lookup when it is `None`.
+    /// `speed` says how answers are sped up (drafting, the prompt cache).
     /// One worker at a time; requests wait for the next while none runs.
     pub fn work(
         &self,
         engine: &Engine,
-        draft: Option<(Option<&Engine>, DraftOptions)>,
+        speed: Speedups<'_>,
         mut served: Served,
         quit: &AtomicBool,
     ) {
@@ -184,7 +193,7 @@ impl Api {
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Some(served.clone());
         worker::run(
-            (engine, draft),
+            (engine, speed),
             (self.session.clone(), self.parallel, self.kv_unified),
             &jobs,
             &served,

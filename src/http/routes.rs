@@ -25,7 +25,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::api::{
     self, ApiError, ChatRequest, CompletionRequest, EmbeddingRequest, ResponseFormat, Sampling,
-    Shape, Strings, Usage,
+    Shape, Strings,
 };
 use super::job::{Job, Piece, Work};
 use super::state::AppState;
@@ -420,16 +420,7 @@ async fn whole(
         match p {
             Piece::Logprob(lp) => lps.push(lp),
             Piece::Token(t) => text.push_str(&t),
-            Piece::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            } => {
-                let usage = Usage {
-                    prompt_tokens,
-                    completion_tokens,
-                    total_tokens: prompt_tokens + completion_tokens,
-                };
+            Piece::Done { finish, usage } => {
                 return Ok(api::completion(
                     h.shape,
                     &h.id,
@@ -489,25 +480,11 @@ fn stream(
             // comes as an empty piece: its log probabilities wait on.
             Piece::Token(t) if t.is_empty() => Vec::new(),
             Piece::Token(t) => vec![chunk((json!({"content": t}), lps(&mut pending)), None)],
-            Piece::Done {
-                finish,
-                prompt_tokens,
-                completion_tokens,
-            } => {
+            Piece::Done { finish, usage } => {
                 let last = (json!({}), lps(&mut pending));
                 let mut v = vec![chunk(last, Some(finish_reason(finish)))];
                 if include_usage {
-                    v.push(api::usage_chunk(
-                        h.shape,
-                        &h.id,
-                        h.created,
-                        &h.model,
-                        Usage {
-                            prompt_tokens,
-                            completion_tokens,
-                            total_tokens: prompt_tokens + completion_tokens,
-                        },
-                    ));
+                    v.push(api::usage_chunk(h.shape, &h.id, h.created, &h.model, usage));
                 }
                 v
             }

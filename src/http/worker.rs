@@ -21,7 +21,11 @@
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long answers running when the worker is stopped (SIGTERM, a
+/// console's `/model`) may go on before they are cut.
+const QUIT_GRACE: Duration = Duration::from_secs(5);
 
 use super::job::{Job, Piece, Work};
 use super::metrics::Metrics;
@@ -34,33 +38,26 @@ use crate::llm::{
 /// Run jobs on `engine`, `parallel` at a time, until `quit` is set (the
 /// running answers finish first) or the queue's senders are gone, counting
 /// in `metrics` (`waiting`: jobs queued; `in_flight`: jobs accepted and not
-/// finished, which the handlers hold to the queue's bound). With `draft`,
-/// speculatively (`Batcher::set_draft`): a draft model's contexts that
-/// cannot be made leave drafting off, with a warning.
+/// finished, which the handlers hold to the queue's bound). With `speed`'s
+/// draft, speculatively (`Batcher::set_draft`): a draft model's contexts
+/// that cannot be made leave drafting off, with a warning.
 pub fn run(
-    (engine, draft): (&Engine, Option<(Option<&Engine>, DraftOptions)>),
+    (engine, speed): (&Engine, super::Speedups<'_>),
     (opts, parallel, unified): (SessionOptions, usize, bool),
     jobs: &Receiver<Job>,
     served: &Served,
     metrics: &Metrics,
     quit: &AtomicBool,
 ) {
-    let mut batcher = match Batcher::new(engine, &opts, (parallel, unified)) {
-        Ok(mut b) => {
-            if let Some(draft) = draft {
-                set_draft(&mut b, engine, draft, &opts);
-            }
-            Some(b)
-        }
-        Err(e) => {
-            tracing::error!(error = %crate::report(&e), "cannot create the HTTP context");
-            None
-        }
-    };
+    let mut batcher = batcher(engine, speed, &opts, (parallel, unified));
     // A request taken off the queue that cannot start yet (no free slot,
     // no room in the cache, another adapter): it goes first when it can.
     let mut held: Option<Held<'_>> = None;
+    let mut quit_at = None;
     loop {
+        if quit.load(Ordering::Relaxed) {
+            cut_after_grace(batcher.as_mut(), &mut quit_at);
+        }
         let busy = batcher.as_ref().is_some_and(|b| !b.idle());
         if quit.load(Ordering::Relaxed) && !busy {
             if let Some(h) = held.take() {
@@ -96,7 +93,8 @@ pub fn run(
                     };
                     let Some(job) = got else { break };
                     metrics.waiting.fetch_sub(1, Ordering::Relaxed);
-                    match prepare(job, served, (engine, opts.threads, b.slot_ctx()), metrics) {
+                    let shape = (engine, opts.threads, b.slot_ctx(), b.caches_prompts());
+                    match prepare(job, served, shape, metrics) {
                         Some(h) => h,
                         None => continue,
                     }
@@ -113,6 +111,43 @@ pub fn run(
             if let Err(e) = b.step() {
                 tracing::error!(error = %crate::report(&e), "a batched decode failed");
             }
+        }
+    }
+}
+
+/// Answers running at a stop get `QUIT_GRACE` from the first look
+/// (`quit_at`) to finish, then are cut (finish_reason `stop`): an answer
+/// without max_tokens may run to the end of the context, past systemd's
+/// stop timeout.
+fn cut_after_grace(batcher: Option<&mut Batcher<'_, '_>>, quit_at: &mut Option<Instant>) {
+    let Some(b) = batcher.filter(|b| !b.idle()) else {
+        return;
+    };
+    if quit_at.get_or_insert_with(Instant::now).elapsed() > QUIT_GRACE {
+        tracing::info!(running = b.running(), "stopping: running answers cut");
+        b.cancel_all();
+    }
+}
+
+/// The worker's batcher with `speed`'s drafting and prompt cache; `None`
+/// (logged) when its context cannot be made.
+fn batcher<'m>(
+    engine: &'m Engine,
+    speed: super::Speedups<'m>,
+    opts: &SessionOptions,
+    slots: (usize, bool),
+) -> Option<Batcher<'m, 'm>> {
+    match Batcher::new(engine, opts, slots) {
+        Ok(mut b) => {
+            if let Some(draft) = speed.draft {
+                set_draft(&mut b, engine, draft, opts);
+            }
+            b.set_prompt_cache(speed.prompt_cache);
+            Some(b)
+        }
+        Err(e) => {
+            tracing::error!(error = %crate::report(&e), "cannot create the HTTP context");
+            None
         }
     }
 }
@@ -175,7 +210,7 @@ fn end(job: &Job, metrics: &Metrics, last: Piece) {
 fn prepare<'s>(
     job: Job,
     served: &Served,
-    (engine, threads, n_ctx): (&Engine, i32, usize),
+    (engine, threads, n_ctx, cached): (&Engine, i32, usize, bool),
     metrics: &'s Metrics,
 ) -> Option<Held<'s>> {
     if job.out.is_closed() {
@@ -203,9 +238,15 @@ fn prepare<'s>(
             return None;
         }
     };
+    let prefix = if cached {
+        standing(engine, &job.work, &tokens)
+    } else {
+        0
+    };
     Some(Held {
         req: Box::new(Request {
             tokens,
+            prefix,
             params: job.params,
             sink: sink(job.out.clone(), metrics),
         }),
@@ -237,6 +278,22 @@ fn begin<'s>(b: &mut Batcher<'_, 's>, h: Held<'s>, metrics: &Metrics) -> Option<
     match b.start(*h.req) {
         Ok(()) | Err(NotStarted::Refused) => None,
         Err(NotStarted::Wait(req)) => Some(Held { req, ..h }),
+    }
+}
+
+/// How many of a chat's `tokens` its system prompt's standing prefix is
+/// (`llm::standing_prefix`), for the prompt cache; 0 without one.
+fn standing(engine: &Engine, work: &Work, tokens: &[llama_cpp_2::token::LlamaToken]) -> usize {
+    let Work::Chat {
+        system: Some(system),
+        ..
+    } = work
+    else {
+        return 0;
+    };
+    match crate::llm::standing_prefix(engine, system) {
+        Ok(p) if tokens.starts_with(&p) => p.len(),
+        _ => 0,
     }
 }
 
@@ -327,8 +384,11 @@ fn sink<'s>(
                     }
                     Piece::Done {
                         finish: reply.finish,
-                        prompt_tokens: st.prompt_tokens,
-                        completion_tokens: st.gen_tokens,
+                        usage: super::api::Usage::new(
+                            st.prompt_tokens,
+                            st.gen_tokens,
+                            st.cached_tokens,
+                        ),
                     }
                 }
                 Err(e) => Piece::Error(crate::report(&e)),

@@ -22,6 +22,13 @@
 //! An adapter applies to the whole context, so it is changed only when no
 //! answer is running (`set_adapter`), and the caches are emptied then.
 //!
+//! With a prompt cache (`set_prompt_cache`), a request's standing prefix
+//! (the template's opening and its system prompt, `Request::prefix`) is
+//! loaded from disk into its slot when the slot does not hold it, and when
+//! no state is on disk yet, its prompt is cut at the prefix for one step so
+//! the prefix's state alone can be saved: the next server start answers a
+//! client with that system prompt without evaluating it again.
+//!
 //! Speculative decoding (`set_draft`): each slot has its own drafter (prompt
 //! lookup, or a draft model's context of the slot's size). A generated
 //! token goes into the batch with the drafter's guesses after it, all with
@@ -38,8 +45,9 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::sampling::LlamaSampler;
 use llama_cpp_2::token::LlamaToken;
 
-use super::adapters::AdapterId;
+use super::adapters::{ActiveAdapter, AdapterId};
 use super::logprobs::TokenLogprob;
+use super::prompt_cache::{self, PromptCache};
 use super::speculative::{DraftOptions, Drafter};
 use super::stats::{Finish, GenStats, Reply};
 use super::text::TextOut;
@@ -69,6 +77,10 @@ pub type BatchSink<'s> = Box<dyn FnMut(Out<'_>) -> ControlFlow<()> + 's>;
 /// values, where it goes.
 pub struct Request<'s> {
     pub tokens: Vec<LlamaToken>,
+    /// How many of `tokens` every request with this system prompt starts
+    /// with (`llm::standing_prefix`; 0 for none): what the prompt cache
+    /// keeps.
+    pub prefix: usize,
     pub params: GenParams,
     pub sink: BatchSink<'s>,
 }
@@ -96,6 +108,9 @@ struct Running<'s> {
     /// Draft tokens proposed and kept over this answer.
     drafted: usize,
     accepted: usize,
+    /// Save the slot's state once its cache holds this many tokens (the
+    /// standing prefix, not on disk yet) to these files.
+    save_at: Option<(usize, (std::path::PathBuf, std::path::PathBuf))>,
     text: TextOut,
     prompt_tokens: usize,
     reused: usize,
@@ -124,6 +139,9 @@ pub struct Batcher<'m, 's> {
     n_batch: usize,
     draft: DraftOptions,
     adapter: Option<(AdapterId, f32)>,
+    active: Option<ActiveAdapter>,
+    kv: (crate::board::KvType, crate::board::KvType),
+    prompt_cache: Option<PromptCache>,
     /// Each slot has its own `n_ctx / slots` cells (llama.cpp's
     /// `--kv-unified` off), instead of all sharing the whole cache.
     split: bool,
@@ -179,6 +197,9 @@ impl<'m, 's> Batcher<'m, 's> {
             n_batch: n_batch.max(parallel),
             draft: DraftOptions::default(),
             adapter: None,
+            active: None,
+            kv: opts.kv,
+            prompt_cache: None,
             split: !unified && parallel > 1,
         })
     }
@@ -222,7 +243,7 @@ impl<'m, 's> Batcher<'m, 's> {
                 "the adapter cannot change while answers run".into(),
             ));
         }
-        self.engine.apply_adapter(&mut self.ctx, adapter)?;
+        self.active = self.engine.apply_adapter(&mut self.ctx, adapter)?;
         self.adapter = adapter;
         self.ctx.clear_kv_cache();
         for s in &mut self.slots {
@@ -268,6 +289,16 @@ impl<'m, 's> Batcher<'m, 's> {
         Ok(())
     }
 
+    /// Keep standing prefixes' states in `cache` (or stop).
+    pub fn set_prompt_cache(&mut self, cache: Option<PromptCache>) {
+        self.prompt_cache = cache;
+    }
+
+    /// Whether a prompt cache is kept (requests' `prefix` is worth finding).
+    pub fn caches_prompts(&self) -> bool {
+        self.prompt_cache.is_some()
+    }
+
     /// The drafter in use, as `--stats` names it.
     pub fn draft_name(&self) -> Option<String> {
         self.slots[0].drafter.as_ref().map(Drafter::describe)
@@ -301,7 +332,8 @@ impl<'m, 's> Batcher<'m, 's> {
         let Some(i) = self.pick_slot(&req.tokens) else {
             return Err(NotStarted::Wait(Box::new(req)));
         };
-        let keep = self.reuse(i, &req.tokens);
+        let mut keep = self.reuse(i, &req.tokens);
+        let save_at = self.cached_prefix(i, &req, &mut keep);
         let prompt = req.tokens.len();
         let want = (prompt + req.params.n_predict.unwrap_or(n_ctx)).min(n_ctx);
         let room = keep + self.free_cells(i, prompt - keep);
@@ -335,6 +367,7 @@ impl<'m, 's> Batcher<'m, 's> {
             guesses: Vec::new(),
             drafted: 0,
             accepted: 0,
+            save_at,
             reused: keep,
             n_gen: 0,
             reserved,
@@ -343,6 +376,65 @@ impl<'m, 's> Batcher<'m, 's> {
             ttft_ms: 0.0,
         });
         Ok(())
+    }
+
+    /// End every running answer now (`Finish::Cancelled`, what it wrote
+    /// so far kept): the server is stopping.
+    pub fn cancel_all(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].run.is_some() {
+                self.finish(i, Ok(Finish::Cancelled));
+            }
+        }
+    }
+
+    /// With a prompt cache, bring `req`'s standing prefix into slot `i`
+    /// from disk when the slot holds less of it (`keep` becomes its
+    /// length), or say where to save it once evaluated. Files that fail
+    /// their check are logged and replaced.
+    fn cached_prefix(
+        &mut self,
+        i: usize,
+        req: &Request<'_>,
+        keep: &mut usize,
+    ) -> Option<(usize, (std::path::PathBuf, std::path::PathBuf))> {
+        let cache = self.prompt_cache.as_ref()?;
+        let n = req.prefix;
+        if n < prompt_cache::MIN_TOKENS || n >= req.tokens.len() || *keep >= n {
+            return None;
+        }
+        let active = self.engine.adapter_file(self.active.as_ref());
+        let label = prompt_cache::context_label(
+            active
+                .as_ref()
+                .map(|(a, p, s)| (a.as_str(), p.as_path(), *s)),
+            self.slot_ctx() as u32,
+            self.kv,
+        );
+        let files = cache.paths(&cache.key(&label, &req.tokens[..n]));
+        if !files.0.exists() {
+            return Some((n, files));
+        }
+        let slot = &mut self.slots[i];
+        match prompt_cache::load_seq(
+            &mut self.ctx,
+            slot.seq,
+            (&files.0, &files.1),
+            &req.tokens[..n],
+        ) {
+            Ok(()) => {
+                slot.cached = req.tokens[..n].to_vec();
+                *keep = n;
+                tracing::info!(tokens = n, "prompt cache: standing prefix loaded");
+                None
+            }
+            Err(why) => {
+                tracing::warn!(file = %files.0.display(), %why, "prompt cache: ignored a saved state");
+                slot.cached.clear();
+                *keep = 0;
+                Some((n, files))
+            }
+        }
     }
 
     /// The free slot whose cache shares the longest prefix with `tokens`.
@@ -420,10 +512,27 @@ impl<'m, 's> Batcher<'m, 's> {
             self.fail_all(&e);
             return Err(e);
         }
+        self.save_prefixes();
         for i in 0..self.slots.len() {
             self.sample(i);
         }
         Ok(())
+    }
+
+    /// Save the slots whose caches now hold exactly their standing prefix.
+    fn save_prefixes(&mut self) {
+        for slot in &mut self.slots {
+            let Some(run) = slot.run.as_mut() else {
+                continue;
+            };
+            let Some((at, files)) = run.save_at.take_if(|(at, _)| *at == slot.cached.len()) else {
+                continue;
+            };
+            match prompt_cache::save_seq(&self.ctx, slot.seq, (&files.0, &files.1), &slot.cached) {
+                Ok(()) => tracing::info!(tokens = at, "prompt cache: standing prefix saved"),
+                Err(e) => tracing::warn!(error = %e, "prompt cache: could not save the state"),
+            }
+        }
     }
 
     /// Generated tokens first (one per answer, each with its drafter's
@@ -463,7 +572,13 @@ impl<'m, 's> Batcher<'m, 's> {
             if run.pending.is_empty() || room == 0 {
                 continue;
             }
-            let take = run.pending.len().min(room);
+            let mut take = run.pending.len().min(room);
+            if let Some((at, _)) = &run.save_at {
+                // Stop at the standing prefix, so it can be saved alone.
+                if slot.cached.len() < *at {
+                    take = take.min(at - slot.cached.len());
+                }
+            }
             let chunk: Vec<LlamaToken> = run.pending.drain(..take).collect();
             let done = run.pending.is_empty();
             for (j, &tok) in chunk.iter().enumerate() {

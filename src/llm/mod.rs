@@ -43,7 +43,7 @@ pub use grammar::{Grammar, GrammarError, MAX_GRAMMAR_BYTES};
 pub use logprobs::{Probe, TokenLogprob, TokenText, MAX_TOP_LOGPROBS};
 pub use params::GenParams;
 pub use perplexity::{perplexity, PerplexityResult};
-pub use prompt_cache::{PromptCache, Warmed};
+pub use prompt_cache::{standing_prefix, PromptCache, Warmed};
 pub use score::{score_answer, TokenScore};
 pub use session::Session;
 pub use spec_bench::{run_spec_bench, SpecBenchOptions, SpecResult, SPEC_PROMPTS};

@@ -18,8 +18,11 @@ use std::path::{Path, PathBuf};
 use llama_cpp_2::token::LlamaToken;
 use sha2::{Digest, Sha256};
 
+use llama_cpp_2::context::LlamaContext;
+
 use super::session::Session;
-use super::LlmError;
+use super::{Engine, LlmError};
+use crate::board::KvType;
 
 /// Where states live, and what the model is.
 #[derive(Debug, Clone)]
@@ -41,7 +44,7 @@ pub enum Warmed {
 }
 
 /// Shorter prefixes are evaluated faster than a file is read.
-const MIN_TOKENS: usize = 16;
+pub(crate) const MIN_TOKENS: usize = 16;
 
 impl PromptCache {
     /// States in `dir` (created when missing) for the model whose file has
@@ -57,27 +60,124 @@ impl PromptCache {
         })
     }
 
-    fn key(&self, s: &Session<'_>, tokens: &[LlamaToken]) -> String {
+    /// The key of the state of `tokens` evaluated in a context that
+    /// `label` describes (adapter, size, cache types: `context_label`).
+    pub(crate) fn key(&self, label: &str, tokens: &[LlamaToken]) -> String {
         let mut h = Sha256::new();
         h.update(crate::VERSION.as_bytes());
         h.update(self.model_sha256.as_bytes());
-        if let Some(a) = s.adapter() {
-            h.update(format!("adapter {} {}", a.name, a.scale).as_bytes());
-        }
-        let (k, v) = s.kv_types();
-        h.update(format!("ctx {} kv {k} {v}", s.n_ctx()).as_bytes());
+        h.update(label.as_bytes());
         for t in tokens {
             h.update(t.0.to_le_bytes());
         }
         hex::encode(h.finalize())
     }
 
-    fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
+    /// The state file and its check file for `key`.
+    pub(crate) fn paths(&self, key: &str) -> (PathBuf, PathBuf) {
         (
             self.dir.join(format!("{key}.state")),
             self.dir.join(format!("{key}.sha256")),
         )
     }
+}
+
+/// What a state depends on besides the model and the tokens: the adapter
+/// (its name, scale, and its file's size and modification time, so a
+/// retrained adapter under the same name is another key), the context's
+/// size and its KV cache types.
+pub(crate) fn context_label(
+    adapter: Option<(&str, &Path, f32)>,
+    n_ctx: u32,
+    (k, v): (KvType, KvType),
+) -> String {
+    let mut label = format!("ctx {n_ctx} kv {k} {v}");
+    if let Some((name, path, scale)) = adapter {
+        let stamp = std::fs::metadata(path).ok().map(|m| {
+            let t = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            (m.len(), t.map_or(0, |d| d.as_nanos()))
+        });
+        label.push_str(&format!(
+            " adapter {name} {} {scale} {stamp:?}",
+            path.display()
+        ));
+    }
+    label
+}
+
+/// Load sequence `seq`'s state for exactly `tokens` from `state` into
+/// `ctx`, after checking the file against its `check` sum. The sequence's
+/// cells are emptied first, and again when llama.cpp refuses the file or
+/// it holds other tokens. `Err` says why, for the log.
+pub(crate) fn load_seq(
+    ctx: &mut LlamaContext<'_>,
+    seq: i32,
+    (state, check): (&Path, &Path),
+    tokens: &[LlamaToken],
+) -> Result<(), String> {
+    let want = std::fs::read_to_string(check).map_err(|e| format!("no check file: {e}"))?;
+    let got = file_sha256(state).map_err(|e| e.to_string())?;
+    if want.trim() != got {
+        return Err("its sha256 does not match its check file".into());
+    }
+    let _ = ctx.kv_cache_seq_rm(seq, None, None);
+    let loaded = ctx
+        .state_seq_load_file(state, seq, tokens.len() + 1)
+        .map_err(|e| format!("llama.cpp refused it: {e}"));
+    match loaded {
+        Ok((got, _)) if got == tokens => Ok(()),
+        other => {
+            let _ = ctx.kv_cache_seq_rm(seq, None, None);
+            Err(other
+                .err()
+                .unwrap_or_else(|| "its tokens are not this prompt's".into()))
+        }
+    }
+}
+
+/// Save sequence `seq` (whose cells hold exactly `tokens`) to `state`
+/// atomically, then its sum to `check` (last, so a crash leaves nothing
+/// that would be trusted).
+///
+/// # Errors
+/// The directory cannot be written, or llama.cpp could not save.
+pub(crate) fn save_seq(
+    ctx: &LlamaContext<'_>,
+    seq: i32,
+    (state, check): (&Path, &Path),
+    tokens: &[LlamaToken],
+) -> std::io::Result<()> {
+    let dir = state.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".state").tempfile_in(dir)?;
+    ctx.state_seq_save_file(tmp.path(), seq, tokens)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    tmp.as_file().sync_all()?;
+    let sum = file_sha256(tmp.path())?;
+    tmp.persist(state).map_err(|e| e.error)?;
+    crate::gguf::write_atomic(check, |w| w.write_all(sum.as_bytes()))
+}
+
+/// The tokens every chat with `system` as its system prompt starts with:
+/// the chat template's opening and the system message (the common prefix
+/// of two chats that differ only in their question).
+///
+/// # Errors
+/// The template cannot be rendered.
+pub fn standing_prefix(engine: &Engine, system: &str) -> Result<Vec<LlamaToken>, LlmError> {
+    use super::chat::{Message, Role};
+    let render = |q: &str| -> Result<Vec<LlamaToken>, LlmError> {
+        let m = [
+            Message::new(Role::System, system.to_string()),
+            Message::new(Role::User, q.to_string()),
+        ];
+        Ok(engine.tokenize(&engine.render_chat(&m, true)?))
+    };
+    let (a, b) = (render("A")?, render("Z")?);
+    let n = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    Ok(a[..n].to_vec())
 }
 
 /// The sha256 of a file, hex.
@@ -89,27 +189,6 @@ fn file_sha256(p: &Path) -> std::io::Result<String> {
 }
 
 impl Session<'_> {
-    /// The tokens every conversation of this session starts with: the
-    /// chat template's opening and the system prompt (the common prefix
-    /// of two conversations that differ only in their question).
-    fn standing_prefix(&self) -> Result<Vec<LlamaToken>, LlmError> {
-        use super::chat::{Message, Role};
-        let Some(system) = self.system() else {
-            return Ok(Vec::new());
-        };
-        let render = |q: &str| -> Result<Vec<LlamaToken>, LlmError> {
-            let m = [
-                Message::new(Role::System, system.to_string()),
-                Message::new(Role::User, q.to_string()),
-            ];
-            let text = self.engine.template.render(&self.engine.model, &m)?;
-            Ok(self.engine.tokenize(&text))
-        };
-        let (a, b) = (render("A")?, render("Z")?);
-        let n = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-        Ok(a[..n].to_vec())
-    }
-
     /// Bring the system prompt's KV state in from `cache`, or evaluate it
     /// and save it there. A state that fails its check is ignored (logged)
     /// and replaced; a cache that cannot be written is logged and the
@@ -118,15 +197,30 @@ impl Session<'_> {
     /// # Errors
     /// Evaluating the prompt failed (`LlmError::Decode`, `PromptTooLong`).
     pub fn warm(&mut self, cache: &PromptCache) -> Result<Warmed, LlmError> {
-        let prefix = self.standing_prefix()?;
+        let prefix = match self.system() {
+            Some(system) => standing_prefix(self.engine, system)?,
+            None => Vec::new(),
+        };
         if prefix.len() < MIN_TOKENS || prefix.len() + 1 >= self.n_ctx() as usize {
             return Ok(Warmed::Nothing);
         }
-        let key = cache.key(self, &prefix);
+        let label = context_label(
+            self.engine
+                .adapter_file(self.adapter())
+                .as_ref()
+                .map(|(n, p, s)| (n.as_str(), p.as_path(), *s)),
+            self.n_ctx(),
+            self.kv_types(),
+        );
+        let key = cache.key(&label, &prefix);
         let (state, check) = cache.paths(&key);
         if state.exists() {
-            match self.load_state(&state, &check, &prefix) {
-                Ok(()) => return Ok(Warmed::Loaded(prefix.len())),
+            self.invalidate_cache();
+            match load_seq(&mut self.ctx, 0, (&state, &check), &prefix) {
+                Ok(()) => {
+                    self.cached = prefix.clone();
+                    return Ok(Warmed::Loaded(prefix.len()));
+                }
                 Err(why) => tracing::warn!(
                     file = %state.display(),
                     %why,
@@ -136,51 +230,9 @@ impl Session<'_> {
         }
         self.invalidate_cache();
         self.prefill(&prefix)?;
-        if let Err(e) = self.save_state(&state, &check, &prefix) {
+        if let Err(e) = save_seq(&self.ctx, 0, (&state, &check), &prefix) {
             tracing::warn!(dir = %cache.dir.display(), error = %e, "prompt cache: could not save the state");
         }
         Ok(Warmed::Saved(prefix.len()))
-    }
-
-    fn load_state(
-        &mut self,
-        state: &Path,
-        check: &Path,
-        prefix: &[LlamaToken],
-    ) -> Result<(), String> {
-        let want = std::fs::read_to_string(check).map_err(|e| format!("no check file: {e}"))?;
-        let got = file_sha256(state).map_err(|e| e.to_string())?;
-        if want.trim() != got {
-            return Err("its sha256 does not match its check file".into());
-        }
-        self.invalidate_cache();
-        let loaded = self
-            .ctx
-            .state_seq_load_file(state, 0, prefix.len() + 1)
-            .map_err(|e| format!("llama.cpp refused it: {e}"));
-        match loaded {
-            Ok((tokens, _)) if tokens == prefix => {
-                self.cached = tokens;
-                Ok(())
-            }
-            other => {
-                self.invalidate_cache();
-                Err(other
-                    .err()
-                    .unwrap_or_else(|| "its tokens are not this prompt's".into()))
-            }
-        }
-    }
-
-    fn save_state(&self, state: &Path, check: &Path, prefix: &[LlamaToken]) -> std::io::Result<()> {
-        let dir = state.parent().unwrap_or(Path::new("."));
-        let tmp = tempfile::Builder::new().prefix(".state").tempfile_in(dir)?;
-        self.ctx
-            .state_seq_save_file(tmp.path(), 0, prefix)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-        tmp.as_file().sync_all()?;
-        let sum = file_sha256(tmp.path())?;
-        tmp.persist(state).map_err(|e| e.error)?;
-        crate::gguf::write_atomic(check, |w| w.write_all(sum.as_bytes()))
     }
 }

@@ -644,6 +644,17 @@ impl Engine {
 
     /// Apply a loaded adapter at `scale` to `ctx` (or take the applied one
     /// off). The caller empties the context's KV cache.
+    /// The name, file and scale of `adapter` (one this engine loaded).
+    pub(crate) fn adapter_file(
+        &self,
+        adapter: Option<&ActiveAdapter>,
+    ) -> Option<(String, std::path::PathBuf, f32)> {
+        let a = adapter?;
+        let list = self.adapters.0.lock().expect("adapter list");
+        list.get(a.id.0)
+            .map(|l| (l.name.clone(), l.path.clone(), a.scale))
+    }
+
     pub(crate) fn apply_adapter(
         &self,
         ctx: &mut LlamaContext<'_>,
