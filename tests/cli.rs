@@ -407,3 +407,84 @@ fn a_store_this_user_cannot_write_is_named_with_the_fix() {
         "{err}"
     );
 }
+
+/// A usage error is one line that still says what is wrong: the missing
+/// argument, the values a flag takes, clap's tip; exit code 2.
+#[test]
+fn usage_errors_keep_their_details_on_one_line() {
+    let home = tempfile::tempdir().unwrap();
+    for (args, want) in [
+        (&["ask"][..], "<PROMPT>"),
+        (&["models", "info"][..], "<MODEL>"),
+        (
+            &["serve", "--parity", "weird"][..],
+            "possible values: none, odd, even",
+        ),
+        (&["ask", "--top-k", "-3", "hi"][..], "tip:"),
+    ] {
+        let out = ferrite(home.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// A manifest name that is not a language model is refused as `-m` or
+/// `--draft` before anything is pulled; a context too large for memory
+/// is answered with one that fits and that -c accepts (never past the
+/// trained context).
+#[test]
+fn what_cannot_run_is_refused_with_a_value_that_can() {
+    let home = tempfile::tempdir().unwrap();
+    for args in [
+        &["ask", "-m", "silero-vad", "hi"][..],
+        &[
+            "ask",
+            "-m",
+            model_path().to_str().unwrap(),
+            "--draft",
+            "whisper-base",
+            "hi",
+        ][..],
+    ] {
+        let out = ferrite(home.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("not a language model"),
+            "{err}"
+        );
+        assert!(err.contains("smollm2-135m"), "{err}");
+    }
+    let pulled = home.path().join("models");
+    assert!(
+        !pulled.exists() || std::fs::read_dir(&pulled).unwrap().next().is_none(),
+        "nothing was pulled"
+    );
+    let out = ferrite(
+        home.path(),
+        &[
+            "ask",
+            "-m",
+            model_path().to_str().unwrap(),
+            "-c",
+            "900000",
+            "-n",
+            "1",
+            "hi",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // A machine with 36 GB free gets the trained-context refusal instead.
+    if let Some(rest) = err.split("the largest context that fits is -c ").nth(1) {
+        let hint: u32 = rest
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(hint <= 8192, "SmolLM2 was trained on 8192: {err}");
+    } else {
+        assert!(err.contains("8192"), "{err}");
+    }
+}

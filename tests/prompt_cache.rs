@@ -170,14 +170,20 @@ fn the_console_loads_the_state_at_its_next_start() {
 /// A chat request with `SYSTEM` and `question` to the server on `port`:
 /// the answer and `usage.prompt_tokens_details.cached_tokens`.
 fn ask_http(port: u16, question: &str) -> (String, u64) {
+    ask_http_with(port, Some(SYSTEM), question)
+}
+
+/// `ask_http` with `system` as the system message, or none.
+fn ask_http_with(port: u16, system: Option<&str>, question: &str) -> (String, u64) {
+    let mut messages = vec![serde_json::json!({"role": "user", "content": question})];
+    if let Some(s) = system {
+        messages.insert(0, serde_json::json!({"role": "system", "content": s}));
+    }
     let body = serde_json::json!({
         "model": crate::http::model_name(),
         "temperature": 0,
         "max_tokens": 12,
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": question},
-        ],
+        "messages": messages,
     });
     let (status, v) = crate::http::request(port, "POST", "/v1/chat/completions", Some(&body));
     assert_eq!(status, 200, "{v}");
@@ -195,7 +201,8 @@ fn ask_http(port: u16, question: &str) -> (String, u64) {
 /// `serve --http --prompt-cache`: the first request with a system prompt
 /// saves its standing prefix's state; after a restart the first request
 /// with it loads that state instead of evaluating it (OpenAI's
-/// `cached_tokens` says so) and answers as a server without the cache does.
+/// `cached_tokens` says so) and answers as a server without the cache does;
+/// `serve --system` gives a chat without a system message that prompt.
 #[test]
 fn the_http_api_keeps_system_prompts_across_restarts() {
     let home = tempfile::tempdir().unwrap();
@@ -228,6 +235,11 @@ fn the_http_api_keeps_system_prompts_across_restarts() {
         assert_eq!(first.1, 0, "{first:?}");
     }
     assert_eq!(states(), 1, "the standing prefix was saved once");
+    for f in std::fs::read_dir(home.path().join("prompt-cache")).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = f.unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "as every file in the store");
+    }
     let srv = crate::http::start_in(home.path(), &["--prompt-cache"]);
     let again = ask_http(port_of(&srv), "What is the capital of Japan?");
     assert!(again.1 >= 16, "the prefix came from disk: {again:?}");
@@ -235,4 +247,10 @@ fn the_http_api_keeps_system_prompts_across_restarts() {
     // The same server keeps it in the slot for the next question.
     let next = ask_http(port_of(&srv), "Name a river in France.");
     assert!(next.1 >= again.1, "{next:?}");
+    drop(srv);
+    // serve --system is the system prompt of a chat without one: the same
+    // standing prefix, so the same state.
+    let srv = crate::http::start_in(home.path(), &["--prompt-cache", "--system", SYSTEM]);
+    let bare = ask_http_with(port_of(&srv), None, "What is the capital of Japan?");
+    assert_eq!(bare, again, "--system stands in for the system message");
 }

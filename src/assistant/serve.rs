@@ -271,7 +271,7 @@ pub fn serve(
     service: &dyn Service,
 ) -> Result<(), AssistantError> {
     service.status("finding the model (pulled if missing)");
-    let (name, path) = store.resolve(opts.model.as_deref(), manifest, true)?;
+    let (name, path) = store.resolve_llm(opts.model.as_deref(), manifest, true)?;
     service.status(&format!("loading model {name}"));
     let mut host = Host {
         opts,

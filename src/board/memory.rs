@@ -192,14 +192,28 @@ pub fn check_fits_beside(
             taken.div_ceil(MIB)
         ));
     }
-    // The largest context (multiple of 256) whose estimate still fits.
+    // The largest context (multiple of 256, or the trained context itself)
+    // whose estimate still fits; never past the trained context, which -c
+    // refuses.
+    let train = g
+        .summary()
+        .context_length
+        .map_or(0, |t| t.min(u64::from(u32::MAX)) as u32);
+    let top = if train > 0 {
+        ctx_tokens.min(train)
+    } else {
+        ctx_tokens
+    };
     let mut best = 0;
     let mut c = 256;
-    while c < ctx_tokens {
+    while c < top {
         if estimate(g, c, ubatch, kv).total() <= limit {
             best = c;
         }
         c += 256;
+    }
+    if top < ctx_tokens && estimate(g, top, ubatch, kv).total() <= limit {
+        best = top;
     }
     let hint = if best > 0 {
         format!("the largest context that fits is -c {best}")

@@ -410,11 +410,12 @@ pub(crate) struct ServeArgs {
     pub(crate) listen: bool,
     /// Serve the OpenAI-compatible HTTP API on ADDR:PORT (e.g.
     /// 127.0.0.1:8080; default: the board's `http_listen`): the chat page
-    /// at /, /v1/chat/completions, /v1/completions, /v1/models,
-    /// /v1/audio/transcriptions, /health, /metrics. Alone, or beside the
-    /// console when --port, --stdio or --listen is given too (one model in
-    /// memory for both).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// at /, /v1/chat/completions, /v1/completions, /v1/embeddings,
+    /// /v1/models, /v1/audio/transcriptions, /v1/audio/speech, /health,
+    /// /metrics. Alone, or beside the console when --port, --stdio or
+    /// --listen is given too (one model in memory for both). A host name
+    /// (localhost:8080) is resolved; a bare port (8080, :8080) is loopback.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub(crate) http: Option<std::net::SocketAddr>,
     /// The key HTTP clients must send (`Authorization: Bearer KEY`);
     /// required for an address outside loopback.
@@ -756,4 +757,44 @@ impl From<FlowArg> for ferrite::board::FlowControl {
 pub(crate) enum OnOff {
     On,
     Off,
+}
+
+/// `--http`'s address: `ADDR:PORT`, `HOST:PORT` (resolved; the first
+/// address), or a bare `PORT`/`:PORT` on loopback (127.0.0.1).
+fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let port_only = s.strip_prefix(':').unwrap_or(s);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    match s.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{s}` resolves to no address")),
+        Err(e) => Err(format!("`{s}` is not ADDR:PORT, HOST:PORT or PORT ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_listen;
+
+    #[test]
+    fn http_addresses_take_a_port_a_host_or_an_address() {
+        let lo = |p| std::net::SocketAddr::from(([127, 0, 0, 1], p));
+        assert_eq!(parse_listen("8080"), Ok(lo(8080)));
+        assert_eq!(parse_listen(":8081"), Ok(lo(8081)));
+        assert_eq!(
+            parse_listen("0.0.0.0:80").unwrap().to_string(),
+            "0.0.0.0:80"
+        );
+        assert_eq!(parse_listen("[::1]:9").unwrap().to_string(), "[::1]:9");
+        assert!(parse_listen("localhost:8080").unwrap().ip().is_loopback());
+        for bad in ["", "1.2.3", "host:port", "70000"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -48,7 +48,8 @@ pub(crate) fn main() -> ExitCode {
 }
 
 /// `--help` and `--version` as clap prints them; a usage error as one line
-/// and exit code 2.
+/// (clap's message with its details, without the usage block) and exit
+/// code 2.
 fn usage_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
     match e.kind() {
@@ -56,9 +57,24 @@ fn usage_error(e: clap::Error) -> ExitCode {
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => e.exit(),
         _ => {
+            // clap's message and its details (the missing argument, the
+            // possible values, a tip), without its usage block.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("error: bad arguments");
-            eprintln!("{first} (see --help)");
+            let parts: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = match parts.split_first() {
+                None => "error: bad arguments".to_string(),
+                Some((first, [])) => first.to_string(),
+                Some((first, rest)) if first.ends_with(':') => {
+                    format!("{first} {}", rest.join(", "))
+                }
+                Some((first, rest)) => format!("{first}; {}", rest.join("; ")),
+            };
+            eprintln!("{line} (see --help)");
             ExitCode::from(2)
         }
     }

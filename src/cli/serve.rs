@@ -204,6 +204,7 @@ fn start_api(
         max_body: 1 << 20,
         max_audio: 25 << 20,
         defaults,
+        system: a.system.clone(),
         session: ctx.session_opts(&a.model, 0),
         parallel: a.parallel as usize,
         kv_unified: a.kv_unified == super::args::OnOff::On,

@@ -128,7 +128,7 @@ impl Ctx {
 
     pub(crate) fn resolve(&self, spec: Option<&str>) -> anyhow::Result<(String, PathBuf)> {
         let spec = spec.or(self.board.default_model.as_deref());
-        Ok(self.store.resolve(spec, &self.manifest, true)?)
+        Ok(self.store.resolve_llm(spec, &self.manifest, true)?)
     }
 
     pub(crate) fn load(&self, m: &ModelArgs) -> anyhow::Result<Engine> {

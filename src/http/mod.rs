@@ -53,6 +53,9 @@ pub struct HttpOptions {
     pub max_audio: usize,
     /// The sampling values a request does not set.
     pub defaults: GenParams,
+    /// The system prompt of a chat request without a system message
+    /// (`serve --system`).
+    pub system: Option<String>,
     /// The model worker's context (its own KV cache, beside a console's).
     pub session: SessionOptions,
     /// Answers generated at once, batched on that context (llama.cpp's
@@ -128,6 +131,7 @@ impl Api {
         let state = Arc::new(state::AppState {
             api_key: opts.api_key.clone(),
             defaults: opts.defaults.clone(),
+            system: opts.system.clone(),
             jobs,
             queue: opts.queue,
             parallel: opts.parallel,

@@ -276,7 +276,7 @@ pub async fn chat(
     let params = params(&st, req.sampling())?;
     let (system, history, question) = conversation(&mut req)?;
     let work = Work::Chat {
-        system,
+        system: system.or_else(|| st.system.clone()),
         history,
         question,
     };

@@ -20,6 +20,8 @@ use crate::tts::{SpeakOptions, TtsError, Voice};
 pub struct AppState {
     pub api_key: Option<String>,
     pub defaults: GenParams,
+    /// `serve --system`: for chats without a system message.
+    pub system: Option<String>,
     pub jobs: SyncSender<Job>,
     /// Requests that may wait while `parallel` are answered.
     pub queue: usize,

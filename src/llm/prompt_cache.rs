@@ -151,7 +151,12 @@ pub(crate) fn save_seq(
     tokens: &[LlamaToken],
 ) -> std::io::Result<()> {
     let dir = state.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new().prefix(".state").tempfile_in(dir)?;
+    // 0644 as every file in the store (one prepared with sudo stays
+    // readable by the service's user); tempfile's default is 0600.
+    let tmp = tempfile::Builder::new()
+        .prefix(".state")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .tempfile_in(dir)?;
     ctx.state_seq_save_file(tmp.path(), seq, tokens)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     tmp.as_file().sync_all()?;

@@ -40,6 +40,18 @@ pub enum ModelKind {
     Runtime,
 }
 
+impl std::fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ModelKind::Gguf => "a language model",
+            ModelKind::Whisper => "a speech-to-text model",
+            ModelKind::Vad => "a voice detector",
+            ModelKind::Voice => "a voice",
+            ModelKind::Runtime => "a runtime library",
+        })
+    }
+}
+
 impl ModelKind {
     /// Whether the fetched bytes are converted into the stored file.
     pub fn is_converted(self) -> bool {
@@ -245,6 +257,15 @@ impl Manifest {
 
     pub fn names(&self) -> Vec<&str> {
         self.models.iter().map(|m| m.name.as_str()).collect()
+    }
+
+    /// The language models' names (what `-m` and `--draft` take).
+    pub fn llm_names(&self) -> Vec<&str> {
+        self.models
+            .iter()
+            .filter(|m| m.kind == ModelKind::Gguf)
+            .map(|m| m.name.as_str())
+            .collect()
     }
 }
 

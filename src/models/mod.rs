@@ -35,6 +35,12 @@ pub enum ModelsError {
     Unknown { name: String, known: String },
     #[error("model `{name}` is not pulled: run `ferrite models pull {name}`")]
     NotPulled { name: String },
+    #[error("`{name}` is {kind}, not a language model (language models: {llms})")]
+    NotAnLlm {
+        name: String,
+        kind: ModelKind,
+        llms: String,
+    },
     #[error("{source_desc}: {msg}")]
     Fetch {
         source_desc: String,
@@ -683,6 +689,31 @@ impl Store {
 
     /// Resolve `-m NAME|PATH`: an existing path wins; then a pulled model; a
     /// manifest model that is not pulled yet is pulled when `pull_missing`.
+    /// `resolve` for a language model (`-m`, `--draft`, `/model`): a
+    /// manifest name of another kind is refused before anything is pulled.
+    ///
+    /// # Errors
+    /// `ModelsError::NotAnLlm`, else what `resolve` returns.
+    pub fn resolve_llm(
+        &self,
+        spec: Option<&str>,
+        manifest: &Manifest,
+        pull_missing: bool,
+    ) -> Result<(String, PathBuf), ModelsError> {
+        if let Some(entry) = spec
+            .filter(|s| !Path::new(s).exists())
+            .and_then(|s| manifest.get(s))
+            .filter(|e| e.kind != ModelKind::Gguf)
+        {
+            return Err(ModelsError::NotAnLlm {
+                name: entry.name.clone(),
+                kind: entry.kind,
+                llms: manifest.llm_names().join(", "),
+            });
+        }
+        self.resolve(spec, manifest, pull_missing)
+    }
+
     pub fn resolve(
         &self,
         spec: Option<&str>,
