@@ -31,5 +31,19 @@ case "$(uname -m):$target" in
     export "BINDGEN_EXTRA_CLANG_ARGS_$(echo "$target" | tr - _)="
     ;;
 esac
+# ggml's CUDA backend (--features cuda): nvcc and the CUDA libraries from
+# CUDA_PATH, JetPack's /usr/local/cuda, or the packaged toolkit on an x86_64
+# host (boards/cuda-toolkit.sh); find_cuda_helper (llama-cpp-sys-2) takes the
+# link search path from CUDA_LIBRARY_PATH (its lib64 and lib64/stubs).
+case " $* " in
+  *cuda*)
+    if [ -z "${CUDA_PATH:-}" ]; then
+      if [ -x /usr/local/cuda/bin/nvcc ]; then CUDA_PATH=/usr/local/cuda
+      else CUDA_PATH="$("$here/cuda-toolkit.sh")"; fi
+    fi
+    export CUDA_PATH CUDA_LIBRARY_PATH="${CUDA_LIBRARY_PATH:-$CUDA_PATH}"
+    echo "board $board: CUDA from $CUDA_PATH" >&2
+    ;;
+esac
 echo "board $board: target $target${arch:+, GGML_CPU_ARM_ARCH=$arch}" >&2
 exec cargo "$cmd" --release --target "$target" --target-dir "target/board-$board" "$@"

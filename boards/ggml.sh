@@ -77,6 +77,30 @@ else
   fi
 fi
 
+# ggml's CUDA backend: nvcc from CUDA_PATH (JetPack's /usr/local/cuda on a
+# Jetson), else the packaged toolkit (boards/cuda-toolkit.sh, x86_64 hosts);
+# device code for FERRITE_CUDA_ARCHS, else the profile's cuda_arch (87 on the
+# Orins), else this machine's GPU (`native`, which needs one).
+if [ "$cuda" = ON ]; then
+  cuda_path="${CUDA_PATH:-}"
+  if [ -z "$cuda_path" ] || [ ! -x "$cuda_path/bin/nvcc" ]; then
+    if [ -x /usr/local/cuda/bin/nvcc ]; then cuda_path=/usr/local/cuda
+    else cuda_path="$("$root/boards/cuda-toolkit.sh")"; fi
+  fi
+  archs="${FERRITE_CUDA_ARCHS:-}"
+  if [ -z "$archs" ] && [ -n "${profile:-}" ]; then archs="$(profile_field "$profile" cuda_arch)"; fi
+  if [ -z "$archs" ]; then
+    command -v nvidia-smi >/dev/null || { echo "ggml.sh: no GPU here to build for: set FERRITE_CUDA_ARCHS (87 for Orin, 90 for H100)" >&2; exit 2; }
+    archs=native
+  fi
+  # ggml-cuda links the driver API (CUDA::cuda_driver): a toolkit without
+  # stubs gets one first.
+  [ -e "$cuda_path/lib64/stubs/libcuda.so" ] || "$root/boards/cuda-stub.sh" "$cuda_path"
+  args+=(-DCMAKE_CUDA_COMPILER="$cuda_path/bin/nvcc" -DCUDAToolkit_ROOT="$cuda_path"
+         -DCMAKE_CUDA_ARCHITECTURES="$archs")
+  [ -n "${cc:-}" ] && [ "$(uname -m)" != "${proc:-}" ] && args+=(-DCMAKE_CUDA_HOST_COMPILER="$cc-g++")
+fi
+
 # Reconfigure only when the options or the source change.
 stamp="$(printf '%s\n' "$src" "${args[@]}" | sha256sum | cut -c1-16)"
 if [ -f "$prefix/.stamp" ] && [ "$(cat "$prefix/.stamp")" = "$stamp" ]; then

@@ -128,6 +128,7 @@ impl std::fmt::Display for Setting {
             Setting::RepeatPenalty(v) => write!(f, "repeat-penalty = {v}"),
             Setting::NPredict(None) => write!(f, "n-predict = -1 (no limit)"),
             Setting::NPredict(Some(n)) => write!(f, "n-predict = {n}"),
+            Setting::Seed(0xFFFF_FFFF) => write!(f, "seed = -1 (random)"),
             Setting::Seed(v) => write!(f, "seed = {v}"),
             Setting::Grammar { key, grammar } => {
                 write!(
@@ -159,11 +160,15 @@ impl Setting {
             "min-p" => Setting::MinP(f(0.0, 1.0)?),
             "repeat-penalty" => Setting::RepeatPenalty(f(0.01, 10.0)?),
             "n-predict" | "n" => Setting::NPredict(match value.parse::<i64>() {
-                Ok(n) if n < 0 => None,
+                Ok(-1) => None,
                 Ok(n) if n > 0 => Some(n as usize),
                 _ => return Err("n-predict must be a positive whole number or -1".into()),
             }),
-            "seed" => Setting::Seed(value.parse().map_err(|_| "seed must be a whole number")?),
+            // -1 (or `random`): a fresh seed for each answer, as on the CLI.
+            "seed" => Setting::Seed(match value {
+                "-1" | "random" => 0xFFFF_FFFF,
+                v => v.parse().map_err(|_| "seed must be a whole number from 0, or -1 for a random one")?,
+            }),
             "json-schema" => Setting::Grammar {
                 key: "json-schema",
                 grammar: (value != "off")
@@ -218,6 +223,14 @@ mod tests {
         );
         assert_eq!(Command::parse("/system"), Some(Ok(Command::System(None))));
         assert!(matches!(Command::parse("/set temp hot"), Some(Err(_))));
+        // As the CLI: -n -5 and a negative seed other than -1 are refused;
+        // seed -1 goes back to a random seed.
+        assert!(matches!(Command::parse("/set n-predict -5"), Some(Err(_))));
+        assert!(matches!(Command::parse("/set seed -2"), Some(Err(_))));
+        assert_eq!(
+            Command::parse("/set seed -1"),
+            Some(Ok(Command::Set(Setting::Seed(0xFFFF_FFFF))))
+        );
         assert!(matches!(Command::parse("/rm -rf /"), Some(Err(_))));
         assert_eq!(Command::parse("/lora"), Some(Ok(Command::LoraList)));
         assert_eq!(

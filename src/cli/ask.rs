@@ -7,6 +7,10 @@ use super::{Ctx, Out};
 
 pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
     a.draft.options().validate()?;
+    let prompt = a.prompt.join(" ");
+    if prompt.trim().is_empty() {
+        anyhow::bail!("the prompt is empty: ask something, e.g. ferrite ask \"What is a CPU?\"");
+    }
     let mut engine = ctx.load(&a.model)?;
     let draft = ctx.load_draft(&a.draft, &a.model)?;
     let adapter = a.lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;
@@ -21,7 +25,7 @@ pub(crate) fn run(ctx: &Ctx, a: AskArgs, out: &mut Out) -> anyhow::Result<()> {
         let warmed = sess.warm(&cache)?;
         tracing::info!(?warmed, "prompt cache");
     }
-    let prompt = a.prompt.join(" ");
+
     let params = a.gen.params()?;
     let mut broken = false;
     let reply = {
