@@ -456,9 +456,15 @@ fn what_cannot_run_is_refused_with_a_value_that_can() {
         );
         assert!(err.contains("smollm2-135m"), "{err}");
     }
-    let out = ferrite(home.path(), &["ask", "-m", model_path().to_str().unwrap(), " "]);
+    let out = ferrite(
+        home.path(),
+        &["ask", "-m", model_path().to_str().unwrap(), " "],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("the prompt is empty"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("the prompt is empty"),
+        "{err}"
+    );
     let pulled = home.path().join("models");
     assert!(
         !pulled.exists() || std::fs::read_dir(&pulled).unwrap().next().is_none(),

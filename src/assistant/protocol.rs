@@ -36,6 +36,13 @@ pub fn parse_json_line(line: &str) -> Result<Request, String> {
     let v: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
     let (key, req) = if let Some(q) = v.get("q").and_then(|q| q.as_str()) {
+        // As on the text console: nothing to answer, or bytes no one typed.
+        if q.trim().is_empty() {
+            return Err("`q` is empty: nothing to answer".into());
+        }
+        if q.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+            return Err("`q` contains control characters: ignored".into());
+        }
         let req = match (v.get("json_schema"), v.get("grammar")) {
             (None, None) => Request::Question(q.to_string()),
             (Some(_), Some(_)) => {
@@ -58,6 +65,9 @@ pub fn parse_json_line(line: &str) -> Result<Request, String> {
         };
         ("q", req)
     } else if let Some(c) = v.get("cmd").and_then(|c| c.as_str()) {
+        if c.trim().trim_start_matches('/').is_empty() {
+            return Err("`cmd` is empty: `help` lists the commands".into());
+        }
         let c = format!("/{}", c.trim_start_matches('/'));
         match Command::parse(&c) {
             Some(r) => ("cmd", Request::Command(r?)),
@@ -111,6 +121,20 @@ mod tests {
             .contains("unknown command"));
         let e = parse_json_line(r#"{"q": "hi", "temperature": 2}"#).unwrap_err();
         assert!(e.starts_with("unknown field `temperature`"), "{e}");
+        // As the text console: empty, and control characters, refused.
+        assert!(parse_json_line(r#"{"q": " "}"#)
+            .unwrap_err()
+            .contains("empty"));
+        assert!(parse_json_line(r#"{"q": "a\u0000b"}"#)
+            .unwrap_err()
+            .contains("control characters"));
+        assert_eq!(
+            parse_json_line(r#"{"q": "line one\nline two"}"#),
+            Ok(Request::Question("line one\nline two".into()))
+        );
+        assert!(parse_json_line(r#"{"cmd": ""}"#)
+            .unwrap_err()
+            .contains("empty"));
     }
 
     #[test]

@@ -234,6 +234,10 @@ pub(crate) struct BenchArgs {
     pub(crate) n_batch: u32,
     #[arg(long = "ubatch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1 << 16))]
     pub(crate) n_ubatch: u32,
+    /// Layers offloaded to the GPU (llama-bench's -ngl; CUDA builds; default:
+    /// the board's gpu_layers).
+    #[arg(long = "n-gpu-layers", visible_alias = "ngl")]
+    pub(crate) gpu_layers: Option<u32>,
     /// Print llama-bench's JSON (a list of objects) instead of the table.
     #[arg(long)]
     pub(crate) json: bool,

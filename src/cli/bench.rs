@@ -14,7 +14,7 @@ pub(crate) fn run(ctx: &Ctx, a: BenchArgs, out: &mut Out) -> anyhow::Result<()> 
         model: a.model.clone(),
         threads: a.threads,
         ctx_size: None,
-        gpu_layers: None,
+        gpu_layers: a.gpu_layers,
         cache_type_k: a.cache_type_k,
         cache_type_v: a.cache_type_v,
     };
