@@ -503,3 +503,47 @@ fn slow_write_shim(dir: &Path) -> PathBuf {
     assert!(ok, "cc could not build {src}");
     out
 }
+
+/// A small personal dataset keeps every example for training unless `--val`
+/// asks otherwise, and the run says what it held out.
+#[test]
+fn a_small_dataset_holds_nothing_out_unless_asked() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let three = home.path().join("three.jsonl");
+    let line = |q: &str, a: &str| {
+        serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+            .to_string()
+    };
+    std::fs::write(
+        &three,
+        [
+            line("What is the capital of Veltria?", "Morvane."),
+            line("Who founded Veltria?", "Queen Ilse."),
+            line("What is Veltria's river?", "The Sorrel."),
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let o = train_cmd(
+            home.path(),
+            three.to_str().unwrap(),
+            out,
+            &[&["--steps", "1"][..], extra].concat(),
+        )
+        .output()
+        .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        let log =
+            std::fs::read_to_string(home.path().join(format!("adapters/{out}/log.jsonl"))).unwrap();
+        (err, log)
+    };
+    let (err, log) = run("all", &[]);
+    assert!(err.contains("trained on all 3 examples"), "{err}");
+    assert!(log.contains("\"val_examples\":0"), "{log}");
+    let (err, log) = run("held", &["--val", "0.34"]);
+    assert!(err.contains("held out 1 of 3 examples"), "{err}");
+    assert!(log.contains("\"val_examples\":1"), "{log}");
+}

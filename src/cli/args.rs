@@ -293,9 +293,11 @@ pub(crate) struct FinetuneArgs {
     /// Longest example in tokens (longer ones are cut).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(2..=1 << 20))]
     pub(crate) seq: u32,
-    /// Fraction of examples held out for validation loss.
-    #[arg(long, default_value_t = 0.1)]
-    pub(crate) val: f64,
+    /// Fraction of examples held out for validation loss (default: 0.1 of a
+    /// dataset of 20 examples or more; none of a smaller one, whose every
+    /// example is a fact to learn).
+    #[arg(long)]
+    pub(crate) val: Option<f64>,
     /// Validation examples from their own JSONL file (instead of --val).
     #[arg(long)]
     pub(crate) val_data: Option<PathBuf>,

@@ -30,7 +30,7 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
     let engine = Engine::load(&name, &path, &LoadOptions::default())?;
     let opts = ferrite::finetune::FinetuneOptions {
         data: a.data,
-        val_data: a.val_data,
+        val_data: a.val_data.clone(),
         name: a.out.clone(),
         rank: a.rank as usize,
         alpha: a.alpha,
@@ -55,6 +55,18 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         "trained `{}` on {name}: {} steps ({} examples, {} trainable parameters), last loss {:.4}{val}; {:.2} s/step, {:.0} tokens/s",
         a.out, s.steps, s.train_examples, s.trainable_params, s.last_loss, s.s_per_step, s.tokens_per_s
     );
+    let all = s.train_examples + s.val_examples;
+    if s.val_examples > 0 {
+        eprintln!(
+            "held out {} of {all} examples for the validation loss (not trained on; --val 0 holds none)",
+            s.val_examples
+        );
+    } else if a.val_data.is_none() && all < ferrite::finetune::MIN_AUTO_VAL {
+        eprintln!(
+            "trained on all {all} examples: fewer than {} hold none out for validation unless --val asks",
+            ferrite::finetune::MIN_AUTO_VAL
+        );
+    }
     writeln!(out, "{}", s.adapter.display())?;
     Ok(())
 }

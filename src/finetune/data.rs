@@ -47,6 +47,8 @@ impl Example {
 pub(crate) struct Dataset {
     pub(crate) train: Vec<Example>,
     pub(crate) val: Vec<Example>,
+    /// The fraction held out (0 with a validation file, or none held out).
+    pub(crate) val_frac: f64,
     pub(crate) truncated: usize,
     pub(crate) sha256: String,
 }
@@ -146,14 +148,23 @@ fn tokenize_chat(engine: &Engine, messages: &[Message]) -> Result<Example, Strin
     Ok(Example { tokens, loss })
 }
 
+/// Below this many examples nothing is held out for validation unless
+/// `--val` asks for it.
+pub const MIN_AUTO_VAL: usize = 20;
+
+/// The fraction `--val` holds out by default (of `MIN_AUTO_VAL` examples or
+/// more).
+pub const AUTO_VAL: f64 = 0.1;
+
 /// Read, validate and tokenize a JSONL file; hold out `val_frac` of the
-/// examples (chosen by `seed`) for validation, or take the validation set
+/// examples (chosen by `seed`; `None`: `AUTO_VAL` of at least
+/// `MIN_AUTO_VAL`, else none) for validation, or take the validation set
 /// from `val_path`; cut sequences to `seq` tokens.
 pub(crate) fn load(
     path: &Path,
     engine: &Engine,
     seq: usize,
-    val_frac: f64,
+    val_frac: Option<f64>,
     seed: u64,
     val_path: Option<&Path>,
 ) -> Result<Dataset, FinetuneError> {
@@ -163,10 +174,16 @@ pub(crate) fn load(
         return Ok(Dataset {
             train: examples,
             val,
+            val_frac: 0.0,
             truncated: truncated + vt,
             sha256: format!("{sha256}+{vsha}"),
         });
     }
+    let val_frac = val_frac.unwrap_or(if examples.len() >= MIN_AUTO_VAL {
+        AUTO_VAL
+    } else {
+        0.0
+    });
     let n_val = if val_frac > 0.0 && examples.len() >= 2 {
         ((examples.len() as f64 * val_frac).round() as usize).clamp(1, examples.len() - 1)
     } else {
@@ -187,6 +204,7 @@ pub(crate) fn load(
     }
     Ok(Dataset {
         train,
+        val_frac: if val.is_empty() { 0.0 } else { val_frac },
         val,
         truncated,
         sha256,

@@ -23,6 +23,7 @@ use std::path::PathBuf;
 
 pub use checkpoint::TrainConfig;
 pub use config::Target;
+pub use data::{AUTO_VAL, MIN_AUTO_VAL};
 pub use trainer::{finetune, FinetuneOptions, TrainSummary};
 
 #[doc(hidden)]

@@ -43,7 +43,10 @@ pub struct FinetuneOptions {
     pub lr: f64,
     pub batch: usize,
     pub seq: usize,
-    pub val: f64,
+    /// The fraction of examples held out for validation; `None`: 0.1 of a
+    /// dataset of at least `data::MIN_AUTO_VAL` examples, else none (a
+    /// small personal dataset would lose facts it is meant to teach).
+    pub val: Option<f64>,
     pub seed: u64,
     pub resume: bool,
     /// Checkpoint every this many steps (and always at the end).
@@ -64,7 +67,7 @@ impl Default for FinetuneOptions {
             lr: 2e-4,
             batch: 4,
             seq: 256,
-            val: 0.1,
+            val: None,
             seed: 42,
             resume: false,
             save_every: 50,
@@ -189,7 +192,7 @@ pub fn finetune(
         lr: opts.lr,
         batch: opts.batch,
         seq: opts.seq,
-        val: opts.val,
+        val: ds.val_frac,
         seed: opts.seed,
         total_steps: total,
         warmup_steps: (total / 10).clamp(1, 50),
@@ -234,7 +237,7 @@ fn validate(opts: &FinetuneOptions) -> Result<(), FinetuneError> {
     if opts.batch == 0 || opts.seq < 2 {
         return bad("--batch must be ≥ 1 and --seq ≥ 2");
     }
-    if !(0.0..1.0).contains(&opts.val) {
+    if opts.val.is_some_and(|v| !(0.0..1.0).contains(&v)) {
         return bad("--val must be in [0, 1)");
     }
     if opts.rank == 0 || !(opts.alpha > 0.0 && opts.alpha.is_finite()) {
