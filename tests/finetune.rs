@@ -405,7 +405,8 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
         );
     }
 
-    // Resuming with other settings is refused, naming what changed.
+    // Resuming with other settings is refused, naming what changed (more
+    // steps alone would extend the run).
     let o = run_train(
         home.path(),
         "killed",
@@ -415,14 +416,14 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
             "--save-every",
             "2",
             "--lr",
-            "1e-3",
+            "2e-3",
             "--val",
             "0",
             "--resume",
         ],
     );
     let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("total_steps"), "{e}");
+    assert!(!o.status.success() && e.contains("lr (was"), "{e}");
 }
 
 #[test]
@@ -546,4 +547,44 @@ fn a_small_dataset_holds_nothing_out_unless_asked() {
     let (err, log) = run("held", &["--val", "0.34"]);
     assert!(err.contains("held out 1 of 3 examples"), "{err}");
     assert!(log.contains("\"val_examples\":1"), "{log}");
+}
+
+/// `--resume` on a finished run says it is complete; `--resume --steps N`
+/// with more steps continues it, the schedule kept and the added steps at
+/// its floor, as the run's end says.
+#[test]
+fn a_finished_run_is_complete_and_more_steps_extend_it() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let base = ["--val", "0", "--save-every", "1"];
+    let o = run_train(home.path(), "ext", &[&base[..], &["--steps", "2"]].concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run_train(
+        home.path(),
+        "ext",
+        &[&base[..], &["--steps", "2", "--resume"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("the run is complete: 2 of its 2 steps"),
+        "{err}"
+    );
+    let o = run_train(
+        home.path(),
+        "ext",
+        &[&base[..], &["--steps", "3", "--resume"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("resumed at step 2 of 3"), "{err}");
+    assert!(err.contains("steps 3 to 3 extended the run"), "{err}");
+    assert!(!err.contains("NaN"), "{err}");
+    // The extended run's settings are the run's: another lr is refused.
+    let o = run_train(
+        home.path(),
+        "ext",
+        &[&base[..], &["--steps", "4", "--resume", "--lr", "1e-3"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("lr (was"), "{err}");
 }

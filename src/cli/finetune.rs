@@ -55,6 +55,18 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         "trained `{}` on {name}: {} steps ({} examples, {} trainable parameters), last loss {:.4}{val}; {:.2} s/step, {:.0} tokens/s",
         a.out, s.steps, s.train_examples, s.trainable_params, s.last_loss, s.s_per_step, s.tokens_per_s
     );
+    if s.resumed_from > 0 {
+        eprintln!("resumed at step {} of {}", s.resumed_from, s.steps);
+    }
+    if s.steps > s.schedule_steps {
+        eprintln!(
+            "steps {} to {} extended the run: its learning rate decayed over the first {} and the rest trained at the floor ({:e})",
+            s.schedule_steps + 1,
+            s.steps,
+            s.schedule_steps,
+            a.lr / 10.0
+        );
+    }
     let all = s.train_examples + s.val_examples;
     if s.val_examples > 0 {
         eprintln!(

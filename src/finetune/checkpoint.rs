@@ -28,6 +28,12 @@ pub struct TrainConfig {
     pub seed: u64,
     pub total_steps: usize,
     pub warmup_steps: usize,
+    /// The steps the learning rate's cosine decay spans: the first run's
+    /// `total_steps`; a run extended by `--resume --steps N` trains its
+    /// added steps at the schedule's floor (a tenth of `lr`). 0 in
+    /// checkpoints written before it was kept: `total_steps`.
+    #[serde(default)]
+    pub schedule_steps: usize,
 }
 
 pub(crate) struct Checkpoint {

@@ -81,6 +81,9 @@ pub struct TrainSummary {
     pub adapter: PathBuf,
     pub steps: usize,
     pub resumed_from: usize,
+    /// The steps the learning rate's decay spans (less than `steps` for a
+    /// run extended by `--resume --steps`).
+    pub schedule_steps: usize,
     pub train_examples: usize,
     pub val_examples: usize,
     pub last_loss: f64,
@@ -196,7 +199,9 @@ pub fn finetune(
         seed: opts.seed,
         total_steps: total,
         warmup_steps: (total / 10).clamp(1, 50),
+        schedule_steps: total,
     };
+    let mut cfg = cfg;
     let (ckpt_path, adapter_path) = prepare_dir(dir, opts)?;
     tracing::info!(model = %engine.name(), "dequantizing base weights");
     let base = Base::load(engine.path(), None, DType::F32, opts.seq)?;
@@ -210,7 +215,7 @@ pub fn finetune(
     )?;
     let mut opt = AdamW::new(&lora.vars(), opts.lr)?;
     let start = if opts.resume {
-        resume(&ckpt_path, &cfg, &lora, &mut opt)?
+        resume(&ckpt_path, &mut cfg, &lora, &mut opt)?
     } else {
         0
     };
@@ -271,10 +276,12 @@ fn prepare_dir(dir: &Path, opts: &FinetuneOptions) -> Result<(PathBuf, PathBuf),
 
 /// Load the checkpoint into the adapter and optimizer; returns the step to
 /// continue from. Refused, naming what changed, when the run's settings or
-/// data differ.
+/// data differ; a run whose steps are all done says so. More `--steps` than
+/// the run had extend it: the schedule (`cfg`'s warm-up and decay) stays
+/// the first run's, and the added steps train at its floor.
 fn resume(
     ckpt_path: &Path,
-    cfg: &TrainConfig,
+    cfg: &mut TrainConfig,
     lora: &Lora,
     opt: &mut AdamW,
 ) -> Result<usize, FinetuneError> {
@@ -288,9 +295,32 @@ fn resume(
         ));
     }
     let ck = checkpoint::load(ckpt_path, lora.vars().len())?;
-    if ck.config != *cfg {
-        let ours = serde_json::to_value(cfg).expect("ser");
-        let theirs = serde_json::to_value(&ck.config).expect("ser");
+    let was = ck.config.total_steps;
+    if ck.step >= cfg.total_steps {
+        return Err(refuse(format!(
+            "the run is complete: {} of its {was} steps are done; `--resume --steps N` with N over {} trains it further",
+            ck.step, ck.step
+        )));
+    }
+    let mut theirs_cfg = ck.config.clone();
+    if theirs_cfg.schedule_steps == 0 {
+        theirs_cfg.schedule_steps = was;
+    }
+    if cfg.total_steps > was {
+        // An extension: the schedule stays the run's; the rest of the
+        // settings must be too.
+        cfg.warmup_steps = theirs_cfg.warmup_steps;
+        cfg.schedule_steps = theirs_cfg.schedule_steps;
+        theirs_cfg.total_steps = cfg.total_steps;
+        tracing::info!(
+            from = was,
+            to = cfg.total_steps,
+            "run extended: the added steps train at the schedule's floor (lr / 10)"
+        );
+    }
+    if theirs_cfg != *cfg {
+        let ours = serde_json::to_value(&*cfg).expect("ser");
+        let theirs = serde_json::to_value(&theirs_cfg).expect("ser");
         let diff: Vec<String> = ours
             .as_object()
             .expect("object")
@@ -394,6 +424,7 @@ impl Run<'_> {
             adapter: self.adapter_path.clone(),
             steps: self.total,
             resumed_from: start,
+            schedule_steps: self.cfg.schedule_steps,
             train_examples: self.ds.train.len(),
             val_examples: self.ds.val.len(),
             last_loss,
@@ -427,7 +458,12 @@ impl Run<'_> {
             )));
         }
         let grads = loss.backward()?;
-        self.opt.lr = lr_at(self.cfg.lr, step, self.total, self.cfg.warmup_steps);
+        self.opt.lr = lr_at(
+            self.cfg.lr,
+            step,
+            self.cfg.schedule_steps,
+            self.cfg.warmup_steps,
+        );
         let vars = self.lora.vars();
         let gnorm = self.opt.step(&vars, &grads)?;
         self.log.write(json!({
