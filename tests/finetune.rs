@@ -547,6 +547,35 @@ fn a_small_dataset_holds_nothing_out_unless_asked() {
     let (err, log) = run("held", &["--val", "0.34"]);
     assert!(err.contains("held out 1 of 3 examples"), "{err}");
     assert!(log.contains("\"val_examples\":1"), "{log}");
+    // Adapters are managed like models: described, removed.
+    let m = |args: &[&str]| crate::common::ferrite(home.path(), args);
+    let info = m(&["models", "info", "all"]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    assert!(
+        text.contains("LoRA adapter (llama architecture)")
+            && text.contains("rank, alpha:    8, 16"),
+        "{text}"
+    );
+    assert!(text.contains("training:       1 steps"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_slice(&m(&["models", "info", "all", "--json"]).stdout).unwrap();
+    assert_eq!(json["kind"], "lora-adapter");
+    let rm = m(&["models", "rm", "all"]);
+    assert_eq!(
+        String::from_utf8_lossy(&rm.stdout).trim(),
+        "removed adapter all"
+    );
+    assert!(!home.path().join("adapters/all").exists());
+    let list = String::from_utf8_lossy(&m(&["models", "list"]).stdout).to_string();
+    assert!(list.contains("held") && !list.contains("all "), "{list}");
+    let again = m(&["models", "rm", "all"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("neither a model nor an adapter"));
 }
 
 /// `--resume` on a finished run says it is complete; `--resume --steps N`

@@ -47,10 +47,14 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
             Ok(())
         }
         ModelsCmd::Rm { name } => {
-            if !ctx.store.remove(&name)? {
-                bail!("model `{name}` is not in the store");
+            // A model first; an adapter of that name otherwise.
+            if ctx.store.remove(&name)? {
+                writeln!(out, "removed {name}")?;
+            } else if ctx.store.remove_adapter(&name)? {
+                writeln!(out, "removed adapter {name}")?;
+            } else {
+                bail!("`{name}` is neither a model nor an adapter in the store (`ferrite models list` lists both)");
             }
-            writeln!(out, "removed {name}")?;
             Ok(())
         }
         ModelsCmd::Import { file, name } if file.is_dir() => {
@@ -81,7 +85,11 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
             Ok(())
         }
         ModelsCmd::Info { model, json } => {
-            let (_, path) = ctx.store.resolve(Some(&model), &ctx.manifest, false)?;
+            let resolved = ctx.store.resolve(Some(&model), &ctx.manifest, false);
+            if let (Err(_), Ok(adapter)) = (&resolved, ctx.store.adapter_path(&model)) {
+                return adapter_info(&adapter, json, out);
+            }
+            let (_, path) = resolved?;
             if ferrite::speech::whisper::is_whisper_file(&path) {
                 whisper_info(&path, json, out)
             } else {
@@ -209,6 +217,58 @@ fn whisper_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
         hp.n_mels
     )?;
     writeln!(out, "loadable:       yes")?;
+    Ok(())
+}
+
+/// `models info ADAPTER`: what the adapter file says (base, rank, alpha,
+/// targets, size) and how its training ended (the log's last summary).
+fn adapter_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
+    let (info, _) = ferrite::adapter::inspect(path)?;
+    let log = path.with_file_name("log.jsonl");
+    let done = std::fs::read_to_string(&log).ok().and_then(|t| {
+        t.lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "done")
+            .map(|v| v["summary"].clone())
+    });
+    let size = std::fs::metadata(path)?.len();
+    if json {
+        let v = serde_json::json!({
+            "path": path, "kind": "lora-adapter", "architecture": info.arch,
+            "rank": info.rank, "alpha": info.alpha, "targets": info.targets,
+            "base_name": info.base_name, "base_sha256": info.base_sha256,
+            "pairs": info.n_pairs, "parameters": info.n_params, "bytes": size,
+            "training": done,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+        return Ok(());
+    }
+    writeln!(out, "path:           {}", path.display())?;
+    writeln!(
+        out,
+        "kind:           LoRA adapter ({} architecture)",
+        info.arch
+    )?;
+    writeln!(
+        out,
+        "base:           {} (sha256 {})",
+        info.base_name.as_deref().unwrap_or("?"),
+        info.base_sha256.as_deref().unwrap_or("?")
+    )?;
+    writeln!(out, "rank, alpha:    {}, {}", info.rank, info.alpha)?;
+    writeln!(
+        out,
+        "targets:        {} ({} pairs, {} parameters, {size} bytes)",
+        info.targets, info.n_pairs, info.n_params
+    )?;
+    if let Some(s) = done {
+        writeln!(
+            out,
+            "training:       {} steps, last loss {}, validation loss {} -> {}",
+            s["steps"], s["last_loss"], s["val_loss_start"], s["val_loss_end"]
+        )?;
+    }
     Ok(())
 }
 

@@ -664,6 +664,21 @@ impl Store {
         Ok((spec.to_string(), self.adapter_path(spec)?))
     }
 
+    /// Delete a trained adapter (its folder: adapter, checkpoint, log).
+    /// Returns whether it was there.
+    ///
+    /// # Errors
+    /// `BadName` for a name that is not one path component; the folder
+    /// cannot be removed.
+    pub fn remove_adapter(&self, name: &str) -> Result<bool, ModelsError> {
+        let dir = self.adapter_dir(name)?;
+        if !dir.is_dir() {
+            return Ok(false);
+        }
+        std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+        Ok(true)
+    }
+
     /// Trained adapters in the store: (name, adapter file), sorted.
     pub fn adapters(&self) -> Vec<(String, PathBuf)> {
         let mut out: Vec<(String, PathBuf)> = std::fs::read_dir(self.root.join("adapters"))
