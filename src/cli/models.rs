@@ -84,18 +84,7 @@ pub(crate) fn run(ctx: &Ctx, cmd: ModelsCmd, out: &mut Out) -> anyhow::Result<()
             writeln!(out, "imported {name}: {}", p.display())?;
             Ok(())
         }
-        ModelsCmd::Info { model, json } => {
-            let resolved = ctx.store.resolve(Some(&model), &ctx.manifest, false);
-            if let (Err(_), Ok(adapter)) = (&resolved, ctx.store.adapter_path(&model)) {
-                return adapter_info(&adapter, json, out);
-            }
-            let (_, path) = resolved?;
-            if ferrite::speech::whisper::is_whisper_file(&path) {
-                whisper_info(&path, json, out)
-            } else {
-                gguf_info(&path, json, out)
-            }
-        }
+        ModelsCmd::Info { model, json } => info(ctx, &model, json, out),
     }
 }
 
@@ -218,6 +207,20 @@ fn whisper_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
     )?;
     writeln!(out, "loadable:       yes")?;
     Ok(())
+}
+
+/// `models info NAME`: a model (GGUF or whisper.cpp), else an adapter.
+fn info(ctx: &Ctx, model: &str, json: bool, out: &mut Out) -> anyhow::Result<()> {
+    let resolved = ctx.store.resolve(Some(model), &ctx.manifest, false);
+    if let (Err(_), Ok(adapter)) = (&resolved, ctx.store.adapter_path(model)) {
+        return adapter_info(&adapter, json, out);
+    }
+    let (_, path) = resolved?;
+    if ferrite::speech::whisper::is_whisper_file(&path) {
+        whisper_info(&path, json, out)
+    } else {
+        gguf_info(&path, json, out)
+    }
 }
 
 /// `models info ADAPTER`: what the adapter file says (base, rank, alpha,
