@@ -11,11 +11,12 @@
 # Three gaps between the packages and a full toolkit, filled here:
 #  - lib64 -> lib, and the unversioned libcudart.so/libcublas.so/libcublasLt.so
 #    links the linker looks for (the packages ship only the .so.13 files).
-#  - llama-cpp-sys-2 links cuBLAS statically (cublas_static, cublasLt_static,
-#    culibos), which the packages do not ship: libcublas_static.a and
-#    libcublasLt_static.a are GNU ld scripts naming the shared libraries, and
-#    libculibos.a is an empty archive (only cudart_static needs it, and the
-#    packages' libcudart_static.a does not).
+#  - llama-cpp-sys-2 names cuBLAS's static libraries (cublas_static,
+#    cublasLt_static, culibos), which the packages do not ship; rustc bundles
+#    them into its rlib, so they must be archives: empty ones here. The
+#    symbols come from the shared libcublas/libcublasLt, which whisper-rs-sys
+#    links (-lcublas -lcublasLt -lcudart), so the binary needs them at run
+#    time (LD_LIBRARY_PATH=target/cuda/13.5/nvidia/cu13/lib, or JetPack's).
 #  - lib/stubs/libcuda.so, the driver API's link-time stub (boards/cuda-stub.sh,
 #    from cuda.h), as a full toolkit has; the board's driver provides
 #    libcuda.so.1 at run time.
@@ -53,8 +54,8 @@ done
 chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/*
 ( cd "$cuda/lib"
   for l in cudart cublas cublasLt; do ln -sf "lib$l.so.13" "lib$l.so"; done
-  printf 'INPUT(%s/libcublas.so)\n' "$PWD" >libcublas_static.a
-  printf 'INPUT(%s/libcublasLt.so)\n' "$PWD" >libcublasLt_static.a
+  ar rcs libcublas_static.a
+  ar rcs libcublasLt_static.a
   ar rcs libculibos.a
   mkdir -p stubs )
 ln -sfn lib "$cuda/lib64"
