@@ -79,9 +79,9 @@ impl SpecResult {
     /// The table's header, in llama-bench's markdown style.
     pub fn markdown_header() -> String {
         format!(
-            "| {:<12} | {:<28} | {:>5} | {:>16} | {:>16} | {:>7} | {:>15} |\n|{}|{}|{}:|{}:|{}:|{}:|{}:|",
+            "| {:<12} | {:<32} | {:>5} | {:>16} | {:>16} | {:>7} | {:>15} |\n|{}|{}|{}:|{}:|{}:|{}:|{}:|",
             "test", "drafter", "n_gen", "plain t/s", "drafted t/s", "speedup", "accepted",
-            "-".repeat(14), "-".repeat(30), "-".repeat(6), "-".repeat(17), "-".repeat(17),
+            "-".repeat(14), "-".repeat(34), "-".repeat(6), "-".repeat(17), "-".repeat(17),
             "-".repeat(8), "-".repeat(16)
         )
     }
@@ -93,7 +93,7 @@ impl SpecResult {
             0.0
         };
         format!(
-            "| {:<12} | {:<28} | {:>5} | {:>16} | {:>16} | {:>6.2}x | {:>15} |",
+            "| {:<12} | {:<32} | {:>5} | {:>16} | {:>16} | {:>6.2}x | {:>15} |",
             self.test,
             self.drafter,
             self.n_gen,
