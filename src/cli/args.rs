@@ -217,6 +217,7 @@ pub(crate) struct PerplexityArgs {
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
+    /// Model name or GGUF path (default: the board's/manifest's default).
     #[arg(short = 'm', long)]
     pub(crate) model: Option<String>,
     /// Prompt tokens (pp test); 0 skips it.
@@ -225,11 +226,13 @@ pub(crate) struct BenchArgs {
     /// Generated tokens (tg test); 0 skips it.
     #[arg(short = 'n', long = "n-gen", default_value_t = 128, value_parser = clap::value_parser!(u32).range(0..=1 << 20))]
     pub(crate) n_gen: u32,
+    /// CPU threads (default: the board's, else every core).
     #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub(crate) threads: Option<i32>,
     /// Repetitions of each test.
     #[arg(short = 'r', long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) reps: u32,
+    /// Logical batch size (llama-bench's -b).
     #[arg(short = 'b', long = "batch-size", default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..=1 << 16))]
     pub(crate) n_batch: u32,
     #[arg(long = "ubatch-size", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1 << 16))]
@@ -399,6 +402,8 @@ pub(crate) struct ServeArgs {
     /// Longest accepted input line, in bytes.
     #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(16..=1 << 20))]
     pub(crate) max_line: u32,
+    /// System prompt of the console's conversations and of HTTP chats that
+    /// have no system message.
     #[arg(long)]
     pub(crate) system: Option<String>,
     #[command(flatten)]
@@ -622,8 +627,11 @@ pub(crate) struct GenArgs {
     /// Keep only the K most likely tokens (0 = off; at most the vocabulary).
     #[arg(long = "top-k", default_value_t = 40, value_parser = clap::value_parser!(i32).range(0..))]
     pub(crate) top_k: i32,
+    /// Nucleus sampling: keep the most likely tokens whose probabilities add
+    /// up to P (1.0 = off).
     #[arg(long = "top-p", default_value_t = 0.95)]
     pub(crate) top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 = off).
     #[arg(long = "min-p", default_value_t = 0.05)]
     pub(crate) min_p: f32,
     /// Repetition penalty (1.0 = off).
@@ -638,12 +646,16 @@ pub(crate) struct GenArgs {
         value_parser = clap::value_parser!(i32).range(-1..)
     )]
     pub(crate) repeat_last_n: i32,
+    /// Subtract this times a token's count in the last --repeat-last-n
+    /// tokens from its logit (OpenAI's frequency_penalty; 0 = off).
     #[arg(
         long = "frequency-penalty",
         default_value_t = 0.0,
         allow_negative_numbers = true
     )]
     pub(crate) frequency_penalty: f32,
+    /// Subtract this from the logit of every token seen in the last
+    /// --repeat-last-n tokens (OpenAI's presence_penalty; 0 = off).
     #[arg(
         long = "presence-penalty",
         default_value_t = 0.0,

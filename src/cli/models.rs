@@ -96,15 +96,23 @@ fn list(ctx: &Ctx, out: &mut Out) -> anyhow::Result<()> {
         ctx.store.root().display(),
         ctx.store_origin
     )?;
+    let models = ctx.store.list(&ctx.manifest);
+    // The name column fits the longest name (qwen2.5-coder-0.5b).
+    let w = models
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(16);
     writeln!(
         out,
-        "{:<16} {:<7} {:>10}  {:<20} description",
+        "{:<w$} {:<7} {:>10}  {:<20} description",
         "name", "pulled", "size", "license"
     )?;
-    for l in ctx.store.list(&ctx.manifest) {
+    for l in models {
         writeln!(
             out,
-            "{:<16} {:<7} {:>10}  {:<20} {}{}",
+            "{:<w$} {:<7} {:>10}  {:<20} {}{}",
             l.name,
             if l.pulled { "yes" } else { "no" },
             format!("{:.1} MB", l.size as f64 / 1e6),
