@@ -526,11 +526,18 @@ fn the_chat_page_answers_in_a_real_browser() {
     );
 }
 
-/// SIGTERM while an answer without an end in sight streams: the answer is
-/// cut after the worker's grace (5 s) and the server exits 0, rather than
-/// streaming to the end of the context past systemd's stop timeout.
+/// SIGTERM (or Ctrl-C) while an answer without an end in sight streams:
+/// the answer is cut after the worker's grace (5 s) and the server exits 0,
+/// rather than streaming to the end of the context past systemd's stop
+/// timeout.
 #[test]
 fn sigterm_cuts_a_long_streaming_answer() {
+    for sig in ["TERM", "INT"] {
+        cut_by(sig);
+    }
+}
+
+fn cut_by(sig: &str) {
     use std::io::{BufRead, BufReader, Write};
     let mut srv = start_with(&["-n", "-1"]);
     let port: u16 = srv.base.rsplit(':').next().unwrap().parse().unwrap();
@@ -556,7 +563,7 @@ fn sigterm_cuts_a_long_streaming_answer() {
         let l = lines.next().unwrap().unwrap();
         chunks += usize::from(l.starts_with("data: {"));
     }
-    crate::common::signal(srv.child.id(), "TERM");
+    crate::common::signal(srv.child.id(), sig);
     let t0 = Instant::now();
     let code = loop {
         if let Some(code) = srv.child.try_wait().unwrap() {
@@ -564,11 +571,11 @@ fn sigterm_cuts_a_long_streaming_answer() {
         }
         assert!(
             t0.elapsed() < Duration::from_secs(15),
-            "SIGTERM did not end the server"
+            "SIG{sig} did not end the server"
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert!(code.success(), "exit status after SIGTERM: {code:?}");
+    assert!(code.success(), "exit status after SIG{sig}: {code:?}");
     // The stream ended properly: its last event.
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l == "data: [DONE]"), "{rest:?}");

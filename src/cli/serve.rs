@@ -256,15 +256,28 @@ fn http(
         draft,
         prompt_cache,
     };
-    let api = start_api(ctx, a, addr, true)?;
+    // Ctrl-C stops it as SIGTERM does (the worker's grace, then a cut), not
+    // through the server's own graceful shutdown, which would wait for every
+    // stream to end; a second Ctrl-C ends the process at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        interrupted.clone(),
+    );
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+    let api = start_api(ctx, a, addr, false)?;
     service.status(&format!("serving the HTTP API on {}", api.addr()));
     service.ready();
     let quit = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| api.work(&engine, speed, served, &quit));
         // systemd's side, until the server is done: the watchdog fed,
-        // SIGTERM turned into a stop.
-        while !api.finished() && !service.stopping() {
+        // SIGTERM (and Ctrl-C) turned into a stop.
+        while !api.finished()
+            && !service.stopping()
+            && !interrupted.load(std::sync::atomic::Ordering::Relaxed)
+        {
             service.heartbeat();
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
