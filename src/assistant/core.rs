@@ -17,7 +17,7 @@ use super::protocol::Request;
 use super::{AssistantError, ServeOptions};
 use crate::board::Governor;
 use crate::gguf::GgufFile;
-use crate::llm::{AdapterId, DraftModel, Drafter, Engine, GenParams, LlmError, Message, Session};
+use crate::llm::{AdapterId, Drafter, Engine, GenParams, LlmError, Message, Session};
 use crate::models::{ModelKind, Store};
 
 /// The front end's side of an answer: render the event; `Break` cancels the
@@ -114,15 +114,10 @@ impl<'a, 'm> Core<'a, 'm> {
         let Some(setting) = &self.opts.draft else {
             return Ok(());
         };
-        let drafter = match (draft, &setting.model) {
-            (Some(e), _) => Drafter::Model(Box::new(DraftModel::new(
-                self.engine,
-                e,
-                &self.opts.session,
-            )?)),
-            (None, None) => Drafter::lookup(),
-            (None, Some(_)) => return Ok(()),
-        };
+        if draft.is_none() && setting.model.is_some() {
+            return Ok(());
+        }
+        let drafter = Drafter::new(self.engine, draft, &self.opts.session)?;
         self.session.set_draft(Some((drafter, setting.opts)))?;
         Ok(())
     }

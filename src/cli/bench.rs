@@ -72,12 +72,7 @@ fn speculative(ctx: &Ctx, a: &BenchArgs, margs: &ModelArgs, out: &mut Out) -> an
         prompts,
         draft: a.draft.options(),
     };
-    let mut drafter = || match draft.as_ref() {
-        Some(e) => Ok(llm::Drafter::Model(Box::new(llm::DraftModel::new(
-            &engine, e, &sopts,
-        )?))),
-        None => Ok(llm::Drafter::lookup()),
-    };
+    let mut drafter = || llm::Drafter::new(&engine, draft.as_ref(), &sopts);
     let pb = indicatif::ProgressBar::new_spinner();
     let results = llm::run_spec_bench(&engine, &sopts, &mut drafter, &opts, &mut |m| {
         pb.set_message(m.to_string())

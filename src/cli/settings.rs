@@ -197,12 +197,13 @@ impl Ctx {
         draft: Option<&'m Engine>,
         sopts: &SessionOptions,
     ) -> anyhow::Result<Option<(llm::Drafter<'m>, llm::DraftOptions)>> {
-        let drafter = match draft {
-            Some(e) => llm::Drafter::Model(Box::new(llm::DraftModel::new(target, e, sopts)?)),
-            None if d.lookup => llm::Drafter::lookup(),
-            None => return Ok(None),
-        };
-        Ok(Some((drafter, d.options())))
+        if draft.is_none() && !d.lookup {
+            return Ok(None);
+        }
+        Ok(Some((
+            llm::Drafter::new(target, draft, sopts)?,
+            d.options(),
+        )))
     }
 
     /// Load `--lora NAME|PATH[:SCALE]` into the engine, checked against it.

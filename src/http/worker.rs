@@ -31,8 +31,8 @@ use super::job::{Job, Piece, Work};
 use super::metrics::Metrics;
 use super::state::Served;
 use crate::llm::{
-    AdapterId, Batcher, DraftModel, DraftOptions, Drafter, Engine, Finish, LlmError, Message,
-    NotStarted, Out, Request, Role, SessionOptions,
+    AdapterId, Batcher, DraftOptions, Drafter, Engine, Finish, LlmError, Message, NotStarted, Out,
+    Request, Role, SessionOptions,
 };
 
 /// Run jobs on `engine`, `parallel` at a time, until `quit` is set (the
@@ -165,12 +165,7 @@ fn set_draft<'m>(
         ctx_tokens: b.slot_ctx() as u32,
         ..opts.clone()
     };
-    let mut make = || match model {
-        Some(m) => Ok(Drafter::Model(Box::new(DraftModel::new(
-            engine, m, &sopts,
-        )?))),
-        None => Ok(Drafter::lookup()),
-    };
+    let mut make = || Drafter::new(engine, model, &sopts);
     match b.set_draft(Some((&mut make, dopts))) {
         Ok(()) => tracing::info!(drafter = ?b.draft_name(), "HTTP answers drafted"),
         Err(e) => tracing::warn!(error = %crate::report(&e), "HTTP answers are not drafted"),

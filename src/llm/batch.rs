@@ -138,7 +138,7 @@ pub struct Batcher<'m, 's> {
     slots: Vec<Slot<'m, 's>>,
     n_batch: usize,
     draft: DraftOptions,
-    adapter: Option<(AdapterId, f32)>,
+    /// The adapter applied to the context (`set_adapter`).
     active: Option<ActiveAdapter>,
     kv: (crate::board::KvType, crate::board::KvType),
     prompt_cache: Option<PromptCache>,
@@ -196,7 +196,6 @@ impl<'m, 's> Batcher<'m, 's> {
             slots,
             n_batch: n_batch.max(parallel),
             draft: DraftOptions::default(),
-            adapter: None,
             active: None,
             kv: opts.kv,
             prompt_cache: None,
@@ -229,7 +228,7 @@ impl<'m, 's> Batcher<'m, 's> {
     }
 
     pub fn adapter(&self) -> Option<(AdapterId, f32)> {
-        self.adapter
+        self.active.as_ref().map(|a| (a.id, a.scale))
     }
 
     /// Apply a loaded adapter (or none) to the context; only while idle.
@@ -244,7 +243,6 @@ impl<'m, 's> Batcher<'m, 's> {
             ));
         }
         self.active = self.engine.apply_adapter(&mut self.ctx, adapter)?;
-        self.adapter = adapter;
         self.ctx.clear_kv_cache();
         for s in &mut self.slots {
             s.cached.clear();
@@ -272,13 +270,7 @@ impl<'m, 's> Batcher<'m, 's> {
             self.slots.iter_mut().for_each(|s| s.drafter = None);
             return Ok(());
         };
-        opts.validate()?;
-        let m = &self.engine.model;
-        if m.is_recurrent() || m.is_hybrid() {
-            return Err(LlmError::Param(
-                "speculative decoding needs a transformer's KV cache: this model is recurrent or hybrid".into(),
-            ));
-        }
+        super::speculative::check_draftable(self.engine, &opts)?;
         let drafters = (0..self.slots.len())
             .map(|_| make())
             .collect::<Result<Vec<_>, _>>()?;
@@ -403,11 +395,9 @@ impl<'m, 's> Batcher<'m, 's> {
         if n < prompt_cache::MIN_TOKENS || n >= req.tokens.len() || *keep >= n {
             return None;
         }
-        let active = self.engine.adapter_file(self.active.as_ref());
         let label = prompt_cache::context_label(
-            active
-                .as_ref()
-                .map(|(a, p, s)| (a.as_str(), p.as_path(), *s)),
+            self.engine,
+            self.active.as_ref(),
             self.slot_ctx() as u32,
             self.kv,
         );
@@ -750,7 +740,8 @@ impl<'m, 's> Batcher<'m, 's> {
 /// `slot`'s drafter's guesses after the generated token its cache ends
 /// with: at most `room` (the batch's places left), the cells its
 /// reservation has left, and the tokens its `max_tokens` has left; none
-/// below `--draft-min`. A drafter that fails drafts nothing (logged).
+/// below `--draft-min` (`Drafter::draft`). A drafter that fails drafts
+/// nothing (logged).
 fn guess(slot: &mut Slot<'_, '_>, room: usize, opts: &DraftOptions) -> Vec<LlamaToken> {
     let (Some(run), Some(d)) = (slot.run.as_ref(), slot.drafter.as_mut()) else {
         return Vec::new();
@@ -765,8 +756,7 @@ fn guess(slot: &mut Slot<'_, '_>, room: usize, opts: &DraftOptions) -> Vec<Llama
         return Vec::new();
     }
     match d.draft(&slot.cached, limit, opts) {
-        Ok(g) if g.len() >= opts.min.max(1) => g,
-        Ok(_) => Vec::new(),
+        Ok(g) => g,
         Err(e) => {
             tracing::warn!(error = %crate::report(&e), "drafting failed; decoding without");
             Vec::new()

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use llama_cpp_2::context::LlamaContext;
 
+use super::adapters::ActiveAdapter;
 use super::session::Session;
 use super::{Engine, LlmError};
 use crate::board::KvType;
@@ -83,17 +84,18 @@ impl PromptCache {
 }
 
 /// What a state depends on besides the model and the tokens: the adapter
-/// (its name, scale, and its file's size and modification time, so a
-/// retrained adapter under the same name is another key), the context's
-/// size and its KV cache types.
+/// `engine` has applied as `active` (its name, scale, and its file's size
+/// and modification time, so a retrained adapter under the same name is
+/// another key), the context's size and its KV cache types.
 pub(crate) fn context_label(
-    adapter: Option<(&str, &Path, f32)>,
+    engine: &Engine,
+    active: Option<&ActiveAdapter>,
     n_ctx: u32,
     (k, v): (KvType, KvType),
 ) -> String {
     let mut label = format!("ctx {n_ctx} kv {k} {v}");
-    if let Some((name, path, scale)) = adapter {
-        let stamp = std::fs::metadata(path).ok().map(|m| {
+    if let Some((name, path, scale)) = engine.adapter_file(active) {
+        let stamp = std::fs::metadata(&path).ok().map(|m| {
             let t = m
                 .modified()
                 .ok()
@@ -209,14 +211,7 @@ impl Session<'_> {
         if prefix.len() < MIN_TOKENS || prefix.len() + 1 >= self.n_ctx() as usize {
             return Ok(Warmed::Nothing);
         }
-        let label = context_label(
-            self.engine
-                .adapter_file(self.adapter())
-                .as_ref()
-                .map(|(n, p, s)| (n.as_str(), p.as_path(), *s)),
-            self.n_ctx(),
-            self.kv_types(),
-        );
+        let label = context_label(self.engine, self.adapter(), self.n_ctx(), self.kv_types());
         let key = cache.key(&label, &prefix);
         let (state, check) = cache.paths(&key);
         if state.exists() {

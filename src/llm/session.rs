@@ -114,13 +114,7 @@ impl<'m> Session<'m> {
         draft: Option<(Drafter<'m>, DraftOptions)>,
     ) -> Result<(), LlmError> {
         if let Some((_, o)) = &draft {
-            o.validate()?;
-            let m = &self.engine.model;
-            if m.is_recurrent() || m.is_hybrid() {
-                return Err(LlmError::Param(
-                    "speculative decoding needs a transformer's KV cache: this model is recurrent or hybrid".into(),
-                ));
-            }
+            super::speculative::check_draftable(self.engine, o)?;
         }
         self.draft = draft.map(|(drafter, opts)| Speculation { drafter, opts });
         Ok(())
@@ -543,9 +537,7 @@ impl<'m> Session<'m> {
             .drafter
             .draft(&self.cached, s.opts.max.min(room).min(left), &s.opts);
         self.cached.pop();
-        Ok(Some(g?)
-            .filter(|g| g.len() >= s.opts.min.max(1))
-            .unwrap_or_default())
+        g
     }
 
     /// A picked token's way out: end of generation, its log probability,

@@ -110,6 +110,22 @@ pub enum Drafter<'m> {
 }
 
 impl<'m> Drafter<'m> {
+    /// `draft`'s model drafting for `target`'s sessions of `opts` (a context
+    /// of their size), or prompt lookup when there is no draft model.
+    ///
+    /// # Errors
+    /// What `DraftModel::new` refuses (another vocabulary, no context).
+    pub fn new(
+        target: &Engine,
+        draft: Option<&'m Engine>,
+        opts: &SessionOptions,
+    ) -> Result<Drafter<'m>, LlmError> {
+        Ok(match draft {
+            Some(e) => Drafter::Model(Box::new(DraftModel::new(target, e, opts)?)),
+            None => Drafter::lookup(),
+        })
+    }
+
     /// Prompt lookup, starting with short proposals.
     pub fn lookup() -> Drafter<'m> {
         Drafter::Lookup { len: LOOKUP_START }
@@ -135,7 +151,8 @@ impl<'m> Drafter<'m> {
     }
 
     /// Propose up to `limit` tokens to follow `history` (the target's
-    /// tokens so far, prompt and answer).
+    /// tokens so far, prompt and answer); none when fewer than
+    /// `--draft-min` (not worth a batch).
     ///
     /// # Errors
     /// A decode on the draft model's context failed.
@@ -145,10 +162,15 @@ impl<'m> Drafter<'m> {
         limit: usize,
         opts: &DraftOptions,
     ) -> Result<Vec<LlamaToken>, LlmError> {
-        match self {
-            Drafter::Model(m) => m.draft(history, limit, opts.p_min),
-            Drafter::Lookup { len } => Ok(lookup(history, limit.min(*len), LOOKUP_NGRAM)),
-        }
+        let g = match self {
+            Drafter::Model(m) => m.draft(history, limit, opts.p_min)?,
+            Drafter::Lookup { len } => lookup(history, limit.min(*len), LOOKUP_NGRAM),
+        };
+        Ok(if g.len() >= opts.min.max(1) {
+            g
+        } else {
+            Vec::new()
+        })
     }
 
     /// What `--stats` calls it.
@@ -263,6 +285,22 @@ impl<'m> DraftModel<'m> {
         let (_, idx) = fill(&mut self.ctx, &mut self.cached, history, self.n_batch)?;
         Ok(idx)
     }
+}
+
+/// Refuse options out of range, and a model whose cache cannot drop
+/// refused guesses (recurrent or hybrid), before drafting is turned on.
+///
+/// # Errors
+/// `LlmError::Param` saying which.
+pub(crate) fn check_draftable(engine: &Engine, opts: &DraftOptions) -> Result<(), LlmError> {
+    opts.validate()?;
+    let m = &engine.model;
+    if m.is_recurrent() || m.is_hybrid() {
+        return Err(LlmError::Param(
+            "speculative decoding needs a transformer's KV cache: this model is recurrent or hybrid".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The most likely token and its softmax probability.
