@@ -64,8 +64,14 @@ pub(crate) fn start_in(home: &std::path::Path, extra: &[&str]) -> Server {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
+    // Serving: listening, and its worker on the model (until then chat
+    // requests get a 503 `model_loading`, as `/v1/models` does).
+    let key = extra
+        .iter()
+        .position(|a| *a == "--api-key")
+        .map(|i| extra[i + 1]);
     let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while models_status(port, key) != Some(200) {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "the server did not start"
@@ -77,6 +83,18 @@ pub(crate) fn start_in(home: &std::path::Path, extra: &[&str]) -> Server {
         base,
         _home: None,
     }
+}
+
+/// The status of `GET /v1/models` on `port` (with `key` as the bearer);
+/// `None` while nothing listens.
+fn models_status(port: u16, key: Option<&str>) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let auth = key.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(c, "GET /v1/models HTTP/1.0\r\n{auth}\r\n").ok()?;
+    let mut reply = String::new();
+    c.read_to_string(&mut reply).ok()?;
+    reply.get(9..12)?.parse().ok()
 }
 
 /// The name the server serves the test model under (its file stem).
