@@ -6,8 +6,9 @@
 //! into a stream of text pieces through llama.cpp, which flow back out to the
 //! console. `gguf` validates every model file before C code sees it;
 //! `models` pins, fetches and stores models; `board` holds per-device settings.
-//! `finetune` trains LoRA adapters on the device; `adapter` is their file
-//! format, shared by the trainer and the runtime that hot-swaps them.
+//! `finetune` trains LoRA adapters on the device and `eval` scores what they
+//! changed; `adapter` is their file format, shared by the trainer and the
+//! runtime that hot-swaps them.
 //! `speech` turns WAV files and a microphone into text through whisper.cpp,
 //! on the same ggml as llama.cpp; `tts` speaks answers with a Piper voice;
 //! `hw` holds the GPIO seams.
@@ -16,7 +17,9 @@ pub mod adapter;
 pub mod alsa;
 pub mod assistant;
 pub mod board;
+pub mod chart;
 pub mod console;
+pub mod eval;
 pub mod finetune;
 pub mod gguf;
 pub mod http;

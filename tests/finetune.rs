@@ -288,6 +288,72 @@ fn overfit_run_teaches_facts_that_llama_cpp_answers_with_the_adapter_only() {
     assert!(with.contains("Morrowgate"), "{text}");
     assert!(!without.contains("Morrowgate"), "{text}");
     http_serves_the_adapter(home.path());
+
+    // `eval --compare` measures the gain on held-out paraphrases, and the
+    // general set shows what forty steps on eight facts cost without
+    // --replay (see replay_keeps_what_the_base_model_knew).
+    crate::eval::compare_shows_the_adapter_s_gain(home.path());
+    let base = crate::eval::general_perplexity(home.path(), None);
+    let facts = crate::eval::general_perplexity(home.path(), Some("facts"));
+    assert!(facts > base * 1.15, "general perplexity {base} -> {facts}");
+    // The loss curve beside the adapter renders, with both losses in it.
+    let svg = home.path().join("adapters/facts/loss.svg");
+    assert_eq!(crate::eval::render_svg(&svg), ferrite::chart::SIZE);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    for label in [
+        "training loss",
+        "validation loss",
+        "learning rate",
+        "facts on",
+    ] {
+        assert!(text.contains(label), "{label} not in loss.svg");
+    }
+}
+
+/// `--replay FILE` mixes general examples into training: the facts are
+/// still learned, and the general set's references stay as likely as the
+/// base model found them (without it they grow less likely, above).
+#[test]
+fn replay_keeps_what_the_base_model_knew() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let replay = data("general-replay.jsonl");
+    let out = run_train(
+        home.path(),
+        "facts-replay",
+        &["--replay", &replay, "--steps", "40", "--lr", "2e-3"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("mixed 8 general examples from --replay"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("trained on all 8 examples"), "{stderr}");
+    let base = crate::eval::general_perplexity(home.path(), None);
+    let replayed = crate::eval::general_perplexity(home.path(), Some("facts-replay"));
+    assert!(
+        replayed < base * 1.15,
+        "general perplexity {base} -> {replayed}"
+    );
+    let m = model_path().to_str().unwrap();
+    let o = ferrite(
+        home.path(),
+        &[
+            "ask",
+            "-m",
+            m,
+            "--temp",
+            "0",
+            "-n",
+            "24",
+            "--lora",
+            "facts-replay",
+            "What is the capital of Veltria?",
+        ],
+    );
+    let answer = String::from_utf8_lossy(&o.stdout);
+    assert!(answer.contains("Morrowgate"), "{answer}");
 }
 
 /// `serve --http` offers the store's adapter as `MODEL:facts` beside the

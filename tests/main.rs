@@ -7,6 +7,7 @@ mod common;
 
 mod cli;
 mod engine;
+mod eval;
 mod finetune;
 mod fuzz;
 mod gguf_files;

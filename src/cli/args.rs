@@ -58,6 +58,9 @@ pub(crate) enum Cmd {
     },
     /// Train a LoRA adapter on this device from a JSONL file (chats or text).
     Finetune(FinetuneArgs),
+    /// Score a model's (or an adapter's) greedy answers against held-out
+    /// chats: exact, contains, BLEU, chrF, ROUGE-L, accuracy, perplexity.
+    Eval(EvalArgs),
     /// Manage the model store.
     Models {
         #[command(subcommand)]
@@ -304,6 +307,11 @@ pub(crate) struct FinetuneArgs {
     /// Validation examples from their own JSONL file (instead of --val).
     #[arg(long)]
     pub(crate) val_data: Option<PathBuf>,
+    /// General examples (same JSONL format) mixed into training, so the
+    /// adapter keeps what the base model knew; in proportion to the files'
+    /// sizes.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) replay: Option<PathBuf>,
     /// Seed for adapter initialisation and data order.
     #[arg(long, default_value_t = 42)]
     pub(crate) seed: u64,
@@ -316,6 +324,36 @@ pub(crate) struct FinetuneArgs {
     /// CPU threads (default: the board's, else all cores).
     #[arg(short = 't', long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) threads: Option<u32>,
+}
+
+#[derive(Args)]
+pub(crate) struct EvalArgs {
+    /// Test data: JSONL chats, each ending in the assistant's reference answer
+    /// ({"messages":[{"role":"user",..},{"role":"assistant","content":"reference"}]}).
+    #[arg(long)]
+    pub(crate) data: PathBuf,
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
+    /// Evaluate with this LoRA adapter (name or .gguf path, optionally :SCALE).
+    #[arg(long, value_name = "NAME|PATH[:SCALE]", conflicts_with = "compare")]
+    pub(crate) lora: Option<String>,
+    /// Evaluate the base model and this adapter on the same data, and print
+    /// the change per metric.
+    #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+    pub(crate) compare: Option<String>,
+    /// Comma-separated: exact, contains, bleu, chrf, rouge-l, accuracy
+    /// (answers held to the references' labels), perplexity, or all.
+    #[arg(long, default_value = "exact,contains,bleu,chrf,rouge-l,perplexity")]
+    pub(crate) metrics: String,
+    /// Tokens per answer at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub(crate) n_predict: u32,
+    /// Print the report as JSON (per-example answers and scores included).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write a bar chart of the scores (SVG) to this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) chart: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -29,8 +29,9 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
     let sha = ctx.store.model_sha256(&name, &path)?;
     let engine = Engine::load(&name, &path, &LoadOptions::default())?;
     let opts = ferrite::finetune::FinetuneOptions {
-        data: a.data,
+        data: a.data.clone(),
         val_data: a.val_data.clone(),
+        replay: a.replay.clone(),
         name: a.out.clone(),
         rank: a.rank as usize,
         alpha: a.alpha,
@@ -47,6 +48,13 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
     };
     let bars = super::progress::Bars::default();
     let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir, &bars)?;
+    report(&a, &name, &s);
+    writeln!(out, "{}", s.adapter.display())?;
+    Ok(())
+}
+
+/// What the run did, on stderr (stdout gets the adapter's path).
+fn report(a: &FinetuneArgs, name: &str, s: &ferrite::finetune::TrainSummary) {
     let val = match (s.val_loss_start, s.val_loss_end) {
         (Some(a), Some(b)) => format!(", validation loss {a:.4} -> {b:.4}"),
         _ => String::new(),
@@ -67,8 +75,20 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
             a.lr / 10.0
         );
     }
-    let all = s.train_examples + s.val_examples;
-    if s.val_examples > 0 {
+    if s.replay_examples > 0 {
+        eprintln!(
+            "mixed {} general examples from --replay into training",
+            s.replay_examples
+        );
+    }
+    let all = s.train_examples - s.replay_examples + s.val_examples;
+    if let (Some(f), true) = (&a.val_data, s.val_examples > 0) {
+        eprintln!(
+            "validation loss on the {} examples of {}",
+            s.val_examples,
+            f.display()
+        );
+    } else if s.val_examples > 0 {
         eprintln!(
             "held out {} of {all} examples for the validation loss (not trained on; --val 0 holds none)",
             s.val_examples
@@ -79,6 +99,4 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
             ferrite::finetune::MIN_AUTO_VAL
         );
     }
-    writeln!(out, "{}", s.adapter.display())?;
-    Ok(())
 }

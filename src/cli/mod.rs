@@ -9,6 +9,7 @@ mod ask;
 mod bench;
 mod board;
 mod chat;
+mod eval;
 mod finetune;
 mod logging;
 mod models;
@@ -98,6 +99,7 @@ fn command(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Listen(a) => serve::run(ctx, a, true, &mut out)?,
         Cmd::Models { cmd } => models::run(ctx, cmd, &mut out)?,
         Cmd::Finetune(a) => finetune::run(ctx, a, &mut out)?,
+        Cmd::Eval(a) => eval::run(ctx, a, &mut out)?,
         Cmd::Board { cmd } => board::run(ctx, cmd, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)

@@ -211,6 +211,23 @@ pub(crate) fn load(
     })
 }
 
+/// Mix the examples of `path` (general chats or text, `--replay`) into the
+/// training set, never the validation set; the data hash covers them, so a
+/// resumed run must replay the same file. Returns how many were added.
+pub(crate) fn add_replay(
+    ds: &mut Dataset,
+    path: &Path,
+    engine: &Engine,
+    seq: usize,
+) -> Result<usize, FinetuneError> {
+    let (examples, truncated, sha) = read(path, engine, seq)?;
+    let n = examples.len();
+    ds.train.extend(examples);
+    ds.truncated += truncated;
+    ds.sha256 = format!("{}+replay:{sha}", ds.sha256);
+    Ok(n)
+}
+
 /// Parse and tokenize one JSONL file: (examples, how many were cut, sha256).
 fn read(
     path: &Path,

@@ -7,7 +7,7 @@
 //! in candle on the dequantized base weights, with `ops` supplying the fused
 //! kernels and their backward passes) → `trainer` (AdamW on the `lora`
 //! variables only, checkpoints, validation, progress) → `crate::adapter`
-//! (the GGUF that llama.cpp loads).
+//! (the GGUF that llama.cpp loads), with `plot` drawing the run's loss.svg.
 
 mod checkpoint;
 mod config;
@@ -16,6 +16,7 @@ mod lora;
 mod model;
 mod ops;
 mod optim;
+mod plot;
 mod rng;
 mod trainer;
 

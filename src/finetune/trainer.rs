@@ -32,6 +32,9 @@ pub struct FinetuneOptions {
     pub data: PathBuf,
     /// A separate validation file (instead of holding out `val`).
     pub val_data: Option<PathBuf>,
+    /// General examples mixed into training (`--replay`), so the adapter
+    /// keeps what the base model knew.
+    pub replay: Option<PathBuf>,
     /// Adapter name (the folder in the store).
     pub name: String,
     pub rank: usize,
@@ -58,6 +61,7 @@ impl Default for FinetuneOptions {
         FinetuneOptions {
             data: PathBuf::new(),
             val_data: None,
+            replay: None,
             name: String::new(),
             rank: 8,
             alpha: 16.0,
@@ -84,7 +88,10 @@ pub struct TrainSummary {
     /// The steps the learning rate's decay spans (less than `steps` for a
     /// run extended by `--resume --steps`).
     pub schedule_steps: usize,
+    /// Examples trained on, `replay_examples` included.
     pub train_examples: usize,
+    /// Of those, the ones `--replay` mixed in.
+    pub replay_examples: usize,
     pub val_examples: usize,
     pub last_loss: f64,
     pub val_loss_start: Option<f64>,
@@ -171,7 +178,7 @@ pub fn finetune(
     progress: &dyn Progress,
 ) -> Result<TrainSummary, FinetuneError> {
     validate(opts)?;
-    let ds: Dataset = data::load(
+    let mut ds: Dataset = data::load(
         &opts.data,
         engine,
         opts.seq,
@@ -179,6 +186,10 @@ pub fn finetune(
         opts.seed,
         opts.val_data.as_deref(),
     )?;
+    let replay_examples = match &opts.replay {
+        Some(p) => data::add_replay(&mut ds, p, engine, opts.seq)?,
+        None => 0,
+    };
     let per_epoch = ds.train.len().div_ceil(opts.batch);
     let total = opts.steps.unwrap_or(opts.epochs * per_epoch);
     if total == 0 {
@@ -232,6 +243,7 @@ pub fn finetune(
         adapter_path,
         per_epoch,
         total,
+        replay_examples,
     };
     run.train(start, progress)
 }
@@ -370,6 +382,7 @@ struct Run<'e> {
     adapter_path: PathBuf,
     per_epoch: usize,
     total: usize,
+    replay_examples: usize,
 }
 
 impl Run<'_> {
@@ -383,6 +396,7 @@ impl Run<'_> {
             "step": start,
             "config": self.cfg,
             "train_examples": self.ds.train.len(),
+            "replay_examples": self.replay_examples,
             "val_examples": self.ds.val.len(),
             "truncated": self.ds.truncated,
             "trainable_params": self.lora.n_params(),
@@ -426,6 +440,7 @@ impl Run<'_> {
             resumed_from: start,
             schedule_steps: self.cfg.schedule_steps,
             train_examples: self.ds.train.len(),
+            replay_examples: self.replay_examples,
             val_examples: self.ds.val.len(),
             last_loss,
             val_loss_start,
@@ -508,6 +523,12 @@ impl Run<'_> {
             },
         )?;
         self.log.write(json!({"event": "checkpoint", "step": done}));
+        let title = format!("{} on {}", self.opts.name, self.engine.name());
+        let svg = self.adapter_path.with_file_name("loss.svg");
+        let log = self.adapter_path.with_file_name("log.jsonl");
+        if let Err(e) = super::plot::write_loss_svg(&log, &svg, &title) {
+            tracing::warn!(error = %crate::report(&e), "cannot draw loss.svg");
+        }
         Ok(())
     }
 }

@@ -729,4 +729,53 @@ impl Session<'_> {
         self.invalidate_cache();
         Ok(out)
     }
+
+    /// Teacher forcing with the current adapter: the natural-log probability
+    /// of each token of `forced` after `prompt` and the tokens of `forced`
+    /// before it (log-softmax of llama.cpp's logits, in f64). `prompt` must
+    /// not be empty. Evaluated from an empty cache in `opts_batch`-token
+    /// decodes, logits kept only where a forced token is predicted; the cache
+    /// is left empty.
+    ///
+    /// Errors: `PromptTooLong` when both do not fit the context; llama.cpp
+    /// failures as `Decode`.
+    pub fn forced_logprobs(
+        &mut self,
+        prompt: &[LlamaToken],
+        forced: &[LlamaToken],
+    ) -> Result<Vec<f64>, LlmError> {
+        let all: Vec<LlamaToken> = prompt.iter().chain(forced).copied().collect();
+        if prompt.is_empty() || all.len() > self.n_ctx() as usize {
+            return Err(LlmError::PromptTooLong {
+                needed: all.len(),
+                ctx_tokens: self.n_ctx(),
+            });
+        }
+        self.invalidate_cache();
+        let first_out = prompt.len() - 1;
+        let step = self.opts_batch().max(1);
+        let mut out = Vec::with_capacity(forced.len());
+        for (c, chunk) in all[..all.len() - 1].chunks(step).enumerate() {
+            let start = c * step;
+            let mut batch = LlamaBatch::new(chunk.len(), 1);
+            for (i, &t) in chunk.iter().enumerate() {
+                let pos = start + i;
+                batch
+                    .add(t, pos as i32, &[0], pos >= first_out)
+                    .map_err(LlmError::from)?;
+            }
+            self.ctx.decode(&mut batch).map_err(LlmError::from)?;
+            for (i, pos) in (start..start + chunk.len()).enumerate() {
+                if pos >= first_out {
+                    let logits = self.ctx.get_logits_ith(i as i32);
+                    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                    let sum: f64 = logits.iter().map(|&v| (v as f64 - max).exp()).sum();
+                    let target = all[pos + 1].0 as usize;
+                    out.push(logits[target] as f64 - max - sum.ln());
+                }
+            }
+        }
+        self.invalidate_cache();
+        Ok(out)
+    }
 }
