@@ -74,13 +74,31 @@ fn fresh_adapter_leaves_llama_cpp_logits_identical() {
 
 #[test]
 fn trainer_forward_and_adapter_layout_match_llama_cpp() {
+    forward_and_layout_match(model_path(), &tokens(TEXT));
+}
+
+/// The same proofs on qwen2 (Qwen2.5-Coder-0.5B: biases on Q, K and V,
+/// NEOX RoPE, tied embeddings, Q5_0/Q8_0 weights), and the gradient check.
+#[test]
+fn qwen2_forward_gradients_and_adapter_layout_match_llama_cpp() {
+    let model = crate::qwen::qwen();
+    let e = ferrite::llm::Engine::load("qwen", model, &Default::default()).unwrap();
+    let toks: Vec<u32> = e.tokenize(TEXT).iter().map(|t| t.0 as u32).collect();
+    drop(e);
+    forward_and_layout_match(model, &toks[..toks.len().min(160)]);
+    check_gradients(model, &toks[..12]);
+}
+
+/// Without adapter, the trainer's forward pass picks llama.cpp's tokens;
+/// with a random adapter, it changes llama.cpp's logits and the trainer's
+/// the same way and by the same amount (on the base dequantized to f32).
+fn forward_and_layout_match(model: &Path, toks: &[u32]) {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("random.gguf");
-    testing::write_random_adapter(model_path(), &a, 8, 16.0, 0.02, 7, None).unwrap();
-    let toks = tokens(TEXT);
-    assert!(toks.len() >= 200, "{} tokens", toks.len());
-    let l0 = llama_logits(None, 1.0, &toks);
-    let t0 = testing::trainer_logits(model_path(), None, &toks).unwrap();
+    testing::write_random_adapter(model, &a, 8, 16.0, 0.02, 7, None).unwrap();
+    assert!(toks.len() >= 150, "{} tokens", toks.len());
+    let l0 = llama_logits_of(model, None, 1.0, toks);
+    let t0 = testing::trainer_logits(model, None, toks).unwrap();
 
     // Without adapter: the trainer's f32 forward against llama.cpp's Q4_1
     // kernels, which also round activations to 8 bits and the KV cache to
@@ -105,11 +123,11 @@ fn trainer_forward_and_adapter_layout_match_llama_cpp() {
     // rounding does not drown the comparison): same direction (layout) and
     // same size (scale alpha/rank).
     let f32_model = dir.path().join("f32.gguf");
-    testing::write_f32_model(model_path(), &f32_model).unwrap();
-    let l0 = llama_logits_of(&f32_model, None, 1.0, &toks);
-    let l1 = llama_logits_of(&f32_model, Some(&a), 1.0, &toks);
-    let t0 = testing::trainer_logits(&f32_model, None, &toks).unwrap();
-    let t1 = testing::trainer_logits(&f32_model, Some(&a), &toks).unwrap();
+    testing::write_f32_model(model, &f32_model).unwrap();
+    let l0 = llama_logits_of(&f32_model, None, 1.0, toks);
+    let l1 = llama_logits_of(&f32_model, Some(&a), 1.0, toks);
+    let t0 = testing::trainer_logits(&f32_model, None, toks).unwrap();
+    let t1 = testing::trainer_logits(&f32_model, Some(&a), toks).unwrap();
     let (mut dot, mut nl, mut nt) = (0.0f64, 0.0f64, 0.0f64);
     for i in 0..toks.len() {
         for j in 0..l0[i].len() {
@@ -134,7 +152,7 @@ fn trainer_forward_and_adapter_layout_match_llama_cpp() {
         "trainer/llama.cpp size of the change {ratio:.4}: scale differs"
     );
     // A wrong scale would show here: half the scale gives about half the change.
-    let lh = llama_logits_of(&f32_model, Some(&a), 0.5, &toks);
+    let lh = llama_logits_of(&f32_model, Some(&a), 0.5, toks);
     let nh: f64 = (0..toks.len())
         .flat_map(|i| (0..l0[i].len()).map(move |j| (i, j)))
         .map(|(i, j)| f64::from(lh[i][j] - l0[i][j]).powi(2))
@@ -148,8 +166,17 @@ fn trainer_forward_and_adapter_layout_match_llama_cpp() {
 
 #[test]
 fn adapter_gradients_match_finite_differences() {
-    let toks = tokens("A small board answers questions over a serial line.");
-    let checks = testing::gradient_check(model_path(), 2, &toks, 3).unwrap();
+    check_gradients(
+        model_path(),
+        &tokens("A small board answers questions over a serial line."),
+    );
+}
+
+/// The adapter's gradients (from the training path, each layer recomputed
+/// in the backward pass) against central finite differences of the loss,
+/// in f64 on the first two layers.
+fn check_gradients(model: &Path, toks: &[u32]) {
+    let checks = testing::gradient_check(model, 2, toks, 3).unwrap();
     assert!(checks.len() >= 28);
     for c in &checks {
         let err = (c.analytic - c.numeric).abs() / c.numeric.abs().max(c.analytic.abs()).max(1e-6);
@@ -174,8 +201,13 @@ fn adapter_tensors(p: &Path) -> Vec<(String, Vec<u8>)> {
 
 /// `ferrite finetune` of `data_file` into adapter `out`, on 2 threads.
 fn train_cmd(home: &Path, data_file: &str, out: &str, extra: &[&str]) -> Command {
+    train_cmd_on(model_path(), home, data_file, out, extra)
+}
+
+/// `train_cmd` on another base model.
+fn train_cmd_on(model: &Path, home: &Path, data_file: &str, out: &str, extra: &[&str]) -> Command {
     let mut c = Command::new(ferrite_bin());
-    c.args(["finetune", "-m", model_path().to_str().unwrap()])
+    c.args(["finetune", "-m", model.to_str().unwrap()])
         .args(["--data", data_file, "--out", out, "-t", "2"])
         .args(extra)
         .env("FERRITE_HOME", home)
@@ -397,6 +429,8 @@ fn http_serves_the_adapter(home: &Path) {
 fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
     let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().unwrap();
+    // On the memory-saving path (each layer recomputed in the backward
+    // pass), which must resume bit for bit too.
     let common = [
         "--steps",
         "6",
@@ -406,6 +440,8 @@ fn killed_during_a_checkpoint_write_resumes_to_the_same_adapter() {
         "1e-3",
         "--val",
         "0",
+        "--checkpoint-layers",
+        "on",
     ];
     let o = run_train(home.path(), "straight", &common);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -682,4 +718,113 @@ fn a_finished_run_is_complete_and_more_steps_extend_it() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lr (was"), "{err}");
+}
+
+/// Sixteen lines of 220 words: every batch of `--seq 128` is full.
+fn long_text(dir: &Path) -> String {
+    let words = [
+        "the", "board", "reads", "a", "line", "from", "serial", "port", "and", "model", "answers",
+    ];
+    let mut out = String::new();
+    for i in 0..16 {
+        let line: Vec<&str> = (0..220)
+            .map(|j| words[(i * 7 + j * 3 + j / 5) % words.len()])
+            .collect();
+        out.push_str(&format!("{{\"text\": \"{}\"}}\n", line.join(" ")));
+    }
+    let p = dir.join("text.jsonl");
+    std::fs::write(&p, out).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Training is checked against the board's memory before it starts: on a
+/// Pi 4's budget (1,536 MiB) the reference run (batch 4 × 128 tokens)
+/// would need about 1.6 GiB keeping every layer's activations, so ferrite
+/// recomputes layers instead; forced not to, it is refused with settings
+/// that fit; a Zero 2 W's 256 MiB is refused outright.
+#[test]
+fn training_fits_the_board_or_is_refused_with_settings_that_fit() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let text = long_text(home.path());
+    let run = |board: &str, out: &str, extra: &[&str]| {
+        let mut c = train_cmd(home.path(), &text, out, extra);
+        c.args(["--seq", "128", "--batch", "4", "--steps", "1", "--val", "0"]);
+        c.env("FERRITE_BOARD", board);
+        c.output().unwrap()
+    };
+    let o = run("rpi4", "auto", &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = std::fs::read_to_string(home.path().join("adapters/auto/log.jsonl")).unwrap();
+    let start: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(start["checkpoint_layers"], true, "{start}");
+
+    let o = run("rpi4", "off", &["--checkpoint-layers", "off"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("not enough memory to train: needs"), "{err}");
+    assert!(err.contains("rpi4 profile's memory_budget_mb"), "{err}");
+    assert!(
+        err.contains("--checkpoint-layers on or --batch 3 or --seq "),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        !home.path().join("adapters/off").exists(),
+        "a refused run leaves nothing"
+    );
+
+    let o = run("rpi-zero2w", "tiny", &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("256 MiB is allowed"), "{err}");
+}
+
+/// A qwen2 adapter trained here teaches Qwen2.5-Coder-0.5B the facts, as
+/// llama.cpp answers with it (and not without).
+#[test]
+fn qwen2_adapter_teaches_facts_that_llama_cpp_answers() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let model = crate::qwen::qwen();
+    let o = train_cmd_on(
+        model,
+        home.path(),
+        &data("facts.jsonl"),
+        "qfacts",
+        &["--steps", "30", "--lr", "2e-3"],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m = model.to_str().unwrap();
+    let ask = |lora: bool| {
+        let mut args = vec![
+            "ask",
+            "-m",
+            m,
+            "--temp",
+            "0",
+            "-n",
+            "24",
+            "What is the capital of Veltria?",
+        ];
+        if lora {
+            args.extend(["--lora", "qfacts"]);
+        }
+        let o = ferrite(home.path(), &args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let with = ask(true);
+    assert!(with.contains("Morrowgate"), "with the adapter: {with:?}");
+    let without = ask(false);
+    assert!(
+        !without.contains("Morrowgate"),
+        "without the adapter: {without:?}"
+    );
 }

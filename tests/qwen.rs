@@ -16,7 +16,7 @@ use crate::common::{ferrite, ferrite_with_input, store};
 
 const NAME: &str = "qwen2.5-coder-0.5b";
 
-fn qwen() -> &'static Path {
+pub fn qwen() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();

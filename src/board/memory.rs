@@ -141,6 +141,28 @@ pub fn available_bytes(root: &Path) -> Option<u64> {
     proc_kib_field(&root.join("proc/meminfo"), "MemAvailable")
 }
 
+/// The bytes a process may use here, and why: the smaller of the board's
+/// `memory_budget_mb` and `MemAvailable`, less `taken` (a model already
+/// mapped, not yet counted by the kernel); `None` when neither is known.
+pub fn memory_limit(board: &Board, root: &Path, taken: u64) -> Option<(u64, String)> {
+    let budget =
+        (board.memory_budget_mb > 0).then(|| (board.memory_budget_mb * MIB).saturating_sub(taken));
+    let avail = available_bytes(root).map(|a| a.saturating_sub(taken));
+    match (budget, avail) {
+        (Some(b), Some(a)) if a < b => Some((
+            a,
+            format!(
+                "available memory; the {} profile allows {} MiB",
+                board.name,
+                b / MIB
+            ),
+        )),
+        (Some(b), _) => Some((b, format!("the {} profile's memory_budget_mb", board.name))),
+        (None, Some(a)) => Some((a, "available memory".to_string())),
+        (None, None) => None,
+    }
+}
+
 /// Refuse to load when the estimate exceeds the board's budget or the
 /// available memory, naming the largest context that would fit.
 pub fn check_fits(
@@ -167,21 +189,8 @@ pub fn check_fits_beside(
 ) -> Result<MemoryEstimate, BoardError> {
     let est = estimate(g, ctx_tokens, ubatch, kv);
     let taken = beside.map_or(0, |b| b.total());
-    let budget =
-        (board.memory_budget_mb > 0).then(|| (board.memory_budget_mb * MIB).saturating_sub(taken));
-    let avail = available_bytes(root).map(|a| a.saturating_sub(taken));
-    let (limit, mut why) = match (budget, avail) {
-        (Some(b), Some(a)) if a < b => (
-            a,
-            format!(
-                "available memory; the {} profile allows {} MiB",
-                board.name,
-                b / MIB
-            ),
-        ),
-        (Some(b), _) => (b, format!("the {} profile's memory_budget_mb", board.name)),
-        (None, Some(a)) => (a, "available memory".to_string()),
-        (None, None) => return Ok(est),
+    let Some((limit, mut why)) = memory_limit(board, root, taken) else {
+        return Ok(est);
     };
     if est.total() <= limit {
         return Ok(est);

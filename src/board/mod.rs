@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use detect::detect;
 pub(crate) use memory::proc_kib_field;
 pub use memory::{
-    available_bytes, check_fits, check_fits_beside, estimate, kv_bytes_per_token, KvType,
-    MemoryEstimate,
+    available_bytes, check_fits, check_fits_beside, estimate, kv_bytes_per_token, memory_limit,
+    KvType, MemoryEstimate,
 };
 pub use thermal::{firmware_throttled, first_zone_c, Governor};
 

@@ -318,6 +318,12 @@ pub(crate) struct FinetuneArgs {
     /// Continue from the adapter's last checkpoint (same data and settings).
     #[arg(long)]
     pub(crate) resume: bool,
+    /// Gradient checkpointing: recompute each layer in the backward pass so
+    /// activation memory is one layer's, not all of them (about a third
+    /// more compute per step). auto: only when the run would not fit
+    /// otherwise.
+    #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub(crate) checkpoint_layers: String,
     /// Write a checkpoint every this many steps (and at the end).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) save_every: u32,

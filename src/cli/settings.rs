@@ -330,6 +330,7 @@ impl Ctx {
     pub(crate) fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
         LoadOptions {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
+            ..Default::default()
         }
     }
 

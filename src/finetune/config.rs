@@ -101,14 +101,18 @@ pub(crate) struct Config {
     pub(crate) rope_base: f64,
     pub(crate) rope_dim: usize,
     pub(crate) ctx_train: usize,
+    /// RoPE on the two halves of each head (qwen2) instead of adjacent pairs.
+    pub(crate) rope_neox: bool,
+    /// Biases on the Q, K and V projections (qwen2).
+    pub(crate) qkv_bias: bool,
 }
 
 impl Config {
     pub(crate) fn from_gguf(g: &GgufFile) -> Result<Config, FinetuneError> {
         let arch = g.architecture().unwrap_or("?").to_string();
-        if arch != "llama" {
+        if arch != "llama" && arch != "qwen2" {
             return Err(FinetuneError::Unsupported(format!(
-                "fine-tuning supports the llama architecture (SmolLM, TinyLlama, Llama), not `{arch}`"
+                "fine-tuning supports the llama (SmolLM, TinyLlama, Llama) and qwen2 (Qwen2, Qwen2.5) architectures, not `{arch}`"
             )));
         }
         let u = |k: &str| {
@@ -139,6 +143,10 @@ impl Config {
             rope_base: f("rope.freq_base", 10000.0),
             rope_dim: u("rope.dimension_count").unwrap_or(d_model / n_head),
             ctx_train: u("context_length").unwrap_or(2048),
+            // llama.cpp's llama_model_rope_type: qwen2 rotates the halves of
+            // each head (NEOX), llama adjacent pairs of its permuted weights.
+            rope_neox: arch == "qwen2",
+            qkv_bias: g.tensor("blk.0.attn_q.bias").is_some(),
             arch,
         };
         if n_head == 0 || n_head_kv == 0 || d_model % n_head != 0 || n_head % n_head_kv != 0 {

@@ -4,19 +4,22 @@
 //!
 //! Data flows `data` (JSONL → tokens with a loss mask, through the runtime's
 //! own tokenizer and chat template) → `model` (a differentiable llama forward
-//! in candle on the dequantized base weights, with `ops` supplying the fused
-//! kernels and their backward passes) → `trainer` (AdamW on the `lora`
-//! variables only, checkpoints, validation, progress) → `crate::adapter`
-//! (the GGUF that llama.cpp loads), with `plot` drawing the run's loss.svg.
+//! in candle on the base weights as the GGUF quantizes them (`qweight`),
+//! with `ops` supplying the fused kernels and their backward passes) →
+//! `trainer` (AdamW on the `lora` variables only, checkpoints, validation,
+//! progress; `memory` checks the run fits first) → `crate::adapter` (the
+//! GGUF that llama.cpp loads), with `plot` drawing the run's loss.svg.
 
 mod checkpoint;
 mod config;
 mod data;
 mod lora;
+mod memory;
 mod model;
 mod ops;
 mod optim;
 mod plot;
+mod qweight;
 mod rng;
 mod trainer;
 
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 pub use checkpoint::TrainConfig;
 pub use config::Target;
 pub use data::{AUTO_VAL, MIN_AUTO_VAL};
+pub use memory::TrainEstimate;
 pub use trainer::{finetune, FinetuneOptions, TrainSummary};
 
 #[doc(hidden)]
@@ -47,6 +51,8 @@ pub enum FinetuneError {
     Checkpoint { path: PathBuf, what: String },
     #[error("{0}")]
     Param(String),
+    #[error("not enough memory to train: {0}")]
+    Memory(String),
     #[error("{0}")]
     Unsupported(String),
     #[error("{path}: reading base weights{}", tensor.as_ref().map(|t| format!(" (`{t}`)")).unwrap_or_default())]

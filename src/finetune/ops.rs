@@ -14,6 +14,8 @@ use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, Wi
 use num_traits::Float;
 use rayon::prelude::*;
 
+use super::qweight::QuantRows;
+
 /// The contiguous data of a custom op's argument.
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [T]> {
     let data = s.as_slice::<T>()?;
@@ -53,24 +55,9 @@ fn c<T: WithDType>(v: f64) -> T {
     T::from_f64(v)
 }
 
-/// Frozen weight data in the training dtype.
-enum WeightData {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-impl WeightData {
-    fn get<T: 'static>(&self) -> Result<&[T]> {
-        let v: &dyn std::any::Any = match self {
-            WeightData::F32(v) => v,
-            WeightData::F64(v) => v,
-        };
-        match v.downcast_ref::<Vec<T>>() {
-            Some(v) => Ok(v),
-            None => bail!("frozen weight and activations have different dtypes"),
-        }
-    }
-}
+/// Most floats one thread dequantizes at once: a block of rows of up to
+/// 4 MiB in f32 (large blocks keep gemm efficient; one per thread at least).
+const DEQUANT_ELEMS: usize = 1 << 20;
 
 /// A strided matrix view over a slice: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy)]
@@ -107,14 +94,35 @@ impl<'a, T> Mat<'a, T> {
 /// `dst[m, n] = (accumulate ? dst : 0) + scale · lhs[m, k] · rhs[k, n]`,
 /// row-major `dst`, on rayon's threads.
 fn gemm_into<T: WithDType>(
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     dst: &mut [T],
     accumulate: bool,
     lhs: Mat<'_, T>,
     rhs: Mat<'_, T>,
     scale: f64,
 ) {
-    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
+    gemm_at(dims, dst, dims.1, accumulate, lhs, rhs, scale, true)
+}
+
+/// `gemm_into` with rows of `dst` `dst_rs` apart (a block of columns of a
+/// wider matrix), on rayon's threads when `parallel`, else on this one.
+#[allow(clippy::too_many_arguments)]
+fn gemm_at<T: WithDType>(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [T],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_, T>,
+    rhs: Mat<'_, T>,
+    scale: f64,
+    parallel: bool,
+) {
+    assert!(
+        dst_rs >= n
+            && (m == 0 || dst.len() >= (m - 1) * dst_rs + n)
+            && lhs.fits(m, k)
+            && rhs.fits(k, n)
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -125,7 +133,7 @@ fn gemm_into<T: WithDType>(
         return;
     }
     let threads = candle_core::utils::get_num_threads();
-    let par = if threads > 1 {
+    let par = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -140,7 +148,7 @@ fn gemm_into<T: WithDType>(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
@@ -169,29 +177,192 @@ fn with_data<T: WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> 
     }
 }
 
-/// `x · Wᵀ` for a frozen `W` ([out, in]); the backward pass returns only the
-/// input gradient `g · W`, never the weight gradient. Both run straight
-/// into gemm on the op's own copy of `W`, so no temporary tensors are made.
+/// `x · Wᵀ` for a frozen `W` ([out, in], as the GGUF stores it); the
+/// backward pass returns only the input gradient `g · W`, never the weight
+/// gradient. Both run straight into gemm: on the dense copy of `W` while the
+/// model holds one (`materialize`, one layer at a time), else on blocks of
+/// `W`'s rows dequantized in turn.
 #[derive(Clone)]
 pub(crate) struct FrozenLinear {
-    w: Arc<WeightData>,
+    w: Arc<QuantRows>,
+    dense: Arc<std::sync::Mutex<Option<Arc<Dense>>>>,
     n_out: usize,
     n_in: usize,
 }
 
-impl FrozenLinear {
-    pub(crate) fn new(w: Tensor) -> Result<Self> {
-        let (n_out, n_in) = w.dims2()?;
-        let data = match w.dtype() {
-            candle_core::DType::F32 => WeightData::F32(to_vec(&w)?),
-            candle_core::DType::F64 => WeightData::F64(to_vec(&w)?),
-            d => bail!("frozen weights are f32 or f64, not {d:?}"),
+/// A dequantized copy of a frozen weight, in the activations' type.
+enum Dense {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Dense {
+    fn get<T: 'static>(&self) -> Option<&[T]> {
+        let v: &dyn std::any::Any = match self {
+            Dense::F32(v) => v,
+            Dense::F64(v) => v,
         };
-        Ok(FrozenLinear {
-            w: Arc::new(data),
-            n_out,
-            n_in,
-        })
+        v.downcast_ref::<Vec<T>>().map(Vec::as_slice)
+    }
+}
+
+impl FrozenLinear {
+    /// A weight kept as its file stores it.
+    pub(crate) fn quantized(q: QuantRows) -> Self {
+        FrozenLinear {
+            n_out: q.rows,
+            n_in: q.cols,
+            w: Arc::new(q),
+            dense: Arc::default(),
+        }
+    }
+
+    /// Dequantize the whole weight once, in `dtype`, for the matmuls that
+    /// follow until `release` (one layer's forward and backward: each
+    /// weight is then dequantized once per pass instead of per matmul, and
+    /// multiplied in one parallel gemm).
+    pub(crate) fn materialize(&self, dtype: candle_core::DType) {
+        let (r, q) = (self.n_out, &*self.w);
+        let d = if dtype == candle_core::DType::F64 {
+            let mut v = Vec::new();
+            q.dequant::<f64>(0, r, &mut v);
+            Dense::F64(v)
+        } else {
+            let mut v = Vec::new();
+            q.dequant::<f32>(0, r, &mut v);
+            Dense::F32(v)
+        };
+        *self.dense.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(d));
+    }
+
+    /// Drop the dense copy.
+    pub(crate) fn release(&self) {
+        *self.dense.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn dense(&self) -> Option<Arc<Dense>> {
+        self.dense.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The row blocks of `W` dequantized at once, split into one run of
+    /// consecutive blocks per thread: a fixed split, so sums are added in
+    /// the same order on every run (bit-exact `--resume`).
+    fn block_runs(&self) -> Vec<Vec<(usize, usize)>> {
+        let n = self.n_out;
+        let threads = candle_core::utils::get_num_threads().max(1);
+        // As few blocks as fit DEQUANT_ELEMS, and a whole number per thread.
+        let n_blocks = (n * self.n_in).div_ceil(DEQUANT_ELEMS).div_ceil(threads) * threads;
+        let step = n.div_ceil(n_blocks.max(1)).max(1);
+        let blocks: Vec<(usize, usize)> = (0..n)
+            .step_by(step)
+            .map(|r0| (r0, (r0 + step).min(n)))
+            .collect();
+        let per = blocks.len().div_ceil(threads).max(1);
+        blocks.chunks(per).map(<[_]>::to_vec).collect()
+    }
+
+    /// `y[m, out] = x[m, in] · Wᵀ`: each thread dequantizes its blocks of
+    /// `W`'s rows in turn and multiplies them on its own (many small
+    /// parallel gemm calls would spend their time waking threads).
+    fn x_wt<T: WithDType>(&self, m: usize, x: &[T], y: &mut [T]) -> Result<()> {
+        let (k, n) = (self.n_in, self.n_out);
+        if let Some(d) = self.dense() {
+            if let Some(w) = d.get::<T>() {
+                gemm_into(
+                    (m, n, k),
+                    y,
+                    false,
+                    Mat::rows(x, k),
+                    Mat::transposed(w, k),
+                    1.0,
+                );
+                return Ok(());
+            }
+        }
+        let parts: Vec<Vec<(usize, usize, Vec<T>)>> = self
+            .block_runs()
+            .into_par_iter()
+            .map(|run| {
+                let mut buf = Vec::new();
+                run.into_iter()
+                    .map(|(r0, r1)| {
+                        self.w.dequant::<T>(r0, r1, &mut buf);
+                        let mut yc = vec![T::zero(); m * (r1 - r0)];
+                        let wt = Mat::transposed(&buf, k);
+                        gemm_at(
+                            (m, r1 - r0, k),
+                            &mut yc,
+                            r1 - r0,
+                            false,
+                            Mat::rows(x, k),
+                            wt,
+                            1.0,
+                            false,
+                        );
+                        (r0, r1, yc)
+                    })
+                    .collect()
+            })
+            .collect();
+        for (r0, r1, yc) in parts.into_iter().flatten() {
+            let w = r1 - r0;
+            for (row, src) in yc.chunks_exact(w).enumerate() {
+                y[row * n + r0..row * n + r1].copy_from_slice(src);
+            }
+        }
+        Ok(())
+    }
+
+    /// `dx[m, in] = g[m, out] · W`: each thread sums its blocks' products
+    /// into its own `dx`, and those are added in thread order.
+    fn g_w<T: WithDType>(&self, m: usize, g: &[T], dx: &mut [T]) -> Result<()> {
+        let (k, n) = (self.n_in, self.n_out);
+        if let Some(d) = self.dense() {
+            if let Some(w) = d.get::<T>() {
+                gemm_into((m, k, n), dx, false, Mat::rows(g, n), Mat::rows(w, k), 1.0);
+                return Ok(());
+            }
+        }
+        let sums: Vec<Vec<T>> = self
+            .block_runs()
+            .into_par_iter()
+            .map(|run| {
+                let mut buf = Vec::new();
+                let mut acc = vec![T::zero(); m * k];
+                for (i, (r0, r1)) in run.into_iter().enumerate() {
+                    self.w.dequant::<T>(r0, r1, &mut buf);
+                    let gc = Mat {
+                        data: &g[r0..],
+                        rs: n,
+                        cs: 1,
+                    };
+                    gemm_at(
+                        (m, k, r1 - r0),
+                        &mut acc,
+                        k,
+                        i > 0,
+                        gc,
+                        Mat::rows(&buf, k),
+                        1.0,
+                        false,
+                    );
+                }
+                acc
+            })
+            .collect();
+        let mut sums = sums.into_iter();
+        dx[..m * k].copy_from_slice(&sums.next().expect("one run at least"));
+        for s in sums {
+            for (d, v) in dx.iter_mut().zip(s) {
+                *d += v;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes the weight takes as stored.
+    pub(crate) fn nbytes(&self) -> usize {
+        self.w.nbytes()
     }
 
     /// `x`: [n, in] → [n, out].
@@ -210,15 +381,7 @@ fn linear_fwd<T: WithDType>(
         bail!("linear: input width {k}, weight expects {}", op.n_in);
     }
     let mut y = vec![T::zero(); m * op.n_out];
-    let w = Mat::transposed(op.w.get::<T>()?, k);
-    gemm_into(
-        (m, op.n_out, k),
-        &mut y,
-        false,
-        Mat::rows(slice::<T>(s, l)?, k),
-        w,
-        1.0,
-    );
+    op.x_wt(m, slice::<T>(s, l)?, &mut y)?;
     Ok((T::to_cpu_storage_owned(y), Shape::from((m, op.n_out))))
 }
 
@@ -238,15 +401,7 @@ fn linear_bwd<T: WithDType>(
         );
     }
     let mut dx = vec![T::zero(); m * op.n_in];
-    let w = Mat::rows(op.w.get::<T>()?, op.n_in);
-    gemm_into(
-        (m, op.n_in, k),
-        &mut dx,
-        false,
-        Mat::rows(slice::<T>(s, l)?, k),
-        w,
-        1.0,
-    );
+    op.g_w(m, slice::<T>(s, l)?, &mut dx)?;
     Ok((T::to_cpu_storage_owned(dx), Shape::from((m, op.n_in))))
 }
 
@@ -313,14 +468,7 @@ fn lora_fwd<T: WithDType>(
     let n = op.base.n_out;
     let x = Mat::rows(slice::<T>(xs, xl)?, k);
     let mut y = vec![T::zero(); m * n];
-    gemm_into(
-        (m, n, k),
-        &mut y,
-        false,
-        x,
-        Mat::transposed(op.base.w.get::<T>()?, k),
-        1.0,
-    );
+    op.base.x_wt(m, x.data, &mut y)?;
     let mut mid = vec![T::zero(); m * r];
     gemm_into(
         (m, r, k),
@@ -352,7 +500,6 @@ fn lora_bwd<T: WithDType>(
     let (r, _) = a.dims2()?;
     let n = op.base.n_out;
     let s = op.scale;
-    let w = op.base.w.get::<T>()?;
     let mut dx = vec![T::zero(); m * k];
     let mut da = vec![T::zero(); r * k];
     let mut db = vec![T::zero(); n * r];
@@ -364,7 +511,7 @@ fn lora_bwd<T: WithDType>(
                     let x = Mat::rows(xv, k);
                     let mut gb = vec![T::zero(); m * r];
                     gemm_into((m, r, n), &mut gb, false, g, Mat::rows(bv, r), 1.0);
-                    gemm_into((m, k, n), &mut dx, false, g, Mat::rows(w, k), 1.0);
+                    op.base.g_w(m, g.data, &mut dx)?;
                     gemm_into(
                         (m, k, r),
                         &mut dx,
@@ -521,9 +668,26 @@ pub(crate) struct Rope {
     sin: Arc<Vec<f64>>,
     half: usize,
     max_pos: usize,
+    /// The offset of a dimension's partner: `rope_dim/2` for NEOX (pairs
+    /// `i`, `i + rope_dim/2`), else adjacent pairs (`2i`, `2i+1`).
+    neox_offset: Option<usize>,
 }
 
 impl Rope {
+    /// GGML's two RoPE modes: adjacent pairs (llama) or, with `neox`, the
+    /// first and second half of the rotated dimensions (GPT-NeoX, qwen2).
+    pub(crate) fn with_mode(
+        head_dim: usize,
+        rope_dim: usize,
+        base: f64,
+        max_pos: usize,
+        neox: bool,
+    ) -> Self {
+        let mut r = Rope::new(head_dim, rope_dim, base, max_pos);
+        r.neox_offset = neox.then_some(rope_dim / 2);
+        r
+    }
+
     pub(crate) fn new(head_dim: usize, rope_dim: usize, base: f64, max_pos: usize) -> Self {
         let half = head_dim / 2;
         let mut cos = vec![1.0; max_pos * half];
@@ -541,6 +705,7 @@ impl Rope {
             sin: Arc::new(sin),
             half,
             max_pos,
+            neox_offset: None,
         }
     }
 
@@ -562,12 +727,18 @@ impl Rope {
             .enumerate()
             .for_each(|(row, (y, x))| {
                 let p = row % t;
-                for i in 0..self.half {
+                y.copy_from_slice(x);
+                let pairs = self.neox_offset.unwrap_or(self.half);
+                for i in 0..pairs {
+                    let (ia, ib) = match self.neox_offset {
+                        Some(off) => (i, i + off),
+                        None => (2 * i, 2 * i + 1),
+                    };
                     let cs: T = c(self.cos[p * self.half + i]);
                     let sn: T = c(sign * self.sin[p * self.half + i]);
-                    let (a, b) = (x[2 * i], x[2 * i + 1]);
-                    y[2 * i] = a * cs - b * sn;
-                    y[2 * i + 1] = a * sn + b * cs;
+                    let (a, b) = (x[ia], x[ib]);
+                    y[ia] = a * cs - b * sn;
+                    y[ib] = a * sn + b * cs;
                 }
             });
         y

@@ -19,7 +19,8 @@ use super::checkpoint::{self, Checkpoint, TrainConfig};
 use super::config::Target;
 use super::data::{self, Dataset, Example};
 use super::lora::Lora;
-use super::model::Base;
+use super::memory;
+use super::model::{Base, HEAD_ROWS};
 use super::optim::{lr_at, AdamW};
 use super::rng::Rng;
 use super::FinetuneError;
@@ -54,6 +55,13 @@ pub struct FinetuneOptions {
     pub resume: bool,
     /// Checkpoint every this many steps (and always at the end).
     pub save_every: usize,
+    /// Recompute each layer's activations in the backward pass instead of
+    /// keeping them all (activation memory of one layer; one more forward
+    /// pass per step). `None`: only when the run would not fit otherwise.
+    pub checkpoint_layers: Option<bool>,
+    /// The bytes training may use and why (the board's budget or the
+    /// available memory); `None`: unchecked.
+    pub memory_limit: Option<(u64, String)>,
 }
 
 impl Default for FinetuneOptions {
@@ -72,6 +80,8 @@ impl Default for FinetuneOptions {
             batch: 4,
             seq: 256,
             val: None,
+            checkpoint_layers: None,
+            memory_limit: None,
             seed: 42,
             resume: false,
             save_every: 50,
@@ -114,11 +124,7 @@ fn eval_loss(
         let refs: Vec<&Example> = chunk.iter().collect();
         let b = data::batch(&refs);
         let k = b.targets.len();
-        let l = base
-            .loss(Some(lora), &b)?
-            .detach()
-            .to_dtype(DType::F64)?
-            .to_scalar::<f64>()?;
+        let l = base.loss_value(Some(lora), &b)?;
         sum += l * k as f64;
         n += k;
     }
@@ -178,18 +184,7 @@ pub fn finetune(
     progress: &dyn Progress,
 ) -> Result<TrainSummary, FinetuneError> {
     validate(opts)?;
-    let mut ds: Dataset = data::load(
-        &opts.data,
-        engine,
-        opts.seq,
-        opts.val,
-        opts.seed,
-        opts.val_data.as_deref(),
-    )?;
-    let replay_examples = match &opts.replay {
-        Some(p) => data::add_replay(&mut ds, p, engine, opts.seq)?,
-        None => 0,
-    };
+    let (ds, replay_examples) = load_data(engine, opts)?;
     let per_epoch = ds.train.len().div_ceil(opts.batch);
     let total = opts.steps.unwrap_or(opts.epochs * per_epoch);
     if total == 0 {
@@ -213,8 +208,6 @@ pub fn finetune(
         schedule_steps: total,
     };
     let mut cfg = cfg;
-    let (ckpt_path, adapter_path) = prepare_dir(dir, opts)?;
-    tracing::info!(model = %engine.name(), "dequantizing base weights");
     let base = Base::load(engine.path(), None, DType::F32, opts.seq)?;
     let lora = Lora::new(
         &base.cfg,
@@ -224,6 +217,16 @@ pub fn finetune(
         &mut Rng::new(opts.seed),
         DType::F32,
     )?;
+    let longest = ds
+        .train
+        .iter()
+        .chain(&ds.val)
+        .map(|e| e.tokens.len())
+        .max()
+        .unwrap_or(1);
+    let shape = memory::Shape::new(&base.cfg, base.weight_bytes(), lora.n_params());
+    let checkpoint_layers = plan_memory(&shape, opts, longest.min(opts.seq))?;
+    let (ckpt_path, adapter_path) = prepare_dir(dir, opts)?;
     let mut opt = AdamW::new(&lora.vars(), opts.lr)?;
     let start = if opts.resume {
         resume(&ckpt_path, &mut cfg, &lora, &mut opt)?
@@ -244,8 +247,71 @@ pub fn finetune(
         per_epoch,
         total,
         replay_examples,
+        checkpoint_layers,
     };
     run.train(start, progress)
+}
+
+/// The training and validation sets, `--replay`'s examples mixed into
+/// training (and how many they are).
+fn load_data(engine: &Engine, opts: &FinetuneOptions) -> Result<(Dataset, usize), FinetuneError> {
+    let mut ds = data::load(
+        &opts.data,
+        engine,
+        opts.seq,
+        opts.val,
+        opts.seed,
+        opts.val_data.as_deref(),
+    )?;
+    let replay = match &opts.replay {
+        Some(p) => data::add_replay(&mut ds, p, engine, opts.seq)?,
+        None => 0,
+    };
+    Ok((ds, replay))
+}
+
+/// Whether to recompute layers in the backward pass (`--checkpoint-layers`:
+/// as asked, or, left to ferrite, only when keeping every layer's
+/// activations would not fit), after checking that the run fits at all.
+///
+/// Errors: `Memory`, naming the estimate, the limit and the largest
+/// `--batch` and `--seq` that would fit.
+fn plan_memory(
+    shape: &memory::Shape,
+    opts: &FinetuneOptions,
+    seq: usize,
+) -> Result<bool, FinetuneError> {
+    let (b, t) = (opts.batch as u64, seq as u64);
+    let est = |c| memory::estimate(shape, b, t, c, HEAD_ROWS as u64);
+    let Some((limit, why)) = &opts.memory_limit else {
+        return Ok(opts.checkpoint_layers.unwrap_or(false));
+    };
+    let checkpoint = match opts.checkpoint_layers {
+        Some(c) => c,
+        None => est(false).total() > *limit,
+    };
+    let e = est(checkpoint);
+    tracing::info!(estimate = %e.describe(), limit_mib = limit / (1 << 20), checkpoint, "training memory");
+    if e.total() <= *limit {
+        return Ok(checkpoint);
+    }
+    let (fb, ft) = memory::largest_fitting(shape, (b, t), checkpoint, HEAD_ROWS as u64, *limit);
+    let mut hints = Vec::new();
+    if !checkpoint && est(true).total() <= *limit {
+        hints.push("--checkpoint-layers on".to_string());
+    }
+    hints.extend(fb.map(|b| format!("--batch {b}")));
+    hints.extend(ft.map(|t| format!("--seq {t}")));
+    let hint = if hints.is_empty() {
+        "even one short sequence does not fit: free memory or use a smaller model".to_string()
+    } else {
+        format!("{} would fit", hints.join(" or "))
+    };
+    Err(FinetuneError::Memory(format!(
+        "needs {} but {} MiB is allowed ({why}); {hint}",
+        e.describe(),
+        limit / (1 << 20)
+    )))
 }
 
 /// The settings no run can use.
@@ -383,6 +449,7 @@ struct Run<'e> {
     per_epoch: usize,
     total: usize,
     replay_examples: usize,
+    checkpoint_layers: bool,
 }
 
 impl Run<'_> {
@@ -400,6 +467,7 @@ impl Run<'_> {
             "val_examples": self.ds.val.len(),
             "truncated": self.ds.truncated,
             "trainable_params": self.lora.n_params(),
+            "checkpoint_layers": self.checkpoint_layers,
         }));
         let val_loss_start = self.validate(start)?;
         progress.start(&self.opts.name, self.total as u64, Unit::Steps);
@@ -465,14 +533,20 @@ impl Run<'_> {
         let refs: Vec<&Example> = idx.iter().map(|&i| &self.ds.train[i]).collect();
         let batch = data::batch(&refs);
         let n_tokens = batch.b * batch.t;
-        let loss = self.base.loss(Some(&self.lora), &batch)?;
-        let loss_v = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (loss_v, grads) = if self.checkpoint_layers {
+            self.base.loss_and_grads(&self.lora, &batch)?
+        } else {
+            let loss = self.base.loss(Some(&self.lora), &batch)?;
+            (
+                loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                loss.backward()?,
+            )
+        };
         if !loss_v.is_finite() {
             return Err(FinetuneError::Param(format!(
                 "loss became {loss_v} at step {step}: lower --lr"
             )));
         }
-        let grads = loss.backward()?;
         self.opt.lr = lr_at(
             self.cfg.lr,
             step,

@@ -20,6 +20,10 @@ use crate::gguf::{GgufFile, ModelSummary};
 pub struct LoadOptions {
     /// Layers to offload to the GPU (CUDA builds); 0 keeps all on the CPU.
     pub gpu_layers: u32,
+    /// Load the tokenizer and chat template only, no weights (llama.cpp's
+    /// `vocab_only`): the trainer, which maps the weights itself, needs no
+    /// second copy.
+    pub vocab_only: bool,
 }
 
 /// A loaded model.
@@ -81,7 +85,9 @@ impl Engine {
             gpu_layers = opts.gpu_layers,
             "backend"
         );
-        let params = LlamaModelParams::default().with_n_gpu_layers(opts.gpu_layers);
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(opts.gpu_layers)
+            .with_vocab_only(opts.vocab_only);
         let _span = tracing::info_span!("load", model = %name).entered();
         let model = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
             LlmError::Load {
