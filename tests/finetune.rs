@@ -350,10 +350,20 @@ fn replay_keeps_what_the_base_model_knew() {
     let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().unwrap();
     let replay = data("general-replay.jsonl");
+    let general = data("general.jsonl");
     let out = run_train(
         home.path(),
         "facts-replay",
-        &["--replay", &replay, "--steps", "40", "--lr", "2e-3"],
+        &[
+            "--replay",
+            &replay,
+            "--steps",
+            "40",
+            "--lr",
+            "2e-3",
+            "--eval-data",
+            &general,
+        ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -362,8 +372,31 @@ fn replay_keeps_what_the_base_model_knew() {
         "{stderr}"
     );
     assert!(stderr.contains("trained on all 8 examples"), "{stderr}");
-    let base = crate::eval::general_perplexity(home.path(), None);
-    let replayed = crate::eval::general_perplexity(home.path(), Some("facts-replay"));
+    // --eval-data scored the general set before and after training, in the
+    // log and on stderr (stdout is still the adapter's path alone)...
+    assert!(stderr.contains("metric        before    after"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let log = std::fs::read_to_string(home.path().join("adapters/facts-replay/log.jsonl")).unwrap();
+    let evals: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "eval")
+        .collect();
+    assert_eq!(evals.len(), 2, "{log}");
+    assert_eq!(
+        (evals[0]["at"].as_str(), evals[0]["step"].as_u64()),
+        (Some("start"), Some(0))
+    );
+    assert_eq!(
+        (evals[1]["at"].as_str(), evals[1]["step"].as_u64()),
+        (Some("end"), Some(40))
+    );
+    let ppl = |v: &serde_json::Value| v["scores"]["perplexity"].as_f64().unwrap();
+    let (base, replayed) = (ppl(&evals[0]), ppl(&evals[1]));
+    // ... and the base model's own figure is `eval`'s.
+    let direct = crate::eval::general_perplexity(home.path(), None);
+    assert!((direct - base).abs() < 1e-6 * base, "{direct} vs {base}");
     assert!(
         replayed < base * 1.15,
         "general perplexity {base} -> {replayed}"

@@ -307,6 +307,10 @@ pub(crate) struct FinetuneArgs {
     /// Validation examples from their own JSONL file (instead of --val).
     #[arg(long)]
     pub(crate) val_data: Option<PathBuf>,
+    /// Held-out chats (as `ferrite eval --data` takes them) answered before
+    /// and after training; the scores go to log.jsonl and stderr.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) eval_data: Option<PathBuf>,
     /// General examples (same JSONL format) mixed into training, so the
     /// adapter keeps what the base model knew; in proportion to the files'
     /// sizes.

@@ -74,6 +74,35 @@ pub(crate) fn run(ctx: &Ctx, a: EvalArgs, out: &mut Out) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One evaluation of `data` for `finetune --eval-data`: the model at `path`
+/// loaded whole (the trainer's own copy is vocabulary only), with the
+/// adapter file `adapter` if given, greedy answers of at most 128 tokens,
+/// the default metrics.
+pub(crate) fn for_finetune(
+    ctx: &Ctx,
+    (name, path, sha): (&str, &std::path::Path, &str),
+    adapter: Option<&std::path::Path>,
+    data: &std::path::Path,
+) -> anyhow::Result<Report> {
+    let examples = eval::load_examples(data)?;
+    let mut engine = ferrite::llm::Engine::load(name, path, &Default::default())?;
+    let id = adapter
+        .map(|p| engine.load_adapter("trained", p, Some(sha)))
+        .transpose()?;
+    let mut sess = engine.session(ferrite::llm::SessionOptions {
+        ctx_tokens: ctx.board.ctx_tokens,
+        threads: ctx.board.threads(),
+        ..Default::default()
+    })?;
+    sess.set_adapter(id.map(|i| (i, 1.0)))?;
+    let opts = EvalOptions {
+        metrics: Metric::parse_list("exact,contains,bleu,chrf,rouge-l,perplexity")?,
+        n_predict: 128,
+    };
+    let bars = super::progress::Bars::default();
+    Ok(eval::evaluate(&mut sess, data, &examples, &opts, &bars)?)
+}
+
 /// Adapter minus base, per metric.
 fn change(base: &Report, with: &Report) -> serde_json::Map<String, serde_json::Value> {
     base.corpus
@@ -89,7 +118,11 @@ fn fmt(m: Metric, v: f64) -> String {
     }
 }
 
-fn print_table(out: &mut Out, runs: &[(String, Report)], n: usize) -> anyhow::Result<()> {
+pub(crate) fn print_table(
+    out: &mut dyn Write,
+    runs: &[(String, Report)],
+    n: usize,
+) -> anyhow::Result<()> {
     let names: Vec<&str> = runs.iter().map(|(n, _)| n.as_str()).collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(4).max(8);
     let mut head = format!("{:<11}", "metric");

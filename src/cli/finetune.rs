@@ -58,11 +58,56 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         },
         memory_limit: ferrite::board::memory_limit(&ctx.board, std::path::Path::new("/"), 0),
     };
+    let before = match &a.eval_data {
+        Some(f) => {
+            let resumed = dir.join("adapter.gguf");
+            let adapter = (a.resume && resumed.is_file()).then_some(resumed.as_path());
+            let r = super::eval::for_finetune(ctx, (&name, &path, &sha), adapter, f)?;
+            Some(r)
+        }
+        None => None,
+    };
     let bars = super::progress::Bars::default();
     let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir, &bars)?;
     report(&a, &name, &s);
+    if let (Some(f), Some(before)) = (&a.eval_data, before) {
+        drop(engine);
+        let after = super::eval::for_finetune(ctx, (&name, &path, &sha), Some(&s.adapter), f)?;
+        log_evals(
+            &dir.join("log.jsonl"),
+            (s.resumed_from, &before),
+            (s.steps, &after),
+        );
+        let n = after.examples.len();
+        let runs = [("before".to_string(), before), ("after".to_string(), after)];
+        super::eval::print_table(&mut std::io::stderr(), &runs, n)?;
+    }
     writeln!(out, "{}", s.adapter.display())?;
     Ok(())
+}
+
+/// The `--eval-data` scores, as `eval` events in the run's log.
+fn log_evals(
+    log: &std::path::Path,
+    before: (usize, &ferrite::eval::Report),
+    after: (usize, &ferrite::eval::Report),
+) {
+    let line = |(step, r): (usize, &ferrite::eval::Report), at: &str| {
+        let corpus: serde_json::Map<String, serde_json::Value> = r
+            .corpus
+            .iter()
+            .map(|&(m, v)| (m.name().to_string(), v.into()))
+            .collect();
+        serde_json::json!({"event": "eval", "at": at, "step": step, "examples": r.examples.len(), "scores": corpus})
+    };
+    let text = format!("{}\n{}\n", line(before, "start"), line(after, "end"));
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .and_then(|mut f| f.write_all(text.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(log = %log.display(), error = %e, "cannot record the evaluation");
+    }
 }
 
 /// The trainer frees and allocates the same large buffers every layer of
