@@ -210,8 +210,14 @@ fn the_openai_client_talks_to_serve_http() {
     assert!(l["text"].as_str().unwrap().contains("Tokyo"), "{l}");
     let p = l["prompt_tokens"].as_u64().unwrap();
     assert!(p > 1000 && p + 16 <= 2048, "cut to fit -c 2048: {l}");
+    // Batched answers are the answers asked alone, up to a near-tie (the
+    // batch changes llama.cpp's summation order; measured once in CI: "The
+    // answer to this classic question is:" batched, "... lies in" alone).
     let b = &v["batched"];
-    assert_eq!(b["together"], b["alone"], "batched vs one at a time");
+    let s = |x: &serde_json::Value| x.as_str().unwrap().to_string();
+    for (i, q) in b["questions"].as_array().unwrap().iter().enumerate() {
+        crate::common::check_same_greedy(&s(q), &s(&b["alone"][i]), &s(&b["together"][i]));
+    }
     let eight = v["eight_clients"].as_array().unwrap();
     assert_eq!(eight.len(), 8);
     for a in eight {

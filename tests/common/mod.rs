@@ -299,6 +299,51 @@ pub fn check_golden(question: &str, golden: &str, greedy: &str) {
     }
 }
 
+/// Two greedy answers of this build to `question` that were made in
+/// different batches (llama.cpp's sums then run in another order, so a
+/// near-tie can go either way): equal, or each a greedy answer up to
+/// rounding (teacher-forced, every token within `LOGIT_MARGIN` of the best)
+/// and equal up to `a`'s first token that leads its rival by no more than
+/// the margin. Both may be cut short (`max_tokens`).
+pub fn check_same_greedy(question: &str, a: &str, b: &str) {
+    use ferrite::llm::{Message, Role};
+    if a == b {
+        return;
+    }
+    let score = |text: &str| {
+        ferrite::llm::score_answer(
+            engine(),
+            &[Message::new(Role::User, question)],
+            text,
+            false,
+            2,
+        )
+        .unwrap()
+    };
+    for text in [a, b] {
+        let worst = score(text).iter().map(|s| s.deficit()).fold(0.0, f32::max);
+        assert!(
+            worst <= LOGIT_MARGIN,
+            "{question:?}: {text:?} is not a greedy answer: a token is {worst} below the best"
+        );
+    }
+    let scores = score(a);
+    let table = scores
+        .iter()
+        .map(|s| format!("{:>16?} lead {:+.3}", s.piece, s.lead()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let k = scores.iter().position(|s| s.lead() <= LOGIT_MARGIN);
+    let Some(k) = k else {
+        panic!("{question:?}: {a:?} vs {b:?}, and no near-tie explains it\n{table}");
+    };
+    let stable: String = scores[..k].iter().map(|s| s.piece.as_str()).collect();
+    assert!(
+        b.starts_with(&stable),
+        "{question:?}: {b:?} differs from {a:?} before the first near-tie (position {k})\n{table}"
+    );
+}
+
 /// The golden questions in tests/golden (NAME.inp, NAME.out).
 pub const GOLDENS: [&str; 3] = ["cpu", "planets", "capital"];
 

@@ -202,7 +202,7 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
-out["batched"] = {"alone": alone, "together": together}
+out["batched"] = {"questions": questions, "alone": alone, "together": together}
 with urllib.request.urlopen(f"{base.removesuffix('/v1')}/metrics", timeout=30) as m:
     out["metrics"] = {line.split("{")[0]: float(line.split()[-1])
                       for line in m.read().decode().splitlines() if line and not line.startswith("#")}
