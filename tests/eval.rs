@@ -30,6 +30,27 @@ fn reference_scores(pairs: &[(String, String)]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap()
 }
 
+/// `ferrite eval -m MODEL ARGS --json` in `home`; it must succeed. Its report.
+fn eval_json(home: &Path, args: &[&str]) -> serde_json::Value {
+    let m = model_path().to_str().unwrap();
+    let all = [&["eval", "-m", m][..], args, &["--json"]].concat();
+    let o = ferrite(home, &all);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// A corpus score of an eval report, by metric name.
+fn corpus_score(v: &serde_json::Value, name: &str) -> f64 {
+    v["corpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p[0] == name)
+        .unwrap_or_else(|| panic!("{name} in {v}"))[1]
+        .as_f64()
+        .unwrap()
+}
+
 fn close(what: &str, ours: f64, theirs: &serde_json::Value, tol: f64) {
     let theirs = theirs.as_f64().unwrap();
     assert!(
@@ -119,22 +140,10 @@ fn bleu_chrf_and_rouge_l_match_sacrebleu_and_rouge_score() {
 #[test]
 fn eval_scores_the_model_s_answers_as_the_references_do() {
     let home = tempfile::tempdir().unwrap();
-    let m = model_path().to_str().unwrap();
-    let o = ferrite(
+    let v = eval_json(
         home.path(),
-        &[
-            "eval",
-            "-m",
-            m,
-            "--data",
-            &data("facts-test.jsonl"),
-            "-n",
-            "32",
-            "--json",
-        ],
+        &["--data", &data("facts-test.jsonl"), "-n", "32"],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let examples = v["examples"].as_array().unwrap();
     assert_eq!(examples.len(), 8);
     let pairs: Vec<(String, String)> = examples
@@ -147,16 +156,7 @@ fn eval_scores_the_model_s_answers_as_the_references_do() {
         .collect();
     check_against_references(&pairs);
     let r = reference_scores(&pairs);
-    let corpus = |name: &str| {
-        v["corpus"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p[0] == name)
-            .unwrap_or_else(|| panic!("{name} in {v}"))[1]
-            .as_f64()
-            .unwrap()
-    };
+    let corpus = |name: &str| corpus_score(&v, name);
     close(
         "the report's corpus BLEU",
         corpus("bleu"),
@@ -248,22 +248,15 @@ fn forced_log_probabilities_are_the_log_softmax_of_llama_cpp_s_logits() {
 #[test]
 fn accuracy_holds_answers_to_the_labels() {
     let home = tempfile::tempdir().unwrap();
-    let m = model_path().to_str().unwrap();
-    let o = ferrite(
+    let v = eval_json(
         home.path(),
         &[
-            "eval",
-            "-m",
-            m,
             "--data",
             &data("sentiment.jsonl"),
             "--metrics",
             "accuracy,contains",
-            "--json",
         ],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["labels"], serde_json::json!(["negative", "positive"]));
     let mut right = 0;
     for e in v["examples"].as_array().unwrap() {
@@ -271,13 +264,7 @@ fn accuracy_holds_answers_to_the_labels() {
         assert!(a == "negative" || a == "positive", "{e}");
         right += usize::from(a == e["reference"].as_str().unwrap());
     }
-    let corpus = v["corpus"].as_array().unwrap();
-    let acc = corpus
-        .iter()
-        .find(|p| p[0] == "accuracy")
-        .expect("accuracy")[1]
-        .as_f64()
-        .unwrap();
+    let acc = corpus_score(&v, "accuracy");
     assert!((acc - right as f64 / 6.0).abs() < 1e-9, "{v}");
 }
 
@@ -357,27 +344,20 @@ pub fn render_svg(svg: &Path) -> (u32, u32) {
 /// `eval --compare NAME` after training the facts adapter in `home`: on
 /// held-out paraphrases the adapter beats the base; the chart renders.
 pub fn compare_shows_the_adapter_s_gain(home: &Path) -> serde_json::Value {
-    let m = model_path().to_str().unwrap();
     let chart = home.join("cmp.svg");
-    let o = ferrite(
+    let v = eval_json(
         home,
         &[
-            "eval",
-            "-m",
-            m,
             "--data",
             &data("facts-test.jsonl"),
             "-n",
             "32",
             "--compare",
             "facts",
-            "--json",
             "--chart",
             chart.to_str().unwrap(),
         ],
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let change = &v["change"];
     assert!(change["rouge-l"].as_f64().unwrap() > 0.2, "{change}");
     assert!(change["chrf"].as_f64().unwrap() > 20.0, "{change}");
@@ -388,23 +368,10 @@ pub fn compare_shows_the_adapter_s_gain(home: &Path) -> serde_json::Value {
 
 /// Perplexity of the general set's references with adapter `lora`.
 pub fn general_perplexity(home: &Path, lora: Option<&str>) -> f64 {
-    let m = model_path().to_str().unwrap();
     let g = data("general.jsonl");
-    let mut args = vec![
-        "eval",
-        "-m",
-        m,
-        "--data",
-        &g,
-        "--metrics",
-        "perplexity",
-        "--json",
-    ];
+    let mut args = vec!["--data", &g, "--metrics", "perplexity"];
     if let Some(l) = lora {
         args.extend(["--lora", l]);
     }
-    let o = ferrite(home, &args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    v["corpus"][0][1].as_f64().unwrap()
+    corpus_score(&eval_json(home, &args), "perplexity")
 }

@@ -353,7 +353,7 @@ pub(crate) struct EvalArgs {
     pub(crate) compare: Option<String>,
     /// Comma-separated: exact, contains, bleu, chrf, rouge-l, accuracy
     /// (answers held to the references' labels), perplexity, or all.
-    #[arg(long, default_value = "exact,contains,bleu,chrf,rouge-l,perplexity")]
+    #[arg(long, default_value = ferrite::eval::Metric::DEFAULT)]
     pub(crate) metrics: String,
     /// Tokens per answer at most.
     #[arg(short = 'n', long = "n-predict", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1 << 20))]

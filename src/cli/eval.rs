@@ -96,7 +96,7 @@ pub(crate) fn for_finetune(
     })?;
     sess.set_adapter(id.map(|i| (i, 1.0)))?;
     let opts = EvalOptions {
-        metrics: Metric::parse_list("exact,contains,bleu,chrf,rouge-l,perplexity")?,
+        metrics: Metric::parse_list(Metric::DEFAULT)?,
         n_predict: 128,
     };
     let bars = super::progress::Bars::default();

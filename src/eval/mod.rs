@@ -80,6 +80,10 @@ impl Metric {
         Metric::Perplexity,
     ];
 
+    /// What `eval` scores unless told otherwise (`accuracy` changes how
+    /// answers are made, so it is asked for by name).
+    pub const DEFAULT: &'static str = "exact,contains,bleu,chrf,rouge-l,perplexity";
+
     pub fn name(self) -> &'static str {
         match self {
             Metric::Exact => "exact",
