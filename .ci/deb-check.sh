@@ -19,6 +19,7 @@ $sudo mmdebstrap --variant=apt --quiet \
   --customize-hook='chroot "$1" getent passwd ferrite >/dev/null && echo "service user: ferrite"' \
   --customize-hook='chroot "$1" dpkg -s python3-pip >/dev/null && echo "python3-pip: installed"' \
   --customize-hook="test -L \"\$1/$wants\" && echo 'unit: enabled'" \
+  --customize-hook="test ! -e \"\$1/etc/systemd/system/multi-user.target.wants/ferrite-rpc.service\" && echo 'rpc unit: installed, not enabled'" \
   --customize-hook='chroot "$1" ferrite --board /etc/ferrite/ferrite.toml board show | head -2' \
   --customize-hook='chroot "$1" dpkg -r ferrite >/dev/null && echo "removed"' \
   --customize-hook="test ! -e \"\$1/$wants\" && echo 'unit: disabled after removal'" \

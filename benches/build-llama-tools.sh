@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own `llama-bench` and `llama-perplexity` from the very
+# Build llama.cpp's own `llama-bench`, `llama-perplexity` and `rpc-server`
+# (ggml's RPC server behind llama.cpp's command line) from the very
 # llama.cpp tree that llama-cpp-sys-2 vendors, for the comparisons in
 # benches/README.md. Two flavours:
 #
@@ -45,11 +46,11 @@ chmod -R u+w "$work/llama.cpp"
 ( cd "$work" && python3 -m pip download -q --no-deps --no-binary :all: llama-cpp-python -d . )
 tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 sdist_tools="$(ls -d "$work"/llama_cpp_python-*/vendor/llama.cpp/tools)"
-for t in llama-bench perplexity; do
+for t in llama-bench perplexity rpc; do
   rm -rf "$work/llama.cpp/tools/$t"
   cp -r "$sdist_tools/$t" "$work/llama.cpp/tools/$t"
 done
-printf 'add_subdirectory(llama-bench)\nadd_subdirectory(perplexity)\n' > "$work/llama.cpp/tools/CMakeLists.txt"
+printf 'add_subdirectory(llama-bench)\nadd_subdirectory(perplexity)\nadd_subdirectory(rpc)\n' > "$work/llama.cpp/tools/CMakeLists.txt"
 args=(-DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
       -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_APP=OFF -DBUILD_SHARED_LIBS=OFF -DGGML_OPENMP=ON)
 if [ "$mode" = stock ]; then
@@ -62,4 +63,10 @@ fi
 cmake -S "$work/llama.cpp" -B "$work/build" "${args[@]}" >/dev/null
 cmake --build "$work/build" --target llama-bench llama-perplexity -j "$(nproc)"
 cp "$work/build/bin/llama-bench" "$work/build/bin/llama-perplexity" "$out/"
-echo "built: $out/llama-bench $out/llama-perplexity"
+# rpc-server needs ggml's RPC backend: boards/ggml.sh builds it in; the stock
+# ggml only with -DGGML_RPC=ON, which --stock leaves off.
+if [ "$mode" = shared ]; then
+  cmake --build "$work/build" --target ggml-rpc-server -j "$(nproc)"
+  cp "$work/build/bin/ggml-rpc-server" "$out/rpc-server"
+fi
+echo "built: $(ls "$out" | grep -v '^src$' | tr '\n' ' ')in $out"

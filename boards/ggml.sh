@@ -22,6 +22,9 @@
 # Every build turns on llamafile's tinyBLAS matrix kernels (GGML_LLAMAFILE),
 # as llama.cpp's own CMake does: ggml built on its own leaves them off, which
 # measured 0.81-0.89x llama.cpp's prompt speed on Q5_0/Q8_0 tensors.
+# Every build also has ggml's RPC backend (GGML_RPC, TCP only: no RDMA), for
+# `ferrite rpc-server` and `--rpc` (a model split across boards); the ferrite
+# crate links its library itself (build.rs).
 # Installs into target/ggml/NAME (NAME-cuda with --cuda): headers, static libs
 # and ggml's cmake package. cargo runs this itself: boards/ggml/hook.cmake
 # calls it from inside llama.cpp's and whisper.cpp's cmake builds, for the
@@ -52,7 +55,7 @@ for p in json.load(sys.stdin)["packages"]:
 
 args=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DCMAKE_POSITION_INDEPENDENT_CODE=ON
       -DGGML_OPENMP=ON -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_METAL=OFF
-      -DGGML_LLAMAFILE=ON -DGGML_CUDA="$cuda" -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib)
+      -DGGML_LLAMAFILE=ON -DGGML_RPC=ON -DGGML_RPC_RDMA=OFF -DGGML_CUDA="$cuda" -DCMAKE_INSTALL_PREFIX="$prefix" -DCMAKE_INSTALL_LIBDIR=lib)
 if [ "$name" = host ]; then
   args+=(-DGGML_NATIVE=OFF)
 elif [ "$name" = native ]; then

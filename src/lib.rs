@@ -11,7 +11,8 @@
 //! runtime that hot-swaps them.
 //! `speech` turns WAV files and a microphone into text through whisper.cpp,
 //! on the same ggml as llama.cpp; `tts` speaks answers with a Piper voice;
-//! `hw` holds the GPIO seams.
+//! `hw` holds the GPIO seams; `rpc` splits a model across boards with
+//! ggml's RPC backend.
 
 pub mod adapter;
 pub mod alsa;
@@ -27,6 +28,7 @@ pub mod hw;
 pub mod llm;
 pub mod models;
 pub mod progress;
+pub mod rpc;
 pub mod speech;
 pub mod tts;
 

@@ -204,29 +204,34 @@ fn bench_json_has_llama_bench_fields() {
 }
 
 #[test]
-fn the_service_unit_passes_systemd_analyze_verify() {
-    // systemd's own check of dist/ferrite.service (unknown keys, bad values,
-    // a missing binary), run on a copy that points at the binary under test.
+fn the_service_units_pass_systemd_analyze_verify() {
+    // systemd's own check of dist/ferrite.service and dist/ferrite-rpc.service
+    // (unknown keys, bad values, a missing binary), run on copies that point
+    // at the binary under test.
     let dir = tempfile::tempdir().unwrap();
-    let unit =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/ferrite.service"))
-            .unwrap();
-    assert!(unit.contains("ExecStart=/usr/bin/ferrite "), "{unit}");
     let bin = std::fs::canonicalize(ferrite_bin()).unwrap();
-    let copy = dir.path().join("ferrite.service");
-    std::fs::write(
-        &copy,
-        unit.replace("/usr/bin/ferrite", bin.to_str().unwrap()),
-    )
-    .unwrap();
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&copy)
-        .output()
-        .expect("systemd-analyze (the systemd package; .ci/deps installs it)");
-    let said =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    for name in ["ferrite.service", "ferrite-rpc.service"] {
+        let path = format!("{}/dist/{name}", env!("CARGO_MANIFEST_DIR"));
+        let unit = std::fs::read_to_string(&path).unwrap();
+        assert!(unit.contains("ExecStart=/usr/bin/ferrite "), "{unit}");
+        let copy = dir.path().join(name);
+        std::fs::write(
+            &copy,
+            unit.replace("/usr/bin/ferrite", bin.to_str().unwrap()),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&copy)
+            .output()
+            .expect("systemd-analyze (the systemd package; .ci/deps installs it)");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{name}: {said}"
+        );
+    }
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod pull;
 mod qwen;
 mod reports;
 mod resample;
+mod rpc;
 mod serial;
 mod speculative;
 mod speech;

@@ -153,7 +153,7 @@ impl<'a, 'm> Core<'a, 'm> {
         match req {
             Request::Question(q) => {
                 self.answer(&q, emit);
-                Outcome::Continue
+                self.after_answer(emit)
             }
             Request::Structured(q, grammar) => {
                 if let Err(e) = self.engine.check_grammar(&grammar) {
@@ -164,9 +164,31 @@ impl<'a, 'm> Core<'a, 'm> {
                 let kept = self.params.grammar.replace(*grammar);
                 self.answer(&q, emit);
                 self.params.grammar = kept;
-                Outcome::Continue
+                self.after_answer(emit)
             }
             Request::Command(c) => self.command(c, emit),
+        }
+    }
+
+    /// After an answer: when an `--rpc` server holding layers stopped
+    /// answering (the answer ended with that error), the model is loaded
+    /// again, as a `/model` switch to itself does (`serve::load_engine`:
+    /// on the servers if they answer, else on this board alone if it fits,
+    /// else once they are back).
+    fn after_answer(&self, emit: Emit<'_>) -> Outcome {
+        if !self.engine.remote_lost() {
+            return Outcome::Continue;
+        }
+        let _ = emit(Event::info(
+            "model",
+            format!(
+                "(loading {} again: on the --rpc servers if they answer, else on this board alone if it fits, else when they are back)",
+                self.engine.name()
+            ),
+        ));
+        Outcome::Switch {
+            name: self.engine.name().to_string(),
+            path: self.engine.path().to_path_buf(),
         }
     }
 
@@ -427,13 +449,14 @@ pub(crate) fn check_switchable(
 ) -> Result<GgufFile, AssistantError> {
     let gguf = GgufFile::open(path)?;
     gguf.check_model()?;
-    crate::board::check_fits(
+    let s = &opts.session;
+    crate::board::check_fits_pooled(
         &opts.board,
         &gguf,
-        opts.session.ctx_tokens,
-        opts.session.batch_tokens,
-        opts.session.kv,
+        (s.ctx_tokens, s.batch_tokens, s.kv),
         &opts.sys_root,
+        None,
+        crate::rpc::pooled_free(&opts.load.rpc).map_err(LlmError::from)?,
     )?;
     Ok(gguf)
 }

@@ -124,9 +124,48 @@ fn connect(
 /// Validate `path` (GGUF, a model llama.cpp can run), check it fits the
 /// board's memory, and load it: what a `/model` switch does once the core
 /// has let the running model go.
+///
+/// A model split across boards (`--rpc`) whose servers do not answer is
+/// loaded on this board alone when it fits here, and otherwise waited for:
+/// tried again every `RPC_RETRY` until they answer. The console stays up
+/// either way; only the model's placement changes.
 pub fn load_engine(opts: &ServeOptions, name: &str, path: &Path) -> Result<Engine, AssistantError> {
-    let gguf = check_switchable(opts, path)?;
-    Ok(Engine::from_gguf(name, gguf, &opts.load)?)
+    let mut waiting = false;
+    loop {
+        let split = check_switchable(opts, path)
+            .and_then(|gguf| Ok(Engine::from_gguf(name, gguf, &opts.load)?));
+        let e = match split {
+            Err(e) if remote_unavailable(&e) => e,
+            other => return other,
+        };
+        let mut alone = opts.clone();
+        alone.load.rpc.clear();
+        alone.load.tensor_split.clear();
+        let fits = check_switchable(&alone, path);
+        if let Ok(gguf) = fits {
+            tracing::warn!(model = %name, error = %crate::report(&e), "the --rpc servers do not answer: running on this board alone");
+            return Ok(Engine::from_gguf(name, gguf, &alone.load)?);
+        }
+        if !waiting {
+            tracing::warn!(model = %name, error = %crate::report(&e), retry_s = RPC_RETRY.as_secs(), "the --rpc servers do not answer and the model does not fit here alone: waiting for them");
+            waiting = true;
+        }
+        std::thread::sleep(RPC_RETRY);
+    }
+}
+
+/// How often `load_engine` tries `--rpc` servers that did not answer.
+const RPC_RETRY: Duration = Duration::from_secs(5);
+
+/// Whether `e` says an `--rpc` server is gone (not that the model is bad).
+fn remote_unavailable(e: &AssistantError) -> bool {
+    use crate::rpc::RpcError;
+    matches!(
+        e,
+        AssistantError::Llm(crate::llm::LlmError::Rpc(
+            RpcError::Unreachable { .. } | RpcError::Handshake { .. } | RpcError::Lost { .. }
+        ))
+    )
 }
 
 /// Load the model at `path` beside `engine` (a draft model): the memory

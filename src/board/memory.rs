@@ -183,15 +183,36 @@ pub fn check_fits(
 pub fn check_fits_beside(
     board: &Board,
     g: &GgufFile,
-    (ctx_tokens, ubatch, kv): (u32, u32, (KvType, KvType)),
+    settings: (u32, u32, (KvType, KvType)),
     root: &Path,
     beside: Option<MemoryEstimate>,
 ) -> Result<MemoryEstimate, BoardError> {
+    check_fits_pooled(board, g, settings, root, beside, 0)
+}
+
+/// `check_fits_beside` for a model split across boards (`--rpc`): the
+/// remotes' free memory, `remote_bytes`, is added to this board's limit
+/// (llama.cpp puts the layers where the memory is: `rpc::remote_layers`).
+pub fn check_fits_pooled(
+    board: &Board,
+    g: &GgufFile,
+    (ctx_tokens, ubatch, kv): (u32, u32, (KvType, KvType)),
+    root: &Path,
+    beside: Option<MemoryEstimate>,
+    remote_bytes: u64,
+) -> Result<MemoryEstimate, BoardError> {
     let est = estimate(g, ctx_tokens, ubatch, kv);
     let taken = beside.map_or(0, |b| b.total());
-    let Some((limit, mut why)) = memory_limit(board, root, taken) else {
+    let Some((mut limit, mut why)) = memory_limit(board, root, taken) else {
         return Ok(est);
     };
+    if remote_bytes > 0 {
+        limit += remote_bytes;
+        why.push_str(&format!(
+            ", plus {} MiB free on the --rpc servers",
+            remote_bytes / MIB
+        ));
+    }
     if est.total() <= limit {
         return Ok(est);
     }

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub use detect::detect;
 pub(crate) use memory::proc_kib_field;
 pub use memory::{
-    available_bytes, check_fits, check_fits_beside, estimate, kv_bytes_per_token, memory_limit,
-    KvType, MemoryEstimate,
+    available_bytes, check_fits, check_fits_beside, check_fits_pooled, estimate,
+    kv_bytes_per_token, memory_limit, KvType, MemoryEstimate,
 };
 pub use thermal::{firmware_throttled, first_zone_c, Governor};
 
@@ -110,6 +110,10 @@ pub struct Board {
     /// q8_0 holds a context in about half the memory of f16.
     pub kv_type: KvType,
     pub gpu_layers: u32,
+    /// Other boards serving layers (`ferrite rpc-server`), `HOST:PORT` each:
+    /// `--rpc`'s default.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rpc_servers: Vec<String>,
     /// MiB for model + KV cache + compute buffers; 0 = only what is free.
     pub memory_budget_mb: u64,
     pub default_model: Option<String>,
@@ -148,6 +152,7 @@ impl Default for Board {
             ctx_tokens: 2048,
             kv_type: KvType::F16,
             gpu_layers: 0,
+            rpc_servers: Vec::new(),
             memory_budget_mb: 0,
             default_model: None,
             store_dir: None,
@@ -190,10 +195,26 @@ impl Board {
     }
 
     pub fn parse(text: &str, origin: &str) -> Result<Board, BoardError> {
-        toml::from_str(text).map_err(|e| BoardError::Parse {
+        let board: Board = toml::from_str(text).map_err(|e| BoardError::Parse {
             origin: origin.into(),
             msg: e.to_string(),
-        })
+        })?;
+        for s in &board.rpc_servers {
+            s.parse::<crate::rpc::Endpoint>()
+                .map_err(|e| BoardError::Parse {
+                    origin: origin.into(),
+                    msg: format!("rpc_servers: {e}"),
+                })?;
+        }
+        Ok(board)
+    }
+
+    /// `rpc_servers`, parsed (checked when the profile was read).
+    pub fn rpc_endpoints(&self) -> Vec<crate::rpc::Endpoint> {
+        self.rpc_servers
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
     }
 
     pub fn names() -> Vec<&'static str> {
@@ -250,6 +271,14 @@ mod tests {
     fn packaged_profile_parses() {
         let b = Board::parse(include_str!("../../dist/ferrite.toml"), "dist/ferrite.toml").unwrap();
         assert_eq!(b.name, "ferrite");
+    }
+
+    #[test]
+    fn rpc_servers_are_checked_when_read() {
+        let b = Board::parse("rpc_servers = [\"10.0.0.2:50052\"]", "t").unwrap();
+        assert_eq!(b.rpc_endpoints()[0].to_string(), "10.0.0.2:50052");
+        let e = Board::parse("rpc_servers = [\"10.0.0.2\"]", "t").unwrap_err();
+        assert!(e.to_string().contains("rpc_servers"), "{e}");
     }
 
     #[test]

@@ -61,6 +61,9 @@ pub(crate) enum Cmd {
     /// Score a model's (or an adapter's) greedy answers against held-out
     /// chats: exact, contains, BLEU, chrF, ROUGE-L, accuracy, perplexity.
     Eval(EvalArgs),
+    /// Serve this board's CPU (or GPU) to a main board that splits a model
+    /// across boards (--rpc): ggml's RPC server, as llama.cpp's rpc-server.
+    RpcServer(RpcServerArgs),
     /// Manage the model store.
     Models {
         #[command(subcommand)]
@@ -253,6 +256,8 @@ pub(crate) struct BenchArgs {
     /// KV cache type for V (llama-bench's -ctv).
     #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
     pub(crate) cache_type_v: Option<ferrite::board::KvType>,
+    #[command(flatten)]
+    pub(crate) rpc: RpcArgs,
     /// With --draft or --lookup: speculative decoding against plain decoding
     /// on real questions (random tokens cannot be drafted), -n tokens each,
     /// greedy, -r runs of each alternated.
@@ -370,8 +375,14 @@ pub(crate) struct EvalArgs {
 pub(crate) enum BoardCmd {
     /// Name the profile that fits this machine (device tree, Jetson release file).
     Detect,
-    /// Print a profile (default: --board) and the CPU/GPU features ggml sees.
-    Show { name: Option<String> },
+    /// Print a profile (default: --board) and the CPU/GPU features ggml sees,
+    /// and the devices of its rpc_servers (or --rpc's).
+    Show {
+        name: Option<String>,
+        /// RPC servers to list instead of the profile's rpc_servers.
+        #[arg(long, value_name = "HOST:PORT,...", value_parser = parse_rpc)]
+        rpc: Option<RpcList>,
+    },
     /// List the shipped profiles.
     List,
 }
@@ -655,6 +666,63 @@ pub(crate) struct ModelArgs {
     /// KV cache type for V, as for K; a quantized V turns flash attention on.
     #[arg(long = "cache-type-v", visible_alias = "ctv", value_name = "TYPE")]
     pub(crate) cache_type_v: Option<ferrite::board::KvType>,
+    #[command(flatten)]
+    pub(crate) rpc: RpcArgs,
+}
+
+/// A model split across boards (llama.cpp's `--rpc` and `--tensor-split`).
+#[derive(Args, Clone, Default)]
+pub(crate) struct RpcArgs {
+    /// Other boards that hold some of the layers, each running `ferrite
+    /// rpc-server` (or llama.cpp's rpc-server): HOST:PORT[,HOST:PORT...]
+    /// (default: the board's rpc_servers; "" for none). The layers are split
+    /// by the memory each side has, unless -ngl says how many go to the
+    /// remotes.
+    #[arg(long, value_name = "HOST:PORT,...", value_parser = parse_rpc)]
+    pub(crate) rpc: Option<RpcList>,
+    /// How the remotes share their layers: one weight per --rpc server,
+    /// e.g. 3,1 (default: by the free memory each reports).
+    #[arg(
+        long = "tensor-split",
+        visible_alias = "ts",
+        value_name = "W,...",
+        value_delimiter = ','
+    )]
+    pub(crate) tensor_split: Vec<f32>,
+}
+
+/// `--rpc`'s servers, checked before ggml sees them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RpcList(pub(crate) Vec<ferrite::rpc::Endpoint>);
+
+fn parse_rpc(s: &str) -> Result<RpcList, String> {
+    ferrite::rpc::Endpoint::parse_list(s)
+        .map(RpcList)
+        .map_err(|e| e.to_string())
+}
+
+/// `ferrite rpc-server`: serve this board's CPU (or GPUs) to a main board.
+#[derive(Args)]
+pub(crate) struct RpcServerArgs {
+    /// Address to listen on; anything but loopback needs --allow-lan.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) host: String,
+    #[arg(short = 'p', long, default_value_t = 50052, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) port: u16,
+    /// CPU threads for the layers served (default: the board's, else every core).
+    #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=1024))]
+    pub(crate) threads: Option<i32>,
+    /// Report at most this much memory (MiB) to clients, which split layers by it.
+    #[arg(short = 'm', long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) mem: Option<u64>,
+    /// Serve on a non-loopback address. ggml's RPC protocol has no
+    /// authentication and no encryption: use it only on a network you trust.
+    #[arg(long = "allow-lan")]
+    pub(crate) allow_lan: bool,
+    /// Keep large tensors in the store's rpc-cache/ so a model's next load
+    /// sends only their hashes (llama.cpp's rpc-server -c).
+    #[arg(short = 'c', long)]
+    pub(crate) cache: bool,
 }
 
 #[derive(Args, Clone)]

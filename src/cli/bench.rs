@@ -17,6 +17,7 @@ pub(crate) fn run(ctx: &Ctx, a: BenchArgs, out: &mut Out) -> anyhow::Result<()> 
         gpu_layers: a.gpu_layers,
         cache_type_k: a.cache_type_k,
         cache_type_v: a.cache_type_v,
+        rpc: a.rpc.clone(),
     };
     if a.draft.draft.is_some() || a.draft.lookup {
         return speculative(ctx, &a, &margs, out);
@@ -35,8 +36,19 @@ pub(crate) fn run(ctx: &Ctx, a: BenchArgs, out: &mut Out) -> anyhow::Result<()> 
         kv: ctx.session_opts(&margs, 0).kv,
     };
     let pb = indicatif::ProgressBar::new_spinner();
+    let before = engine.remote_traffic();
     let results = llm::run_bench(&engine, &opts, &mut |m| pb.set_message(m.to_string()))?;
     pb.finish_and_clear();
+    let (devices, layers) = engine.remote();
+    if !devices.is_empty() {
+        let after = engine.remote_traffic();
+        eprintln!(
+            "rpc: {layers} layers on {} remote devices; the tests sent {} bytes and received {} bytes",
+            devices.len(),
+            after.0 - before.0,
+            after.1 - before.1
+        );
+    }
     if a.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&results)?)?;
     } else {

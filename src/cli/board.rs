@@ -24,12 +24,14 @@ pub(crate) fn run(ctx: &Ctx, cmd: BoardCmd, out: &mut Out) -> anyhow::Result<()>
                 writeln!(out, "{:<18} {}", n, b.description)?;
             }
         }
-        BoardCmd::Show { name } => {
+        BoardCmd::Show { name, rpc } => {
             let b = match name {
                 Some(n) => Board::load(&n)?,
                 None => ctx.board.clone(),
             };
             show(&b, out)?;
+            let servers = rpc.map_or_else(|| b.rpc_endpoints(), |r| r.0);
+            remote(&servers, out)?;
         }
     }
     Ok(())
@@ -85,6 +87,28 @@ fn show(b: &Board, out: &mut Out) -> anyhow::Result<()> {
     }
     if let Some(a) = board::available_bytes(Path::new("/")) {
         writeln!(out, "# memory available: {} MiB", a >> 20)?;
+    }
+    Ok(())
+}
+
+/// The devices each RPC server serves, with their memory, or why it cannot
+/// be used.
+fn remote(servers: &[ferrite::rpc::Endpoint], out: &mut Out) -> anyhow::Result<()> {
+    for ep in servers {
+        match ferrite::rpc::attach(std::slice::from_ref(ep)) {
+            Ok(links) => {
+                for d in links.iter().flat_map(|l| &l.devices) {
+                    writeln!(
+                        out,
+                        "# rpc: {ep} device {} ({} MiB free of {})",
+                        d.name,
+                        d.free >> 20,
+                        d.total >> 20
+                    )?;
+                }
+            }
+            Err(e) => writeln!(out, "# rpc: {ep} unusable: {}", ferrite::report(&e))?,
+        }
     }
     Ok(())
 }

@@ -16,6 +16,7 @@ mod models;
 mod out;
 mod perplexity;
 mod progress;
+mod rpc_server;
 mod say;
 mod serve;
 mod service;
@@ -101,6 +102,7 @@ fn command(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Finetune(a) => finetune::run(ctx, a, &mut out)?,
         Cmd::Eval(a) => eval::run(ctx, a, &mut out)?,
         Cmd::Board { cmd } => board::run(ctx, cmd, &mut out)?,
+        Cmd::RpcServer(a) => rpc_server::run(ctx, a)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -144,15 +144,17 @@ impl Ctx {
     ) -> anyhow::Result<Engine> {
         let (name, path) = self.resolve(m.model.as_deref())?;
         let opts = self.session_opts(m, 0);
+        let load = self.load_opts(m);
         let gguf = GgufFile::open(&path)?;
-        board::check_fits_beside(
+        board::check_fits_pooled(
             &self.board,
             &gguf,
             (opts.ctx_tokens, opts.batch_tokens, opts.kv),
             Path::new("/"),
             beside,
+            ferrite::rpc::pooled_free(&load.rpc)?,
         )?;
-        let engine = Engine::from_gguf(&name, gguf, &self.load_opts(m))?;
+        let engine = Engine::from_gguf(&name, gguf, &load)?;
         if let Some(c) = m.ctx_size {
             engine.check_ctx(c)?;
         }
@@ -170,8 +172,14 @@ impl Ctx {
             return Ok(None);
         };
         d.options().validate()?;
+        // The draft model runs here: its point is to be fast next to the
+        // model it drafts for, not to hold layers on another board.
         let args = ModelArgs {
             model: Some(spec.clone()),
+            rpc: super::args::RpcArgs {
+                rpc: Some(super::args::RpcList::default()),
+                tensor_split: Vec::new(),
+            },
             ..m.clone()
         };
         // The model it drafts for is loaded: count it first.
@@ -328,8 +336,14 @@ impl Ctx {
     }
 
     pub(crate) fn load_opts(&self, m: &ModelArgs) -> LoadOptions {
+        let rpc = match &m.rpc.rpc {
+            Some(list) => list.0.clone(),
+            None => self.board.rpc_endpoints(),
+        };
         LoadOptions {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
+            rpc,
+            tensor_split: m.rpc.tensor_split.clone(),
             ..Default::default()
         }
     }

@@ -497,8 +497,8 @@ impl<'m, 's> Batcher<'m, 's> {
         if batch.n_tokens() == 0 {
             return Ok(());
         }
-        if let Err(e) = self.ctx.decode(&mut batch) {
-            let e = LlmError::from(e);
+        let decoded = self.ctx.decode(&mut batch).map_err(LlmError::from);
+        if let Err(e) = decoded.and_then(|()| self.engine.check_remote(&mut self.ctx)) {
             self.fail_all(&e);
             return Err(e);
         }

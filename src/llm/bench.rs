@@ -121,8 +121,13 @@ impl Lcg {
     }
 }
 
-fn decode(ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch) -> Result<(), LlmError> {
-    ctx.decode(batch).map_err(LlmError::from)
+fn decode(
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    engine: &Engine,
+) -> Result<(), LlmError> {
+    ctx.decode(batch).map_err(LlmError::from)?;
+    engine.check_remote(ctx)
 }
 
 fn test_prompt(
@@ -149,7 +154,7 @@ fn test_prompt(
                 .add(tok, (done + i) as i32, &[0], i + 1 == n)
                 .map_err(LlmError::from)?;
         }
-        decode(ctx, &mut batch)?;
+        decode(ctx, &mut batch, engine)?;
         done += n;
     }
     ctx.synchronize();
@@ -174,7 +179,7 @@ fn test_gen(
     for pos in (start..).take(n_gen) {
         batch.clear();
         batch.add(tok, pos, &[0], true).map_err(LlmError::from)?;
-        decode(ctx, &mut batch)?;
+        decode(ctx, &mut batch, engine)?;
         ctx.synchronize();
         tok = rng.next(n_vocab);
     }

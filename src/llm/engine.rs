@@ -24,6 +24,12 @@ pub struct LoadOptions {
     /// `vocab_only`): the trainer, which maps the weights itself, needs no
     /// second copy.
     pub vocab_only: bool,
+    /// Remote boards (`--rpc`) that hold some of the layers: `gpu_layers` of
+    /// them (0: split by the memory each side has, `rpc::remote_layers`),
+    /// spread over the remotes by their free memory or `tensor_split`.
+    pub rpc: Vec<crate::rpc::Endpoint>,
+    /// `--tensor-split`: one weight per `rpc` server (empty: by memory).
+    pub tensor_split: Vec<f32>,
 }
 
 /// A loaded model.
@@ -35,6 +41,10 @@ pub struct Engine {
     summary: ModelSummary,
     load_ms: f64,
     pub(crate) adapters: super::adapters::Adapters,
+    /// The remote boards holding layers; watched after every decode.
+    links: Vec<std::sync::Arc<crate::rpc::Link>>,
+    /// Layers on the remotes (0 without `--rpc`).
+    remote_layers: u32,
 }
 
 impl Engine {
@@ -85,15 +95,24 @@ impl Engine {
             gpu_layers = opts.gpu_layers,
             "backend"
         );
-        let params = LlamaModelParams::default()
-            .with_n_gpu_layers(opts.gpu_layers)
+        let (links, devices, gpu_layers) = place_layers(opts, &summary)?;
+        let mut params = LlamaModelParams::default()
+            .with_n_gpu_layers(gpu_layers)
             .with_vocab_only(opts.vocab_only);
+        if let Some(devices) = devices {
+            params = params
+                .with_devices(&devices)
+                .map_err(|e| LlmError::Param(format!("device list: {e}")))?;
+        }
         let _span = tracing::info_span!("load", model = %name).entered();
-        let model = LlamaModel::load_from_file(backend, path, &params).map_err(|source| {
-            LlmError::Load {
-                path: path.to_path_buf(),
-                source,
-            }
+        let loaded = LlamaModel::load_from_file(backend, path, &params);
+        // A remote that stopped answering during the load is why it failed
+        // (the relay answered ggml's allocations with zeros), or why the
+        // weights it holds cannot be trusted.
+        crate::rpc::check(&links)?;
+        let model = loaded.map_err(|source| LlmError::Load {
+            path: path.to_path_buf(),
+            source,
         })?;
         let template = Template::for_model(&model);
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -113,7 +132,45 @@ impl Engine {
             summary,
             load_ms,
             adapters: Default::default(),
+            remote_layers: if links.is_empty() { 0 } else { gpu_layers },
+            links,
         })
+    }
+
+    /// After a decode on `ctx`: whether the remote boards holding layers
+    /// still stand, so its logits can be trusted (`rpc::check`). llama.cpp
+    /// decodes asynchronously and fetches the logits when they are first
+    /// read, so with remotes this waits for the decode first (the logits
+    /// are read next anyway); without, it does nothing.
+    ///
+    /// # Errors
+    /// `LlmError::Rpc(RpcError::Lost)`.
+    pub(crate) fn check_remote(&self, ctx: &mut LlamaContext<'_>) -> Result<(), LlmError> {
+        if self.links.is_empty() {
+            return Ok(());
+        }
+        ctx.synchronize();
+        Ok(crate::rpc::check(&self.links)?)
+    }
+
+    /// Whether a remote board holding this model's layers stopped answering
+    /// (the model must be loaded again).
+    pub fn remote_lost(&self) -> bool {
+        crate::rpc::check(&self.links).is_err()
+    }
+
+    /// Bytes sent to and received from the remote boards so far, summed.
+    pub fn remote_traffic(&self) -> (u64, u64) {
+        self.links
+            .iter()
+            .map(|l| l.traffic())
+            .fold((0, 0), |(s, r), (a, b)| (s + a, r + b))
+    }
+
+    /// The remote devices this model's layers are on, and how many layers.
+    pub fn remote(&self) -> (Vec<crate::rpc::RemoteDevice>, u32) {
+        let devs = self.links.iter().flat_map(|l| l.devices.clone()).collect();
+        (devs, self.remote_layers)
     }
 
     /// A llama.cpp context on this model; every context in ferrite is made here.
@@ -264,4 +321,59 @@ impl Engine {
         let list = self.adapters.0.lock().expect("adapter list");
         list.iter().position(|a| a.name == name).map(AdapterId)
     }
+}
+
+type Placement = (
+    Vec<std::sync::Arc<crate::rpc::Link>>,
+    Option<Vec<usize>>,
+    u32,
+);
+
+/// Where the layers go: with `--rpc`, the remotes attached and named as
+/// llama.cpp's devices (before any local GPU, as llama.cpp orders them) and
+/// the layer count for them; without, the local GPUs only, so that a
+/// remote registered earlier in the process (one since lost) is never
+/// picked by llama.cpp's default device list.
+fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement, LlmError> {
+    let local_gpus = || {
+        llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .filter(|d| {
+                d.backend != "RPC"
+                    && !matches!(
+                        d.device_type,
+                        llama_cpp_2::LlamaBackendDeviceType::Cpu
+                            | llama_cpp_2::LlamaBackendDeviceType::Accelerator
+                    )
+            })
+            .map(|d| d.index)
+            .collect::<Vec<_>>()
+    };
+    if opts.rpc.is_empty() {
+        let any_rpc = llama_cpp_2::list_llama_ggml_backend_devices()
+            .iter()
+            .any(|d| d.backend == "RPC");
+        return Ok((Vec::new(), any_rpc.then(local_gpus), opts.gpu_layers));
+    }
+    let links = crate::rpc::attach(&opts.rpc)?;
+    if !opts.tensor_split.is_empty() {
+        crate::rpc::set_split(&links, &opts.tensor_split)?;
+    }
+    let mut devices: Vec<usize> = links
+        .iter()
+        .flat_map(|l| l.devices.iter().map(|d| d.index))
+        .collect();
+    devices.extend(local_gpus());
+    let n_layer = summary.n_layers.unwrap_or(0).min(u64::from(u32::MAX)) as u32;
+    let layers = if opts.gpu_layers > 0 {
+        opts.gpu_layers
+    } else {
+        crate::rpc::remote_layers(
+            n_layer,
+            crate::board::available_bytes(Path::new("/")),
+            crate::rpc::free_bytes(&links),
+        )
+    };
+    tracing::info!(remote_layers = layers, n_layer, devices = ?devices, "layers split across boards");
+    Ok((links, Some(devices), layers))
 }

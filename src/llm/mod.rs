@@ -98,6 +98,8 @@ pub enum LlmError {
     Param(String),
     #[error(transparent)]
     Grammar(#[from] grammar::GrammarError),
+    #[error(transparent)]
+    Rpc(#[from] crate::rpc::RpcError),
 }
 
 static BACKEND: OnceLock<Result<LlamaBackend, std::sync::Arc<llama_cpp_2::LlamaCppError>>> =
@@ -137,11 +139,12 @@ pub fn gpu_devices() -> Result<Vec<String>, LlmError> {
     Ok(llama_cpp_2::list_llama_ggml_backend_devices()
         .into_iter()
         .filter(|d| {
-            matches!(
-                d.device_type,
-                llama_cpp_2::LlamaBackendDeviceType::Gpu
-                    | llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu
-            )
+            d.backend != "RPC"
+                && matches!(
+                    d.device_type,
+                    llama_cpp_2::LlamaBackendDeviceType::Gpu
+                        | llama_cpp_2::LlamaBackendDeviceType::IntegratedGpu
+                )
         })
         .map(|d| {
             format!(

@@ -316,7 +316,9 @@ impl<'m> Session<'m> {
         }
         let n_batch = self.opts_batch();
         let _span = tracing::debug_span!("prefill", tokens = tokens.len()).entered();
-        super::context::fill(&mut self.ctx, &mut self.cached, tokens, n_batch)
+        let filled = super::context::fill(&mut self.ctx, &mut self.cached, tokens, n_batch)?;
+        self.engine.check_remote(&mut self.ctx)?;
+        Ok(filled)
     }
 
     fn generate(
@@ -510,6 +512,7 @@ impl<'m> Session<'m> {
                     .map_err(LlmError::from)?;
             }
             self.ctx.decode(&mut batch).map_err(LlmError::from)?;
+            self.engine.check_remote(&mut self.ctx)?;
             self.cached.push(tok);
             round = (guesses.len(), d.draft.accepted);
             d.draft.drafted += guesses.len();
@@ -723,6 +726,7 @@ impl Session<'_> {
                 .map_err(LlmError::from)?;
         }
         self.ctx.decode(&mut batch).map_err(LlmError::from)?;
+        self.engine.check_remote(&mut self.ctx)?;
         let out = (0..tokens.len())
             .map(|i| self.ctx.get_logits_ith(i as i32).to_vec())
             .collect();
@@ -765,6 +769,7 @@ impl Session<'_> {
                     .map_err(LlmError::from)?;
             }
             self.ctx.decode(&mut batch).map_err(LlmError::from)?;
+            self.engine.check_remote(&mut self.ctx)?;
             for (i, pos) in (start..start + chunk.len()).enumerate() {
                 if pos >= first_out {
                     let logits = self.ctx.get_logits_ith(i as i32);

@@ -1,0 +1,245 @@
+//! A model split across boards with ggml's RPC backend, on loopback: each
+//! `ferrite rpc-server` process stands in for a helper board. The split
+//! model answers the goldens; a server killed mid-answer is one clear error
+//! and `serve` answers the next question; wrong addresses, a port that is
+//! not an RPC server and a LAN bind without consent are refused before
+//! ggml (which aborts) sees them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferrite::llm::{Engine, GenParams, LlmError, LoadOptions};
+use ferrite::rpc::{Endpoint, RpcError};
+
+use crate::common::{self, check_golden, golden, model_path, GOLDENS};
+
+/// A `ferrite rpc-server` child, killed when dropped.
+struct RpcServer {
+    child: Child,
+    endpoint: Endpoint,
+}
+
+impl RpcServer {
+    fn start(extra: &[&str]) -> RpcServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(common::ferrite_bin())
+            .args(["rpc-server", "-p", &port.to_string(), "-t", "1"])
+            .args(extra)
+            .env_remove("FERRITE_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start ferrite rpc-server");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "rpc-server did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RpcServer {
+            child,
+            endpoint: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for RpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn split_opts(servers: &[&RpcServer]) -> LoadOptions {
+    LoadOptions {
+        rpc: servers.iter().map(|s| s.endpoint.clone()).collect(),
+        ..Default::default()
+    }
+}
+
+fn greedy_answer(e: &Engine, q: &str) -> Result<String, LlmError> {
+    let mut s = e.session(ferrite::llm::SessionOptions {
+        ctx_tokens: 1024,
+        threads: 2,
+        ..Default::default()
+    })?;
+    let p = GenParams {
+        n_predict: Some(48),
+        ..GenParams::greedy()
+    };
+    let mut text = String::new();
+    s.ask(q, &p, &mut |piece| {
+        text.push_str(piece);
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(text)
+}
+
+#[test]
+fn a_model_split_over_two_servers_answers_the_goldens() {
+    let (a, b) = (RpcServer::start(&[]), RpcServer::start(&[]));
+    let e = Engine::load("smollm2-135m", model_path(), &split_opts(&[&a, &b])).unwrap();
+    let (devices, layers) = e.remote();
+    assert_eq!(devices.len(), 2, "{devices:?}");
+    assert!(layers > 0 && layers <= 31, "{layers} layers on the servers");
+    for name in GOLDENS {
+        let (q, want) = golden(name);
+        check_golden(&q, &want, &greedy_answer(&e, &q).unwrap());
+    }
+    drop(e);
+    // --tensor-split: one weight per server, checked before loading.
+    let mut o = split_opts(&[&a, &b]);
+    o.tensor_split = vec![1.0];
+    let err = Engine::load("smollm2-135m", model_path(), &o)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            LlmError::Rpc(RpcError::Split {
+                given: 1,
+                servers: 2
+            })
+        ),
+        "{err}"
+    );
+    o.tensor_split = vec![3.0, 1.0];
+    let e = Engine::load("smollm2-135m", model_path(), &o).unwrap();
+    let (q, want) = golden(GOLDENS[0]);
+    check_golden(&q, &want, &greedy_answer(&e, &q).unwrap());
+}
+
+#[test]
+fn rpc_server_mem_caps_the_memory_it_reports() {
+    let s = RpcServer::start(&["--mem", "64"]);
+    let links = ferrite::rpc::attach(std::slice::from_ref(&s.endpoint)).unwrap();
+    let d = &links[0].devices[0];
+    assert_eq!((d.free, d.total), (64 << 20, 64 << 20), "{d:?}");
+    // Through the relay in front of ggml's server, the model still answers.
+    let e = Engine::load("smollm2-135m", model_path(), &split_opts(&[&s])).unwrap();
+    let (q, want) = golden(GOLDENS[1]);
+    check_golden(&q, &want, &greedy_answer(&e, &q).unwrap());
+}
+
+/// Lines of a child's stdout, read on a thread so a wait can time out.
+fn lines_of(out: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut buf = Vec::new();
+        // Pieces end at spaces: the prompt "> " has no newline after it.
+        loop {
+            buf.clear();
+            match r.read_until(b' ', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    if tx.send(String::from_utf8_lossy(&buf).into_owned()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Read from `rx` into `seen` until `want` appears past byte `from` (at
+/// most 2 minutes); where it ends.
+fn read_until(rx: &mpsc::Receiver<String>, seen: &mut String, from: usize, want: &str) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(at) = seen.get(from..).and_then(|s| s.find(want)) {
+            return from + at + want.len();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(piece) => seen.push_str(&piece),
+            Err(_) => panic!("no {want:?} in serve's output:\n{seen}"),
+        }
+    }
+}
+
+#[test]
+fn a_server_lost_mid_answer_is_one_error_and_serve_answers_the_next_question() {
+    let home = tempfile::tempdir().unwrap();
+    common::put_in_store(home.path(), "smollm2-135m", model_path());
+    let (a, b) = (RpcServer::start(&[]), RpcServer::start(&[]));
+    let rpc = format!("{},{}", a.endpoint, b.endpoint);
+    let mut serve = Command::new(common::ferrite_bin())
+        .args(["serve", "--stdio", "--temp", "0", "-n", "400", "-c", "1024"])
+        .args(["--rpc", &rpc])
+        .env("FERRITE_HOME", home.path())
+        .env_remove("FERRITE_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = serve.stdin.take().unwrap();
+    let rx = lines_of(serve.stdout.take().unwrap());
+    let mut seen = String::new();
+    let at = read_until(&rx, &mut seen, 0, "> ");
+    writeln!(stdin, "Write a long story about a brave dragon.").unwrap();
+    // The answer has started on the split model: unplug the second board.
+    let at = read_until(&rx, &mut seen, at, "dragon ");
+    drop(b);
+    let at = read_until(&rx, &mut seen, at, "error: the RPC server at");
+    let at = read_until(&rx, &mut seen, at, "stopped answering");
+    // The model is loaded again (here alone: the server is gone) and the
+    // console asks for the next question.
+    let before = read_until(&rx, &mut seen, at, "> ");
+    writeln!(stdin, "What is the capital of Japan?").unwrap();
+    read_until(&rx, &mut seen, before, "Tokyo");
+    drop(stdin);
+    let status = common::wait_exit(&mut serve, Duration::from_secs(60), "serve");
+    let mut err = String::new();
+    serve
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(status.success(), "{status:?}\n{seen}\n{err}");
+    assert_eq!(seen.matches("error:").count(), 1, "{seen}");
+    assert!(!seen[before..].contains("error"), "{seen}");
+    assert!(err.contains("running on this board alone"), "{err}");
+    drop(a);
+}
+
+#[test]
+fn bad_servers_are_refused_before_ggml_sees_them() {
+    let home = tempfile::tempdir().unwrap();
+    common::put_in_store(home.path(), "smollm2-135m", model_path());
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_at = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = common::ferrite(home.path(), &["ask", "--rpc", &closed_at, "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot reach the RPC server at"), "{err}");
+    // A port that answers, but not in ggml's protocol.
+    let http = TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_at = http.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in http.incoming().flatten() {
+            let _ = c.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    let out = common::ferrite(home.path(), &["ask", "--rpc", &http_at, "hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("is not a ggml RPC server"), "{err}");
+    let out = common::ferrite(home.path(), &["ask", "--rpc", "nowhere", "hi"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not HOST:PORT"));
+    let out = common::ferrite(home.path(), &["rpc-server", "--host", "0.0.0.0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--allow-lan"), "{err}");
+}
