@@ -98,15 +98,15 @@ def speeds(results):
 
 
 def per_token(a, rpc, ngl):
-    """Bytes per token across the link. Generation: two runs that differ
-    only in the token count, so loading, the context's set-up and the
-    warm-up cancel out. Prompt: one run's bytes over its tokens (llama-bench's
-    warm-up is a whole prompt run, so 3 runs of -p tokens for -r 2); the
-    context's set-up is a few small requests."""
+    """Bytes per token across the link: one run's bytes (both ways) over
+    the tokens it decoded, with the context's set-up (a few small requests)
+    counted in. Generation: 4n tokens and llama-bench's one warm-up token;
+    prompt: llama-bench's warm-up is a whole prompt run, so 3 runs of -p
+    tokens for -r 2."""
     def run(p, n, reps):
         _, (s, r) = ferrite_bench(a, rpc, p, n, reps, ngl)
         return s + r
-    tg = (run(0, 3 * a.n, 1) - run(0, a.n, 1)) / (2 * a.n)
+    tg = run(0, 4 * a.n, 1) / (4 * a.n + 1)
     pp = run(a.p, 0, 2) / (3 * a.p)
     return pp, tg
 
@@ -152,8 +152,8 @@ def main():
     link_bps, rtt_s = 117e6, 0.2e-3
     print("| one server, layers there | test | bytes per token | link time per token at 1 Gb/s |")
     print("| --- | --- | ---: | ---: |")
-    for label, ngl in (("all of them (-ngl 99)", "99"),
-                       ("two thirds (by memory, ferrite's default)", None)):
+    for label, ngl in (("all, the output layer too (-ngl 99, llama.cpp's placement)", "99"),
+                       ("two thirds by memory, the output layer here (ferrite's default)", None)):
         with servers(ferrite_srv, 1) as rpc:
             pp, tg = per_token(a, rpc, ngl)
         print(f"| {label} | tg | {tg:,.0f} | {tg / link_bps * 1e3 + rtt_s * 1e3:.2f} ms |")

@@ -88,10 +88,21 @@ fn a_model_split_over_two_servers_answers_the_goldens() {
     let (devices, layers) = e.remote();
     assert_eq!(devices.len(), 2, "{devices:?}");
     assert!(layers > 0 && layers <= 31, "{layers} layers on the servers");
+    let before = e.remote_traffic();
+    let mut tokens = 0;
     for name in GOLDENS {
         let (q, want) = golden(name);
-        check_golden(&q, &want, &greedy_answer(&e, &q).unwrap());
+        let got = greedy_answer(&e, &q).unwrap();
+        tokens += e.tokenize(&got).len() as u64;
+        check_golden(&q, &want, &got);
     }
+    // The output layer stayed here: what came back per generated token is a
+    // hidden state (576 floats), never the 49,152 logits.
+    let received = e.remote_traffic().1 - before.1;
+    assert!(
+        received / tokens < 49_152 * 4 / 8,
+        "{received} bytes back for {tokens} tokens"
+    );
     drop(e);
     // --tensor-split: one weight per server, checked before loading.
     let mut o = split_opts(&[&a, &b]);

@@ -95,7 +95,12 @@ impl Engine {
             gpu_layers = opts.gpu_layers,
             "backend"
         );
-        let (links, devices, gpu_layers) = place_layers(opts, &summary)?;
+        let Placement {
+            links,
+            devices,
+            gpu_layers,
+            output_here,
+        } = place_layers(opts, &summary)?;
         let mut params = LlamaModelParams::default()
             .with_n_gpu_layers(gpu_layers)
             .with_vocab_only(opts.vocab_only);
@@ -103,6 +108,10 @@ impl Engine {
             params = params
                 .with_devices(&devices)
                 .map_err(|e| LlmError::Param(format!("device list: {e}")))?;
+        }
+        let mut params = Box::pin(params);
+        if output_here {
+            params.as_mut().add_cpu_buft_override(OUTPUT_TENSORS);
         }
         let _span = tracing::info_span!("load", model = %name).entered();
         let loaded = LlamaModel::load_from_file(backend, path, &params);
@@ -323,17 +332,32 @@ impl Engine {
     }
 }
 
-type Placement = (
-    Vec<std::sync::Arc<crate::rpc::Link>>,
-    Option<Vec<usize>>,
-    u32,
-);
+/// Where a model's layers go (`place_layers`).
+struct Placement {
+    /// The remote boards holding layers.
+    links: Vec<std::sync::Arc<crate::rpc::Link>>,
+    /// llama.cpp's device list; `None`: its default.
+    devices: Option<Vec<usize>>,
+    /// Layers on the devices (llama.cpp's `n_gpu_layers`: the last ones, and
+    /// the output layer with them).
+    gpu_layers: u32,
+    /// Keep the output layer's matrix on this board's CPU.
+    output_here: bool,
+}
+
+/// The output layer's matrix (or the token embeddings it shares): kept on
+/// this board when the other layers are on remotes without a local GPU, so
+/// that each token sends the remotes one hidden state and gets one back
+/// (n_embd floats) instead of fetching every logit from the last remote
+/// (n_vocab floats: 608 KB per token for Qwen2.5; benches/README.md).
+const OUTPUT_TENSORS: &std::ffi::CStr = c"^(output|token_embd)\\.weight$";
 
 /// Where the layers go: with `--rpc`, the remotes attached and named as
-/// llama.cpp's devices (before any local GPU, as llama.cpp orders them) and
-/// the layer count for them; without, the local GPUs only, so that a
-/// remote registered earlier in the process (one since lost) is never
-/// picked by llama.cpp's default device list.
+/// llama.cpp's devices (before any local GPU, as llama.cpp orders them), the
+/// layer count for them, and, when ferrite chose that count and there is no
+/// local GPU, the output layer kept here; without, the local GPUs only, so that a remote
+/// registered earlier in the process (one since lost) is never picked by
+/// llama.cpp's default device list.
 fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement, LlmError> {
     let local_gpus = || {
         llama_cpp_2::list_llama_ggml_backend_devices()
@@ -353,7 +377,12 @@ fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement,
         let any_rpc = llama_cpp_2::list_llama_ggml_backend_devices()
             .iter()
             .any(|d| d.backend == "RPC");
-        return Ok((Vec::new(), any_rpc.then(local_gpus), opts.gpu_layers));
+        return Ok(Placement {
+            links: Vec::new(),
+            devices: any_rpc.then(local_gpus),
+            gpu_layers: opts.gpu_layers,
+            output_here: false,
+        });
     }
     let links = crate::rpc::attach(&opts.rpc)?;
     if !opts.tensor_split.is_empty() {
@@ -363,7 +392,11 @@ fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement,
         .iter()
         .flat_map(|l| l.devices.iter().map(|d| d.index))
         .collect();
-    devices.extend(local_gpus());
+    let gpus = local_gpus();
+    // An explicit -ngl places the layers as llama.cpp does (the output layer
+    // counts as one of them and goes with the last).
+    let output_here = gpus.is_empty() && opts.gpu_layers == 0;
+    devices.extend(gpus);
     let n_layer = summary.n_layers.unwrap_or(0).min(u64::from(u32::MAX)) as u32;
     let layers = if opts.gpu_layers > 0 {
         opts.gpu_layers
@@ -375,5 +408,10 @@ fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement,
         )
     };
     tracing::info!(remote_layers = layers, n_layer, devices = ?devices, "layers split across boards");
-    Ok((links, Some(devices), layers))
+    Ok(Placement {
+        links,
+        devices: Some(devices),
+        gpu_layers: layers,
+        output_here,
+    })
 }
