@@ -132,6 +132,14 @@ fn rpc_server_mem_caps_the_memory_it_reports() {
     let links = ferrite::rpc::attach(std::slice::from_ref(&s.endpoint)).unwrap();
     let d = &links[0].devices[0];
     assert_eq!((d.free, d.total), (64 << 20, 64 << 20), "{d:?}");
+    let home = tempfile::tempdir().unwrap();
+    let ep = s.endpoint.to_string();
+    let out = common::ferrite(home.path(), &["board", "show", "--rpc", &ep]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("# rpc: {ep} device RPC0 (64 MiB free of 64)")),
+        "{shown}"
+    );
     // Through the relay in front of ggml's server, the model still answers.
     let e = Engine::load("smollm2-135m", model_path(), &split_opts(&[&s])).unwrap();
     let (q, want) = golden(GOLDENS[1]);
@@ -253,4 +261,51 @@ fn bad_servers_are_refused_before_ggml_sees_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("--allow-lan"), "{err}");
+}
+
+/// `POST /v1/chat/completions` with one question, greedy: the status and
+/// the body.
+fn chat(base: &str, q: &str) -> (u16, String) {
+    let body = serde_json::json!({
+        "model": crate::http::model_name(),
+        "messages": [{"role": "user", "content": q}],
+        "temperature": 0,
+        "max_tokens": 24,
+    });
+    match ureq::post(&format!("{base}/v1/chat/completions"))
+        .timeout(Duration::from_secs(120))
+        .set("Content-Type", "application/json")
+        .send_string(&body.to_string())
+    {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn the_http_api_alone_loads_the_model_again_when_its_server_is_gone() {
+    let s = RpcServer::start(&[]);
+    let home = tempfile::tempdir().unwrap();
+    let rpc = s.endpoint.to_string();
+    let srv = crate::http::start_in(home.path(), &["--rpc", &rpc]);
+    let (code, body) = chat(&srv.base, "What is the capital of Japan?");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Tokyo"), "{body}");
+    drop(s);
+    // The answer computed on the vanished server is an error, not garbage...
+    let (code, body) = chat(&srv.base, "What is the capital of Japan?");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("stopped answering"), "{body}");
+    // ...and the server, still on its port, loads the model alone.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (code, body) = chat(&srv.base, "What is the capital of Japan?");
+        if code == 200 {
+            assert!(body.contains("Tokyo"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {body}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -175,7 +175,7 @@ impl<'a, 'm> Core<'a, 'm> {
     /// again, as a `/model` switch to itself does (`serve::load_engine`:
     /// on the servers if they answer, else on this board alone if it fits,
     /// else once they are back).
-    fn after_answer(&self, emit: Emit<'_>) -> Outcome {
+    pub(crate) fn after_answer(&self, emit: Emit<'_>) -> Outcome {
         if !self.engine.remote_lost() {
             return Outcome::Continue;
         }

@@ -676,6 +676,9 @@ impl<'a, 'm> Console<'a, 'm> {
             if self.service.stopping() {
                 return End::Stopping;
             }
+            if let Some(end) = self.remote_lost() {
+                return end;
+            }
             if let Some(end) = self.hear() {
                 return end;
             }
@@ -687,6 +690,20 @@ impl<'a, 'm> Console<'a, 'm> {
             if let Some(end) = self.feed(&chunk) {
                 return end;
             }
+        }
+    }
+
+    /// The HTTP API's worker, answering on the same engine, found an
+    /// `--rpc` server gone (its answers ended with the error): load the
+    /// model again, as after a console answer that found it.
+    fn remote_lost(&mut self) -> Option<End> {
+        let (ch, json) = (self.ch, self.opts.json);
+        match self.core.after_answer(&mut |ev| {
+            send_event(ch, json, &ev);
+            ControlFlow::Continue(())
+        }) {
+            Outcome::Switch { name, path } => Some(End::Switch(name, path, Vec::new())),
+            _ => None,
         }
     }
 

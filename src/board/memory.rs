@@ -355,4 +355,21 @@ mod tests {
             .to_string();
         assert!(e.contains("MiB for the model beside it"), "{e}");
     }
+
+    #[test]
+    fn the_rpc_servers_free_memory_counts() {
+        let d = tempfile::tempdir().unwrap();
+        let g = model(d.path());
+        let need = estimate(&g, 2048, 512, F16).total();
+        let board = Board {
+            memory_budget_mb: 1,
+            ..Board::default()
+        };
+        let e = check_fits(&board, &g, 2048, 512, F16, d.path()).unwrap_err();
+        assert!(matches!(e, BoardError::OutOfMemory { .. }), "{e}");
+        let settings = (2048, 512, F16);
+        assert!(check_fits_pooled(&board, &g, settings, d.path(), None, need).is_ok());
+        let e = check_fits_pooled(&board, &g, settings, d.path(), None, need / 4).unwrap_err();
+        assert!(e.to_string().contains("free on the --rpc servers"), "{e}");
+    }
 }

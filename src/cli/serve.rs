@@ -2,7 +2,7 @@
 //! or stdio, with spoken queries from a microphone or WAV files.
 
 use std::io::Write;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -218,7 +218,10 @@ fn start_api(
     Ok(api)
 }
 
-/// `serve --http` alone: the OpenAI-compatible API on the loaded model.
+/// `serve --http` alone: the OpenAI-compatible API on the loaded model. A
+/// model split across boards (`--rpc`) whose server stops answering is
+/// loaded again (`assistant::load_engine`: on the servers, else alone if it
+/// fits, else when they are back) while the server keeps its port.
 fn http(
     ctx: &Ctx,
     a: &ServeArgs,
@@ -227,17 +230,54 @@ fn http(
 ) -> anyhow::Result<()> {
     use ferrite::assistant::Service as _;
     let mut engine = ctx.load(&a.model)?;
+    // Ctrl-C stops it as SIGTERM does (the worker's grace, then a cut), not
+    // through the server's own graceful shutdown, which would wait for every
+    // stream to end; a second Ctrl-C ends the process at once.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register_conditional_shutdown(
+        signal_hook::consts::SIGINT,
+        130,
+        interrupted.clone(),
+    );
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
+    let api = start_api(ctx, a, addr, false)?;
+    service.status(&format!("serving the HTTP API on {}", api.addr()));
+    service.ready();
+    loop {
+        if !http_on(ctx, a, &api, &mut engine, (service, &interrupted))? {
+            return Ok(api.shutdown()?);
+        }
+        tracing::warn!(model = %engine.name(), "an --rpc server stopped answering: loading the model again");
+        let (name, path) = (engine.name().to_string(), engine.path().to_path_buf());
+        let opts = ctx.serve_options(None, &a.model, &a.gen, &a.draft, a.system.clone())?;
+        drop(engine);
+        engine = ferrite::assistant::load_engine(&opts, &name, &path)?;
+    }
+}
+
+/// The HTTP worker on `engine` until the server is done (`Ok(false)`) or an
+/// `--rpc` server holding some of its layers stopped answering (`Ok(true)`:
+/// load it again).
+fn http_on(
+    ctx: &Ctx,
+    a: &ServeArgs,
+    api: &ferrite::http::Api,
+    engine: &mut ferrite::llm::Engine,
+    (service, interrupted): (&super::service::Systemd, &AtomicBool),
+) -> anyhow::Result<bool> {
+    use ferrite::assistant::Service as _;
     let adapters = if ctx.store.adapters().is_empty() {
         Vec::new()
     } else {
         let sha = ctx.store.model_sha256(engine.name(), engine.path())?;
-        ferrite::http::load_store_adapters(&mut engine, &ctx.store, &sha)
+        ferrite::http::load_store_adapters(engine, &ctx.store, &sha)
     };
     let default_adapter = a
         .lora
         .as_deref()
-        .map(|spec| ctx.load_lora(&mut engine, spec))
+        .map(|spec| ctx.load_lora(engine, spec))
         .transpose()?;
+    let engine = &*engine;
     let served = ferrite::http::Served::new(engine.name(), adapters, default_adapter);
     a.draft.options().validate()?;
     let draft_model = ctx.load_draft(&a.draft, &a.model)?;
@@ -256,35 +296,24 @@ fn http(
         draft,
         prompt_cache,
     };
-    // Ctrl-C stops it as SIGTERM does (the worker's grace, then a cut), not
-    // through the server's own graceful shutdown, which would wait for every
-    // stream to end; a second Ctrl-C ends the process at once.
-    let interrupted = Arc::new(AtomicBool::new(false));
-    let _ = signal_hook::flag::register_conditional_shutdown(
-        signal_hook::consts::SIGINT,
-        130,
-        interrupted.clone(),
-    );
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted.clone());
-    let api = start_api(ctx, a, addr, false)?;
-    service.status(&format!("serving the HTTP API on {}", api.addr()));
-    service.ready();
-    let quit = std::sync::atomic::AtomicBool::new(false);
+    let quit = AtomicBool::new(false);
     std::thread::scope(|s| {
-        s.spawn(|| api.work(&engine, speed, served, &quit));
+        s.spawn(|| api.work(engine, speed, served, &quit));
         // systemd's side, until the server is done: the watchdog fed,
         // SIGTERM (and Ctrl-C) turned into a stop.
-        while !api.finished()
-            && !service.stopping()
-            && !interrupted.load(std::sync::atomic::Ordering::Relaxed)
-        {
+        let mut lost = false;
+        while !api.finished() && !service.stopping() && !interrupted.load(Ordering::Relaxed) {
             service.heartbeat();
             std::thread::sleep(std::time::Duration::from_millis(200));
+            lost = engine.remote_lost();
+            if lost {
+                break;
+            }
         }
         // The worker first: answers still streaming get its grace, then
         // are cut, so the server's graceful shutdown does not wait on them.
-        quit.store(true, std::sync::atomic::Ordering::Relaxed);
-        Ok(api.shutdown()?)
+        quit.store(true, Ordering::Relaxed);
+        Ok(lost)
     })
 }
 

@@ -478,6 +478,18 @@ impl ApiError {
         }
     }
 
+    /// A 503 when a board holding some of the model's layers (`--rpc`)
+    /// stopped answering: the answer is lost, the model is loaded again.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("rpc_server_lost"),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,

@@ -51,4 +51,7 @@ pub enum Piece {
         tokens: usize,
     },
     Error(String),
+    /// The server could not answer: an `--rpc` board holding some of the
+    /// layers stopped answering (a 503; the model is being loaded again).
+    Unavailable(String),
 }

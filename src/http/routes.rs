@@ -436,6 +436,7 @@ async fn whole(
             }
             Piece::Embeddings { .. } => break,
             Piece::Error(e) => return Err(ApiError::bad_request(e, None)),
+            Piece::Unavailable(e) => return Err(ApiError::unavailable(e)),
         }
     }
     Err(ApiError::internal("the model stopped without an answer"))
@@ -490,6 +491,7 @@ fn stream(
             }
             Piece::Embeddings { .. } => Vec::new(),
             Piece::Error(e) => vec![ApiError::bad_request(e, None).body()],
+            Piece::Unavailable(e) => vec![ApiError::unavailable(e).body()],
         };
         futures_util::stream::iter(
             events
@@ -562,6 +564,7 @@ pub async fn embeddings(
                 return Ok(Json(api::embeddings(&model, &vectors, tokens, base64)).into_response());
             }
             Piece::Error(e) => return Err(ApiError::bad_request(e, None)),
+            Piece::Unavailable(e) => return Err(ApiError::unavailable(e)),
             _ => {}
         }
     }

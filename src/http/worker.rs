@@ -386,7 +386,7 @@ fn sink<'s>(
                         ),
                     }
                 }
-                Err(e) => Piece::Error(crate::report(&e)),
+                Err(e) => failed(&e),
             };
             let _ = out.send(last);
             metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
@@ -414,6 +414,15 @@ fn embed(
                 tokens: e.tokens,
             }
         }
-        Err(e) => Piece::Error(crate::report(&e)),
+        Err(e) => failed(&e),
+    }
+}
+
+/// An answer's error as the client gets it: a 503 when an `--rpc` board
+/// stopped answering (not the request's fault), else a 400.
+fn failed(e: &crate::llm::LlmError) -> Piece {
+    match e {
+        crate::llm::LlmError::Rpc(_) => Piece::Unavailable(crate::report(e)),
+        _ => Piece::Error(crate::report(e)),
     }
 }

@@ -731,7 +731,19 @@ impl<'m, 's> Batcher<'m, 's> {
     fn fail_all(&mut self, e: &LlmError) {
         for i in 0..self.slots.len() {
             if self.slots[i].run.is_some() {
-                self.finish(i, Err(LlmError::Param(crate::report(e))));
+                // A lost --rpc board keeps its kind (the HTTP API answers
+                // 503, not 400); other errors as their text.
+                let each = match e {
+                    LlmError::Rpc(crate::rpc::RpcError::Lost { endpoint, why }) => {
+                        crate::rpc::RpcError::Lost {
+                            endpoint: endpoint.clone(),
+                            why: why.clone(),
+                        }
+                        .into()
+                    }
+                    _ => LlmError::Param(crate::report(e)),
+                };
+                self.finish(i, Err(each));
             }
         }
     }
