@@ -7,7 +7,9 @@
 //! a board unplugged mid-answer, so ggml never talks to a remote directly: it
 //! connects to this relay on 127.0.0.1, and the relay forwards each request
 //! and its answer. When the remote closes, errs, sends a frame of the wrong
-//! size or is silent for `timeout`, the relay marks the link lost and from
+//! size, stops acknowledging TCP keepalive probes (about 25 s: a board that
+//! lost power or its cable) or does not answer a request within `timeout`
+//! (a remote process that hangs), the relay marks the link lost and from
 //! then on answers ggml itself, with frames of the sizes ggml expects (all
 //! zero). ggml finishes its graph on garbage without aborting; the session
 //! checks the link after each decode (`rpc::check`) and throws that answer
@@ -197,6 +199,16 @@ pub(crate) fn connect(addr: &str, timeout: Option<Duration>) -> io::Result<TcpSt
                 s.set_nodelay(true)?;
                 s.set_read_timeout(timeout)?;
                 s.set_write_timeout(timeout)?;
+                if timeout.is_some() {
+                    // The kernel of a board that lost power or its cable
+                    // stops acknowledging: noticed in about 25 s, while a
+                    // remote that is only slow keeps answering the probes.
+                    let probes = socket2::TcpKeepalive::new()
+                        .with_time(Duration::from_secs(10))
+                        .with_interval(Duration::from_secs(5))
+                        .with_retries(3);
+                    socket2::SockRef::from(&s).set_tcp_keepalive(&probes)?;
+                }
                 return Ok(s);
             }
             Err(e) => last = e,
