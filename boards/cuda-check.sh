@@ -3,7 +3,7 @@
 # or an x86 host with a driver): build `--features cuda` for this machine's
 # GPU if no build is given, then
 #   1. `board show` must list the GPU;
-#   2. `bench` with every layer on the GPU (-ngl 99), beside the CPU build's;
+#   2. `bench` with every layer on the GPU (--ngl 99), beside the CPU build's;
 #   3. the greedy answer with every layer on the GPU must name what the CPU
 #      build's names, and is printed beside it (the two round differently,
 #      so near-ties may part; the test goldens hold the same way).
@@ -48,12 +48,12 @@ grep -q '^# gpu: ' /tmp/cuda-check-board.txt && ! grep -q 'gpu: none' /tmp/cuda-
   || fail "board show lists no GPU"
 
 echo "== 2. bench, every layer on the GPU, and the CPU build"
-"$bin" bench -m "$model" -ngl 99 -p 512 -n 128 -r 3
+"$bin" bench -m "$model" --ngl 99 -p 512 -n 128 -r 3
 "$cpu" bench -m "$model" -p 512 -n 128 -r 3
 
 echo "== 3. the same greedy answer"
 q="What is the capital of Japan?"
-gpu_answer="$("$bin" ask -m "$model" -ngl 99 --temp 0 -n 32 "$q")"
+gpu_answer="$("$bin" ask -m "$model" --ngl 99 --temp 0 -n 32 "$q")"
 cpu_answer="$("$cpu" ask -m "$model" --temp 0 -n 32 "$q")"
 echo "gpu: $gpu_answer"
 echo "cpu: $cpu_answer"

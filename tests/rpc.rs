@@ -309,3 +309,132 @@ fn the_http_api_alone_loads_the_model_again_when_its_server_is_gone() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// A proxy in front of `to` that reads ggml's request frames (`cmd: u8`,
+/// `size: u64`, body) and closes both sides of a connection instead of
+/// passing on the `nth` request of command `cmd` (ggml-rpc.cpp's numbers): a
+/// board lost at that point of a model's load or answer.
+fn cutting_proxy(to: &Endpoint, (cmd, nth): (u8, usize)) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = listener.local_addr().unwrap().to_string();
+    let to = to.to_string();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for client in listener.incoming().flatten() {
+            let Ok(server) = TcpStream::connect(&to) else {
+                return;
+            };
+            let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+            });
+            let mut head = [0u8; 9];
+            while c_in.read_exact(&mut head).is_ok() {
+                if head[0] == cmd {
+                    seen += 1;
+                    if seen == nth {
+                        break;
+                    }
+                }
+                let size = u64::from_le_bytes(head[1..].try_into().unwrap());
+                let mut body = (&mut c_in).take(size);
+                if s_out.write_all(&head).is_err() || std::io::copy(&mut body, &mut s_out).is_err()
+                {
+                    break;
+                }
+            }
+            let _ = c_in.shutdown(std::net::Shutdown::Both);
+            let _ = s_out.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    at
+}
+
+#[test]
+fn a_server_lost_at_any_point_of_a_load_is_one_error_never_an_abort() {
+    let s = RpcServer::start(&[]);
+    let home = tempfile::tempdir().unwrap();
+    common::put_in_store(home.path(), "smollm2-135m", model_path());
+    // ALLOC_BUFFER 0, BUFFER_GET_BASE 3, BUFFER_CLEAR 5, SET_TENSOR 6,
+    // GET_TENSOR 8, GRAPH_COMPUTE 10, GET_DEVICE_MEMORY 11: from the load to
+    // the answer.
+    let points = [
+        (0, 1),
+        (0, 2),
+        (3, 1),
+        (3, 2),
+        (5, 1),
+        (6, 1),
+        (6, 40),
+        (10, 1),
+        (8, 1),
+        (11, 2),
+    ];
+    for point in points {
+        let proxy = cutting_proxy(&s.endpoint, point);
+        let out = common::ferrite(
+            home.path(),
+            &["ask", "--rpc", &proxy, "--ngl", "99", "-n", "4", "Hi"],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "cut at {point:?}: {err}");
+        assert!(
+            err.contains("stopped answering") || err.contains("is not a ggml RPC server"),
+            "cut at {point:?}: {err}"
+        );
+    }
+    // The same server, reached directly, still serves.
+    let ep = s.endpoint.to_string();
+    let out = common::ferrite(
+        home.path(),
+        &[
+            "ask",
+            "--rpc",
+            &ep,
+            "--temp",
+            "0",
+            "-n",
+            "12",
+            "What is the capital of Japan?",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Tokyo"));
+    // Named twice: refused, not counted twice.
+    let twice = format!("{ep},{ep}");
+    let out = common::ferrite(home.path(), &["ask", "--rpc", &twice, "Hi"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("named twice"), "{err}");
+}
+
+#[test]
+fn a_server_of_a_newer_protocol_is_refused_before_ggml_sees_it() {
+    // Answers HELLO as a protocol 7.1 server would (ggml's client aborts on
+    // a newer minor).
+    let fake = TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = fake.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut c in fake.incoming().flatten() {
+            let mut hello = [0u8; 1 + 8 + 24];
+            if c.read_exact(&mut hello).is_ok() {
+                let mut answer = 28u64.to_le_bytes().to_vec();
+                answer.extend_from_slice(&[7, 1, 0, 0]);
+                answer.resize(8 + 28, 0);
+                let _ = c.write_all(&answer);
+            }
+        }
+    });
+    let home = tempfile::tempdir().unwrap();
+    common::put_in_store(home.path(), "smollm2-135m", model_path());
+    for args in [
+        &["ask", "--rpc", &at, "Hi"][..],
+        &["board", "show", "--rpc", &at][..],
+    ] {
+        let out = common::ferrite(home.path(), args);
+        let all = String::from_utf8_lossy(&out.stderr).into_owned()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert_ne!(out.status.code(), Some(134), "{args:?}: {all}");
+        assert!(all.contains("RPC protocol 7.1"), "{args:?}: {all}");
+    }
+}

@@ -676,8 +676,8 @@ pub(crate) struct RpcArgs {
     /// Other boards that hold some of the layers, each running `ferrite
     /// rpc-server` (or llama.cpp's rpc-server): HOST:PORT[,HOST:PORT...]
     /// (default: the board's rpc_servers; "" for none). The layers are split
-    /// by the memory each side has, unless -ngl says how many go to the
-    /// remotes.
+    /// by the memory each side has (--ngl 0, the default), or --ngl N puts
+    /// the last N there as llama.cpp does.
     #[arg(long, value_name = "HOST:PORT,...", value_parser = parse_rpc)]
     pub(crate) rpc: Option<RpcList>,
     /// How the remotes share their layers: one weight per --rpc server,
@@ -713,7 +713,7 @@ pub(crate) struct RpcServerArgs {
     #[arg(short = 't', long, value_parser = clap::value_parser!(i32).range(1..=1024))]
     pub(crate) threads: Option<i32>,
     /// Report at most this much memory (MiB) to clients, which split layers by it.
-    #[arg(short = 'm', long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(short = 'm', long, value_name = "MiB", value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     pub(crate) mem: Option<u64>,
     /// Serve on a non-loopback address. ggml's RPC protocol has no
     /// authentication and no encryption: use it only on a network you trust.

@@ -344,6 +344,7 @@ impl Ctx {
             gpu_layers: m.gpu_layers.unwrap_or(self.board.gpu_layers),
             rpc,
             tensor_split: m.rpc.tensor_split.clone(),
+            local_bytes: board::memory_limit(&self.board, Path::new("/"), 0).map(|(b, _)| b),
             ..Default::default()
         }
     }

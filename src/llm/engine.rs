@@ -30,6 +30,10 @@ pub struct LoadOptions {
     pub rpc: Vec<crate::rpc::Endpoint>,
     /// `--tensor-split`: one weight per `rpc` server (empty: by memory).
     pub tensor_split: Vec<f32>,
+    /// This board's memory for the split by memory (the board profile's
+    /// budget or `MemAvailable`, `board::memory_limit`); `None`:
+    /// `MemAvailable`.
+    pub local_bytes: Option<u64>,
 }
 
 /// A loaded model.
@@ -188,9 +192,11 @@ impl Engine {
         params: LlamaContextParams,
         ctx_tokens: u32,
     ) -> Result<LlamaContext<'_>, LlmError> {
-        self.model
-            .new_context(backend()?, params)
-            .map_err(|source| LlmError::Context { ctx_tokens, source })
+        let made = self.model.new_context(backend()?, params);
+        // A remote lost while the context's buffers were made is why it
+        // failed (or why they cannot be trusted).
+        crate::rpc::check(&self.links)?;
+        made.map_err(|source| LlmError::Context { ctx_tokens, source })
     }
 
     pub fn name(&self) -> &str {
@@ -401,11 +407,12 @@ fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement,
     let layers = if opts.gpu_layers > 0 {
         opts.gpu_layers
     } else {
-        crate::rpc::remote_layers(
-            n_layer,
-            crate::board::available_bytes(Path::new("/")),
-            crate::rpc::free_bytes(&links),
-        )
+        // The repeating layers by memory, plus the output layer llama.cpp
+        // counts with them (kept here by `output_here` when no GPU is).
+        let local = opts
+            .local_bytes
+            .or_else(|| crate::board::available_bytes(Path::new("/")));
+        crate::rpc::remote_layers(n_layer, local, crate::rpc::free_bytes(&links)) + 1
     };
     tracing::info!(remote_layers = layers, n_layer, devices = ?devices, "layers split across boards");
     Ok(Placement {

@@ -56,6 +56,10 @@ pub enum RpcError {
     Lost { endpoint: Endpoint, why: String },
     #[error("--tensor-split has {given} values for {servers} --rpc servers")]
     Split { given: usize, servers: usize },
+    #[error("--tensor-split takes weights of 0 or more, not all 0 (e.g. 3,1)")]
+    SplitWeights,
+    #[error("{0} is named twice in --rpc: name each server once")]
+    Duplicate(Endpoint),
     #[error("cannot start the relay to {endpoint}")]
     Relay {
         endpoint: Endpoint,
@@ -201,6 +205,11 @@ static LINKS: Mutex<Vec<Arc<Link>>> = Mutex::new(Vec::new());
 /// `Unreachable`, `Handshake` (not an RPC server, another protocol version,
 /// or busy with another client), `Relay`, `Register`.
 pub fn attach(endpoints: &[Endpoint]) -> Result<Vec<Arc<Link>>, RpcError> {
+    for (i, ep) in endpoints.iter().enumerate() {
+        if endpoints[..i].contains(ep) {
+            return Err(RpcError::Duplicate(ep.clone()));
+        }
+    }
     let mut links = LINKS.lock().unwrap_or_else(|p| p.into_inner());
     let mut out = Vec::with_capacity(endpoints.len());
     for ep in endpoints {
@@ -325,7 +334,7 @@ fn probe(ep: &Endpoint) -> Result<(), RpcError> {
     s.read_exact(&mut answer).map_err(|e| {
         handshake(match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                "no answer to HELLO (busy with another client? ggml's server takes one at a time)"
+                "no answer to HELLO within 5 s (another kind of server, or an RPC server busy with another client: ggml's serves one at a time)"
                     .to_string()
             }
             _ => format!("no answer to HELLO ({e})"),
@@ -335,12 +344,13 @@ fn probe(ep: &Endpoint) -> Result<(), RpcError> {
     if size != caps + 4 {
         return Err(handshake(format!("a HELLO answer of {size} bytes")));
     }
-    if answer[8] != relay::PROTO_MAJOR {
+    if !relay::version_ok(answer[8], answer[9]) {
         return Err(handshake(format!(
-            "it speaks RPC protocol {}.{}, this build {}",
+            "it speaks RPC protocol {}.{}, this build {}.{} (the same ggml version is needed on both sides)",
             answer[8],
             answer[9],
-            relay::PROTO_MAJOR
+            relay::PROTO_MAJOR,
+            relay::PROTO_MINOR
         )));
     }
     Ok(())
@@ -364,16 +374,15 @@ pub fn check(links: &[Arc<Link>]) -> Result<(), RpcError> {
 /// # Errors
 /// `RpcError::Split` when the counts differ or no weight is positive.
 pub fn set_split(links: &[Arc<Link>], weights: &[f32]) -> Result<(), RpcError> {
-    let bad = RpcError::Split {
-        given: weights.len(),
-        servers: links.len(),
-    };
-    if weights.len() != links.len() || weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
-        return Err(bad);
+    if weights.len() != links.len() {
+        return Err(RpcError::Split {
+            given: weights.len(),
+            servers: links.len(),
+        });
     }
     let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-    if sum <= 0.0 {
-        return Err(bad);
+    if weights.iter().any(|w| !w.is_finite() || *w < 0.0) || sum <= 0.0 || sum.is_nan() {
+        return Err(RpcError::SplitWeights);
     }
     let pool: u64 = links.iter().flat_map(|l| &l.devices).map(|d| d.free).sum();
     for (l, &w) in links.iter().zip(weights) {
@@ -390,16 +399,21 @@ pub fn free_bytes(links: &[Arc<Link>]) -> u64 {
     links.iter().flat_map(|l| &l.devices).map(|d| d.free).sum()
 }
 
-/// How many of `n_layer` layers go to the remotes when the user did not say
-/// (`-ngl`): in proportion to the memory each side has, at least one and at
-/// most all of them plus the output layer when nothing is known locally.
+/// How many of the `n_layer` repeating layers go to the remotes when the
+/// user did not say (`--ngl`): in proportion to the memory each side has
+/// (`local_bytes`: this board's limit), at least one, all of them when
+/// nothing is known locally. (llama.cpp's `n_gpu_layers` counts the output
+/// layer too: the caller adds it.)
 pub fn remote_layers(n_layer: u32, local_bytes: Option<u64>, remote_bytes: u64) -> u32 {
+    if n_layer == 0 {
+        return 0;
+    }
     match local_bytes {
         Some(local) if local + remote_bytes > 0 => {
             let share = remote_bytes as f64 / (local + remote_bytes) as f64;
             ((f64::from(n_layer) * share).round() as u32).clamp(1, n_layer)
         }
-        _ => n_layer + 1,
+        _ => n_layer,
     }
 }
 
@@ -432,7 +446,8 @@ mod tests {
         assert_eq!(remote_layers(30, Some(1 << 30), 2 << 30), 20);
         assert_eq!(remote_layers(30, Some(1 << 30), 0), 1);
         assert_eq!(remote_layers(30, Some(0), 1 << 30), 30);
-        assert_eq!(remote_layers(30, None, 1 << 30), 31);
+        assert_eq!(remote_layers(30, None, 1 << 30), 30);
+        assert_eq!(remote_layers(0, Some(1), 1), 0);
     }
 
     #[test]

@@ -47,8 +47,17 @@ pub(crate) mod cmd {
     pub const COUNT: u8 = 19;
 }
 
-/// The protocol version this build's ggml speaks (`RPC_PROTO_MAJOR_VERSION`).
+/// The protocol version this build's ggml speaks (`RPC_PROTO_MAJOR_VERSION`,
+/// `RPC_PROTO_MINOR_VERSION`): ggml refuses a server of another major or of
+/// a newer minor.
 pub(crate) const PROTO_MAJOR: u8 = 7;
+pub(crate) const PROTO_MINOR: u8 = 0;
+
+/// Whether ggml's client accepts a server of version `major.minor`: the
+/// same major, a minor no newer than its own.
+pub(crate) fn version_ok(major: u8, minor: u8) -> bool {
+    major == PROTO_MAJOR && u16::from(minor) <= u16::from(PROTO_MINOR)
+}
 /// `RPC_CONN_CAPS_SIZE` (transport.h): the HELLO's capability bytes.
 const CAPS: usize = 24;
 /// `sizeof(rpc_tensor)` (ggml-rpc.cpp, packed): a GET_TENSOR request is one,
@@ -392,10 +401,10 @@ impl Upstream {
         self.reader
             .read_exact(&mut answer)
             .map_err(|e| lost("answer cut short", e))?;
-        if cmd == cmd::HELLO && answer[0] != PROTO_MAJOR {
+        if cmd == cmd::HELLO && !version_ok(answer[0], answer[1]) {
             return Err(Forward::Lost(Some(format!(
-                "speaks RPC protocol {}, this build {PROTO_MAJOR}",
-                answer[0]
+                "speaks RPC protocol {}.{}, this build {PROTO_MAJOR}.{PROTO_MINOR}",
+                answer[0], answer[1]
             ))));
         }
         if cmd == cmd::GET_DEVICE_MEMORY {
@@ -451,15 +460,24 @@ fn rewrite_memory(answer: &mut [u8], state: &LinkState) {
     }
 }
 
-/// Answer ggml in the remote's place: zeros of the size ggml expects (a HELLO gets this build's version, so ggml never
-/// aborts on the handshake).
+/// Answer ggml in the remote's place: frames of the sizes it expects, with
+/// values its asserts accept (ggml-rpc.cpp and ggml-backend.cpp check a
+/// buffer's base is not null, an alignment is a power of two, a HELLO's
+/// version is theirs); the rest zeros. A zero ALLOC_BUFFER is a failed
+/// allocation, which llama.cpp reports as such.
 fn fake_answer(cmd: u8, want: Option<u64>, to: &mut BufWriter<TcpStream>) -> io::Result<()> {
     let Some(want) = want else {
         return Ok(());
     };
     let mut answer = vec![0u8; want as usize];
-    if cmd == cmd::HELLO {
-        answer[0] = PROTO_MAJOR;
+    let put = |a: &mut [u8], v: u64| a[..8].copy_from_slice(&v.to_le_bytes());
+    match cmd {
+        cmd::HELLO => answer[..2].copy_from_slice(&[PROTO_MAJOR, PROTO_MINOR]),
+        cmd::DEVICE_COUNT => answer[..4].copy_from_slice(&1u32.to_le_bytes()),
+        cmd::BUFFER_GET_BASE => put(&mut answer, 1 << 12),
+        cmd::GET_ALIGNMENT => put(&mut answer, 64),
+        cmd::GET_MAX_SIZE => put(&mut answer, u64::MAX >> 1),
+        _ => {}
     }
     to.write_all(&want.to_le_bytes())?;
     to.write_all(&answer)

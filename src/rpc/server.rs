@@ -104,22 +104,22 @@ pub fn serve(opts: &ServerOptions) -> Result<(), RpcError> {
     if devs.is_empty() {
         return Err(RpcError::NoDevice);
     }
-    let ggml_at = match opts.mem_bytes {
-        None => {
-            drop(probe);
-            opts.listen.to_string()
-        }
-        Some(mem) => {
-            // ggml on a private port, the relay on the public one.
-            let inner = TcpListener::bind("127.0.0.1:0").map_err(bind_err)?;
-            let inner_at = inner.local_addr().map_err(bind_err)?.to_string();
-            drop((inner, probe));
-            let r = relay::Relay::start_server(&opts.listen.to_string(), &inner_at)
-                .map_err(bind_err)?;
-            r.state.report_free(Some(mem), true);
-            std::mem::forget(r);
-            inner_at
-        }
+    // ggml's own parser takes only a dotted IPv4 address: an IPv6 address
+    // or a name is served by a relay, as `--mem` is.
+    let ipv4 = opts.listen.host().parse::<std::net::Ipv4Addr>().is_ok();
+    let ggml_at = if opts.mem_bytes.is_none() && ipv4 {
+        drop(probe);
+        opts.listen.to_string()
+    } else {
+        // ggml on a private port, the relay on the public one.
+        let inner = TcpListener::bind("127.0.0.1:0").map_err(bind_err)?;
+        let inner_at = inner.local_addr().map_err(bind_err)?.to_string();
+        drop((inner, probe));
+        let r =
+            relay::Relay::start_server(&opts.listen.to_string(), &inner_at).map_err(bind_err)?;
+        r.state.report_free(opts.mem_bytes, true);
+        std::mem::forget(r);
+        inner_at
     };
     tracing::info!(listen = %opts.listen, devices = devs.len(), threads = opts.threads, "rpc-server");
     let endpoint = CString::new(ggml_at).expect("an address has no NUL");
