@@ -78,7 +78,9 @@ impl Engine {
         drop(gguf);
         let path = path.as_path();
         let backend = backend()?;
-        if opts.gpu_layers > 0 && !backend.supports_gpu_offload() {
+        // llama.cpp's own `supports_gpu_offload` is true in every build now
+        // (it counts the RPC backend): a GPU here is what matters.
+        if opts.gpu_layers > 0 && opts.rpc.is_empty() && super::gpu_devices()?.is_empty() {
             if cfg!(feature = "cuda") {
                 tracing::error!(
                     gpu_layers = opts.gpu_layers,
