@@ -78,21 +78,7 @@ impl Engine {
         drop(gguf);
         let path = path.as_path();
         let backend = backend()?;
-        // llama.cpp's own `supports_gpu_offload` is true in every build now
-        // (it counts the RPC backend): a GPU here is what matters.
-        if opts.gpu_layers > 0 && opts.rpc.is_empty() && super::gpu_devices()?.is_empty() {
-            if cfg!(feature = "cuda") {
-                tracing::error!(
-                    gpu_layers = opts.gpu_layers,
-                    "this is a CUDA build but no GPU was found: every layer runs on the CPU"
-                );
-            } else {
-                tracing::warn!(
-                    gpu_layers = opts.gpu_layers,
-                    "this build has no GPU backend (build with --features cuda): every layer runs on the CPU"
-                );
-            }
-        }
+        warn_without_gpu(opts)?;
         // ggml's features, as ggml sees them at run time (its CPU backend
         // picks kernels by the CPU it runs on, not by how Rust was compiled).
         tracing::info!(
@@ -423,4 +409,25 @@ fn place_layers(opts: &LoadOptions, summary: &ModelSummary) -> Result<Placement,
         gpu_layers: layers,
         output_here,
     })
+}
+
+/// `--ngl` without a GPU to put layers on: said, not silent. llama.cpp's own
+/// `supports_gpu_offload` is true in every build now (it counts the RPC
+/// backend), so a local GPU is what is asked for.
+fn warn_without_gpu(opts: &LoadOptions) -> Result<(), LlmError> {
+    if opts.gpu_layers == 0 || !opts.rpc.is_empty() || !super::gpu_devices()?.is_empty() {
+        return Ok(());
+    }
+    if cfg!(feature = "cuda") {
+        tracing::error!(
+            gpu_layers = opts.gpu_layers,
+            "this is a CUDA build but no GPU was found: every layer runs on the CPU"
+        );
+    } else {
+        tracing::warn!(
+            gpu_layers = opts.gpu_layers,
+            "this build has no GPU backend (build with --features cuda): every layer runs on the CPU"
+        );
+    }
+    Ok(())
 }
