@@ -6,11 +6,10 @@
 //! eight streaming clients at once; and the chat page at `/` in a real
 //! browser (Chromium, driven by Playwright).
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{espeak, ferrite, ferrite_bin, model_path, whisper_path};
+use crate::common::{espeak, ferrite, ferrite_bin, free_port, model_path, whisper_path};
 use crate::structured::LIGHT;
 
 /// A running server, killed on drop.
@@ -25,14 +24,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_with(extra: &[&str]) -> Server {

@@ -176,11 +176,7 @@ fn interrupted_download_resumes_with_range() {
 #[test]
 fn unreachable_source_reports_the_url() {
     // A port nothing listens on (bound, then released).
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::free_port();
     let url = format!("http://127.0.0.1:{port}/x.gguf");
     let m = manifest(&url, &"a".repeat(64), 10);
     let dir = tempfile::tempdir().unwrap();

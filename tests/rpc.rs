@@ -24,11 +24,7 @@ struct RpcServer {
 
 impl RpcServer {
     fn start(extra: &[&str]) -> RpcServer {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::free_port();
         let child = Command::new(common::ferrite_bin())
             .args(["rpc-server", "-p", &port.to_string(), "-t", "1"])
             .args(extra)

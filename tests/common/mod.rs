@@ -492,3 +492,13 @@ pub fn put_in_store(home: &Path, name: &str, file: &Path) {
     )
     .unwrap();
 }
+
+/// A loopback port nothing listens on now (bound, then released): for a
+/// server a test starts, or an address that refuses connections.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
