@@ -5,8 +5,11 @@
 //! chat template and tokenized by the model's own tokenizer, turn by turn, in
 //! exactly the pieces inference sees: the prompt up to the opening of an
 //! assistant turn is one piece, the answer (with its end-of-turn marker, so
-//! the model learns to stop) the next. Loss falls on answer tokens only; for
-//! plain text, on every token. Any malformed line stops the run with its line
+//! the model learns to stop) the next. A base model without a chat template
+//! (its chats rendered as plain text) has no end-of-turn marker: its answers
+//! end with the tokenizer's EOS token instead, as supervised fine-tuning of
+//! base models does, so that it learns to stop. Loss falls on answer tokens
+//! only; for plain text, on every token. Any malformed line stops the run with its line
 //! number: nothing is trained on garbage silently.
 
 use std::path::Path;
@@ -116,7 +119,8 @@ fn tokenize_chat(engine: &Engine, messages: &[Message]) -> Result<Example, Strin
     let mut tokens = Vec::new();
     let mut loss = Vec::new();
     let mut done = String::new();
-    let mut push = |text: &str, is_target: bool, tokens: &mut Vec<u32>| {
+    let plain = engine.template_kind() == crate::llm::TemplateKind::Plain;
+    let push = |text: &str, is_target: bool, tokens: &mut Vec<u32>, loss: &mut Vec<bool>| {
         let toks = if tokens.is_empty() {
             engine.tokenize(text)
         } else {
@@ -141,8 +145,12 @@ fn tokenize_chat(engine: &Engine, messages: &[Message]) -> Result<Example, Strin
         ) else {
             return Err("the chat template does not render this conversation turn by turn".into());
         };
-        push(ask, false, &mut tokens);
-        push(answer, true, &mut tokens);
+        push(ask, false, &mut tokens, &mut loss);
+        push(answer, true, &mut tokens, &mut loss);
+        if plain {
+            tokens.push(engine.eos_token());
+            loss.push(true);
+        }
         done = full;
     }
     Ok(Example { tokens, loss })

@@ -201,6 +201,12 @@ impl Engine {
         &self.path
     }
 
+    /// The tokenizer's end-of-sequence token (an end-of-generation token:
+    /// sampling stops at it).
+    pub fn eos_token(&self) -> u32 {
+        self.model.vocab().eos().0 as u32
+    }
+
     pub fn load_ms(&self) -> f64 {
         self.load_ms
     }
