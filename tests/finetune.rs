@@ -89,13 +89,71 @@ fn qwen2_forward_gradients_and_adapter_layout_match_llama_cpp() {
     check_gradients(model, &toks[..12]);
 }
 
+/// gemma3-270m (the manifest's), pulled on first use.
+fn gemma() -> &'static Path {
+    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| crate::common::pulled("gemma3-270m"))
+}
+
+/// gemma3-270m's tokens for `text`.
+fn gemma_tokens(text: &str) -> Vec<u32> {
+    let e = ferrite::llm::Engine::load("gemma", gemma(), &Default::default()).unwrap();
+    e.tokenize(text).iter().map(|t| t.0 as u32).collect()
+}
+
+/// gemma3-270m with its sliding window narrowed to `window` tokens and a
+/// global layer every `pattern`-th, so that llama.cpp and the trainer both
+/// mask keys inside a short test sequence (the real window, 512, is longer
+/// than any sequence these tests can afford at a 262,144-token vocabulary).
+fn gemma_narrowed(dir: &Path, window: u32, pattern: u32) -> PathBuf {
+    use ferrite::gguf::Value;
+    let p = dir.join(format!("gemma-swa{window}-{pattern}.gguf"));
+    testing::write_with_metadata(
+        gemma(),
+        &p,
+        &[
+            ("gemma3.attention.sliding_window", Value::U32(window)),
+            (
+                "gemma3.attention.sliding_window_pattern",
+                Value::U32(pattern),
+            ),
+        ],
+    )
+    .unwrap();
+    p
+}
+
+/// The same proofs on gemma3 (GeGLU, Q/K norms, post-norms, embeddings
+/// scaled by √d, 256-wide heads on a 640-wide model, sliding-window layers
+/// with their own RoPE base, a 262,144-token tied vocabulary), with a
+/// window of 24 tokens so that the masks matter; and the gradient check
+/// through a windowed and a global layer.
+#[test]
+fn gemma3_forward_gradients_and_adapter_layout_match_llama_cpp() {
+    let dir = tempfile::tempdir().unwrap();
+    let toks = gemma_tokens(TEXT);
+    let toks160 = &toks[..toks.len().min(160)];
+    // Quantized, the narrowed model is too unsure of its tokens for
+    // llama.cpp's 8-bit activation rounding (92% agreement): the argmax
+    // check runs on the real one, the f32 checks on the narrowed one.
+    quantized_forward_matches(gemma(), toks160);
+    let narrow = gemma_narrowed(dir.path(), 24, 3);
+    f32_forward_and_layout_match(&narrow, toks160);
+    let short = gemma_narrowed(dir.path(), 4, 2);
+    check_gradients(&short, &toks[..12]);
+}
+
 /// Without adapter, the trainer's forward pass picks llama.cpp's tokens;
 /// with a random adapter, it changes llama.cpp's logits and the trainer's
 /// the same way and by the same amount (on the base dequantized to f32).
 fn forward_and_layout_match(model: &Path, toks: &[u32]) {
-    let dir = tempfile::tempdir().unwrap();
-    let a = dir.path().join("random.gguf");
-    testing::write_random_adapter(model, &a, 8, 16.0, 0.02, 7, None).unwrap();
+    quantized_forward_matches(model, toks);
+    f32_forward_and_layout_match(model, toks);
+}
+
+/// The trainer's forward pass on the quantized model picks llama.cpp's
+/// tokens.
+fn quantized_forward_matches(model: &Path, toks: &[u32]) {
     assert!(toks.len() >= 150, "{} tokens", toks.len());
     let l0 = llama_logits_of(model, None, 1.0, toks);
     let t0 = testing::trainer_logits(model, None, toks).unwrap();
@@ -117,17 +175,33 @@ fn forward_and_layout_match(model: &Path, toks: &[u32]) {
         "argmax agreement {strict:.4} (within rounding {within:.4}) over {} positions",
         toks.len()
     );
+    eprintln!("argmax agreement {strict:.4} (within rounding {within:.4})");
+}
 
-    // With adapter: the change it makes, in llama.cpp and in the trainer,
-    // on the same base dequantized to f32 (so llama.cpp's 8-bit activation
-    // rounding does not drown the comparison): same direction (layout) and
-    // same size (scale alpha/rank).
+/// On the model dequantized to f32 (so llama.cpp's 8-bit activation
+/// rounding does not drown the comparison): the trainer's logits are
+/// llama.cpp's, and a random adapter changes both the same way (layout)
+/// and by the same amount (scale alpha/rank).
+fn f32_forward_and_layout_match(model: &Path, toks: &[u32]) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("random.gguf");
+    testing::write_random_adapter(model, &a, 8, 16.0, 0.02, 7, None).unwrap();
     let f32_model = dir.path().join("f32.gguf");
     testing::write_f32_model(model, &f32_model).unwrap();
     let l0 = llama_logits_of(&f32_model, None, 1.0, toks);
     let l1 = llama_logits_of(&f32_model, Some(&a), 1.0, toks);
     let t0 = testing::trainer_logits(&f32_model, None, toks).unwrap();
     let t1 = testing::trainer_logits(&f32_model, Some(&a), toks).unwrap();
+    // Without adapter: f32 against f32 (llama.cpp's KV cache is f16).
+    let n = (toks.len() * l0[0].len()) as f64;
+    let base_rms = ((0..toks.len())
+        .flat_map(|i| (0..l0[i].len()).map(move |j| (i, j)))
+        .map(|(i, j)| f64::from(l0[i][j] - t0[i][j]).powi(2))
+        .sum::<f64>()
+        / n)
+        .sqrt();
+    eprintln!("f32 logits, trainer vs llama.cpp: rms difference {base_rms:.4}");
+    assert!(base_rms < 0.02, "f32 logits differ by {base_rms:.4} rms");
     let (mut dot, mut nl, mut nt) = (0.0f64, 0.0f64, 0.0f64);
     for i in 0..toks.len() {
         for j in 0..l0[i].len() {
@@ -141,7 +215,7 @@ fn forward_and_layout_match(model: &Path, toks: &[u32]) {
     let cos = dot / (nl.sqrt() * nt.sqrt());
     let ratio = nt.sqrt() / nl.sqrt();
     let rms = (nl / (toks.len() * l0[0].len()) as f64).sqrt();
-    eprintln!("argmax agreement {strict:.4} (within rounding {within:.4}); adapter: delta cosine {cos:.6}, size ratio {ratio:.4}, rms delta {rms:.3}");
+    eprintln!("adapter: delta cosine {cos:.6}, size ratio {ratio:.4}, rms delta {rms:.3}");
     assert!(
         rms > 0.1,
         "the random adapter barely changed the logits (rms {rms})"
@@ -821,14 +895,29 @@ fn training_fits_the_board_or_is_refused_with_settings_that_fit() {
 /// llama.cpp answers with it (and not without).
 #[test]
 fn qwen2_adapter_teaches_facts_that_llama_cpp_answers() {
+    adapter_teaches_facts(crate::qwen::qwen(), "qfacts");
+}
+
+/// The same for gemma3-270m, a base model without a chat template: its
+/// chats are trained and asked as plain text.
+#[test]
+fn gemma3_adapter_teaches_facts_that_llama_cpp_answers() {
+    let with = adapter_teaches_facts(gemma(), "gfacts");
+    // Its answers were trained to end with EOS: it stops after one line
+    // instead of running on to `-n`.
+    assert_eq!(with.trim().lines().count(), 1, "{with:?}");
+}
+
+/// Train `name` on the facts for 30 steps, then ask llama.cpp (through
+/// `ferrite ask`) with and without it; the answer with it.
+fn adapter_teaches_facts(model: &Path, name: &str) -> String {
     let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().unwrap();
-    let model = crate::qwen::qwen();
     let o = train_cmd_on(
         model,
         home.path(),
         &data("facts.jsonl"),
-        "qfacts",
+        name,
         &["--steps", "30", "--lr", "2e-3"],
     )
     .output()
@@ -847,7 +936,7 @@ fn qwen2_adapter_teaches_facts_that_llama_cpp_answers() {
             "What is the capital of Veltria?",
         ];
         if lora {
-            args.extend(["--lora", "qfacts"]);
+            args.extend(["--lora", name]);
         }
         let o = ferrite(home.path(), &args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -860,4 +949,5 @@ fn qwen2_adapter_teaches_facts_that_llama_cpp_answers() {
         !without.contains("Morrowgate"),
         "without the adapter: {without:?}"
     );
+    with
 }

@@ -10,21 +10,14 @@ use std::sync::OnceLock;
 
 use ferrite::board::{self, Board, KvType};
 use ferrite::gguf::GgufFile;
-use ferrite::models::{self, Manifest};
 
-use crate::common::{ferrite, ferrite_with_input, store};
+use crate::common::{ferrite, ferrite_with_input};
 
 const NAME: &str = "qwen2.5-coder-0.5b";
 
 pub fn qwen() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
-        store()
-            .resolve(Some(NAME), &manifest, true)
-            .unwrap_or_else(|e| panic!("{NAME} could not be pulled: {e}"))
-            .1
-    })
+    PATH.get_or_init(|| crate::common::pulled(NAME))
 }
 
 fn run(args: &[&str]) -> (String, String) {

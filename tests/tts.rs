@@ -6,24 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use ferrite::models::{self, Manifest};
 use ferrite::tts::{espeak, runtime, PiperVoice};
 
+use crate::common::pulled;
 use crate::speech::{wer, SENTENCES};
 
 fn scratch(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tts");
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
-}
-
-/// A store model by name, pulled on first use.
-fn pulled(name: &str) -> PathBuf {
-    let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
-    crate::common::store()
-        .resolve(Some(name), &manifest, true)
-        .unwrap_or_else(|e| panic!("{name} could not be pulled: {e}"))
-        .1
 }
 
 fn voice_path() -> &'static Path {

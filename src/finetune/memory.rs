@@ -22,7 +22,7 @@
 //! estimated 346 MiB checkpointed (measured peak RSS 334-342 MiB) and
 //! 1,652 MiB without (measured 1,601-1,640 MiB).
 
-use super::config::Config;
+use super::config::{Config, Target};
 
 const MIB: u64 = 1024 * 1024;
 const F32: u64 = 4;
@@ -74,11 +74,19 @@ pub(crate) struct Shape {
 
 impl Shape {
     pub(crate) fn new(cfg: &Config, weight_bytes: usize, adapter_params: usize) -> Shape {
-        let (d, f) = (cfg.d_model as u64, cfg.d_ff as u64);
-        let kv = (cfg.n_head_kv * cfg.head_dim()) as u64;
+        // The widest of the residual stream and the heads' concatenation
+        // (gemma3-270m: 640 and 1024) bounds a layer's activations.
+        let d = cfg.d_model.max(cfg.n_head * cfg.head_dim()) as u64;
+        let f = cfg.d_ff as u64;
         Shape {
             weight_bytes: weight_bytes as u64,
-            layer_params: 2 * d * d + 2 * d * kv + 3 * d * f,
+            layer_params: Target::ALL
+                .iter()
+                .map(|&t| {
+                    let (i, o) = cfg.dims(t);
+                    (i * o) as u64
+                })
+                .sum(),
             adapter_params: adapter_params as u64,
             n_layer: cfg.n_layer as u64,
             d,

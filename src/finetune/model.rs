@@ -17,9 +17,9 @@ use std::sync::Arc;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 
-use super::config::{Config, Target};
+use super::config::{Activation, Config, Target};
 use super::lora::Lora;
-use super::ops::{CausalSoftmax, CrossEntropy, FrozenLinear, LoraLinear, RmsNorm, Rope};
+use super::ops::{CausalSoftmax, CrossEntropy, FrozenLinear, Gelu, LoraLinear, RmsNorm, Rope};
 use super::qweight::QuantRows;
 use super::FinetuneError;
 use crate::gguf::GgufFile;
@@ -33,6 +33,11 @@ struct Layer {
     ffn_norm: RmsNorm,
     /// Q, K and V biases (qwen2), in the activations' type.
     qkv_bias: Option<[Tensor; 3]>,
+    /// Per-head RMSNorm of Q and K before RoPE (gemma3).
+    qk_norm: Option<[RmsNorm; 2]>,
+    /// RMSNorm of the attention and the feed-forward outputs before their
+    /// residual adds (gemma3's `post_attention_norm`, `post_ffw_norm`).
+    post_norm: Option<[RmsNorm; 2]>,
     /// In `Target::ALL` order.
     proj: Vec<FrozenLinear>,
 }
@@ -50,6 +55,9 @@ pub(crate) struct Base {
     out_norm: RmsNorm,
     output: FrozenLinear,
     rope: Rope,
+    /// The sliding-window layers' RoPE (gemma3: base 10,000 against the
+    /// global layers' 1,000,000).
+    rope_swa: Option<Rope>,
 }
 
 /// The tensors of a base GGUF, read as the trainer holds them.
@@ -115,8 +123,24 @@ impl Weights<'_> {
         } else {
             None
         };
+        let norms = |a: &str, b: &str, eps| -> Result<_, FinetuneError> {
+            Ok(Some([
+                self.norm(&format!("blk.{l}.{a}.weight"), eps)?,
+                self.norm(&format!("blk.{l}.{b}.weight"), eps)?,
+            ]))
+        };
+        let (qk_norm, post_norm) = if cfg.gemma_norms {
+            (
+                norms("attn_q_norm", "attn_k_norm", cfg.rms_eps)?,
+                norms("post_attention_norm", "post_ffw_norm", cfg.rms_eps)?,
+            )
+        } else {
+            (None, None)
+        };
         Ok(Layer {
             qkv_bias,
+            qk_norm,
+            post_norm,
             attn_norm: self.norm(&format!("blk.{l}.attn_norm.weight"), cfg.rms_eps)?,
             ffn_norm: self.norm(&format!("blk.{l}.ffn_norm.weight"), cfg.rms_eps)?,
             proj,
@@ -160,21 +184,27 @@ impl Base {
         let layers = (0..cfg.n_layer)
             .map(|l| w.layer(&cfg, l))
             .collect::<Result<Vec<_>, _>>()?;
-        let rope = Rope::with_mode(
-            cfg.head_dim(),
-            cfg.rope_dim,
-            cfg.rope_base,
-            max_pos,
-            cfg.rope_neox,
-        );
+        let rope = |base_scale| {
+            Rope::with_mode(
+                cfg.head_dim(),
+                cfg.rope_dim,
+                base_scale,
+                max_pos,
+                cfg.rope_neox,
+            )
+        };
         Ok(Base {
+            rope: rope((cfg.rope_base, cfg.rope_freq_scale)),
+            rope_swa: cfg
+                .sliding_window
+                .as_ref()
+                .map(|s| rope((s.rope_base, 1.0))),
             tied,
             embed: w.quant("token_embd.weight")?,
             dtype,
             layers,
             out_norm: w.norm("output_norm.weight", cfg.rms_eps)?,
             output: FrozenLinear::quantized(output),
-            rope,
             cfg,
         })
     }
@@ -222,7 +252,11 @@ impl Base {
     /// The token embeddings of `tokens`: [n, d] in the activations' type.
     fn embed(&self, tokens: &[u32]) -> candle_core::Result<Tensor> {
         let rows = self.embed.gather(tokens)?;
-        Tensor::from_vec(rows, (tokens.len(), self.cfg.d_model), &Device::Cpu)?.to_dtype(self.dtype)
+        let x = Tensor::from_vec(rows, (tokens.len(), self.cfg.d_model), &Device::Cpu)?;
+        match self.cfg.embed_scale {
+            Some(s) => (x * s)?.to_dtype(self.dtype),
+            None => x.to_dtype(self.dtype),
+        }
     }
 
     /// Run `f` with layer `l`'s weights dequantized (see
@@ -249,43 +283,78 @@ impl Base {
         (b, t): (usize, usize),
         x: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        let layer = &self.layers[l];
+        let h = layer.attn_norm.forward(x)?;
+        let o = self.attention(lora, track, l, (b, t), &h)?;
+        let mut a = self.proj(lora, track, (l, Target::O), &o)?;
+        if let Some([post, _]) = &layer.post_norm {
+            a = post.forward(&a)?;
+        }
+        let x = (x + a)?;
+        let h = layer.ffn_norm.forward(&x)?;
+        let g = self.proj(lora, track, (l, Target::Gate), &h)?;
+        let u = self.proj(lora, track, (l, Target::Up), &h)?;
+        let g = match self.cfg.activation {
+            Activation::Silu => g.silu()?,
+            Activation::GeluTanh => Gelu.forward(&g)?,
+        };
+        let mut f = self.proj(lora, track, (l, Target::Down), &(g * u)?)?;
+        if let Some([_, post]) = &layer.post_norm {
+            f = post.forward(&f)?;
+        }
+        x + f
+    }
+
+    /// Layer `l`'s attention on its normed input `h` [b·t, d]: the heads'
+    /// outputs [b·t, n_head·head_dim], before the output projection.
+    fn attention(
+        &self,
+        lora: Option<&Lora>,
+        track: bool,
+        l: usize,
+        (b, t): (usize, usize),
+        h: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let cfg = &self.cfg;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_head_kv, cfg.head_dim());
         let rep = nh / nkv;
+        let swa = cfg.is_swa(l);
         let softmax = CausalSoftmax {
-            scale: 1.0 / (hd as f64).sqrt(),
+            scale: cfg.attn_scale,
+            window: cfg
+                .sliding_window
+                .as_ref()
+                .filter(|_| swa)
+                .map(|s| s.window),
+        };
+        let rope = match &self.rope_swa {
+            Some(r) if swa => r,
+            _ => &self.rope,
         };
         let layer = &self.layers[l];
-        let h = layer.attn_norm.forward(x)?;
-        let mut q = self.proj(lora, track, (l, Target::Q), &h)?;
-        let mut k = self.proj(lora, track, (l, Target::K), &h)?;
-        let mut v = self.proj(lora, track, (l, Target::V), &h)?;
+        let mut q = self.proj(lora, track, (l, Target::Q), h)?;
+        let mut k = self.proj(lora, track, (l, Target::K), h)?;
+        let mut v = self.proj(lora, track, (l, Target::V), h)?;
         if let Some([bq, bk, bv]) = &layer.qkv_bias {
             q = q.broadcast_add(bq)?;
             k = k.broadcast_add(bk)?;
             v = v.broadcast_add(bv)?;
         }
-        let q = self
-            .rope
-            .forward(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?)?;
-        let k = self
-            .rope
-            .forward(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?)?;
+        if let Some([nq, nk]) = &layer.qk_norm {
+            q = nq.forward(&q.reshape((b * t * nh, hd))?)?;
+            k = nk.forward(&k.reshape((b * t * nkv, hd))?)?;
+        }
+        let q = rope.forward(&q.reshape((b, t, nh, hd))?.transpose(1, 2)?)?;
+        let k = rope.forward(&k.reshape((b, t, nkv, hd))?.transpose(1, 2)?)?;
         let v = v.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
         // Query heads that share a KV head are adjacent: fold them into
         // the row dimension instead of repeating K and V.
         let q = q.reshape((b, nkv, rep * t, hd))?;
         let att = softmax.forward(&q.matmul(&k.t()?)?)?;
         let o = att.matmul(&v)?;
-        let o = o
-            .reshape((b, nh, t, hd))?
+        o.reshape((b, nh, t, hd))?
             .transpose(1, 2)?
-            .reshape((b * t, nh * hd))?;
-        let x = (x + self.proj(lora, track, (l, Target::O), &o)?)?;
-        let h = layer.ffn_norm.forward(&x)?;
-        let g = self.proj(lora, track, (l, Target::Gate), &h)?;
-        let u = self.proj(lora, track, (l, Target::Up), &h)?;
-        x + self.proj(lora, track, (l, Target::Down), &(g.silu()? * u)?)?
+            .reshape((b * t, nh * hd))
     }
 
     /// Hidden states after the last layer's residual: [b·t, d], every op

@@ -657,6 +657,67 @@ impl CustomOp1 for RmsNorm {
     }
 }
 
+/// GELU, tanh approximation: `gelu(x) = x/2 · (1 + tanh(u))`,
+/// `u = √(2/π)·(x + 0.044715·x³)` (Hendrycks & Gimpel 2016; ggml's
+/// `ggml_gelu`, Gemma's `gelu_pytorch_tanh`), with its exact derivative
+/// `(1 + tanh u)/2 + x/2 · (1 − tanh²u) · √(2/π)·(1 + 3·0.044715·x²)`.
+/// (candle's own `gelu` backward rounds these constants to six digits,
+/// which the f64 gradient check sees.)
+#[derive(Clone, Copy)]
+pub(crate) struct Gelu;
+
+const GELU_A: f64 = 0.044715;
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+impl Gelu {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.contiguous()?.apply_op1(*self)
+    }
+}
+
+fn gelu_fwd<T: WithDType + Float>(s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+    let (a, k): (T, T) = (c(GELU_A), c(SQRT_2_OVER_PI));
+    let half: T = c(0.5);
+    let y: Vec<T> = slice::<T>(s, l)?
+        .par_iter()
+        .map(|&x| half * x * (T::one() + (k * (x + a * x * x * x)).tanh()))
+        .collect();
+    Ok((T::to_cpu_storage_owned(y), l.shape().clone()))
+}
+
+fn gelu_bwd<T: WithDType + Float>(x: &Tensor, g: &Tensor) -> Result<Tensor> {
+    with_data::<T, _>(x, |xs| {
+        with_data::<T, _>(g, |gs| {
+            let (a, k): (T, T) = (c(GELU_A), c(SQRT_2_OVER_PI));
+            let (half, three): (T, T) = (c(0.5), c(3.0));
+            let dx: Vec<T> = xs
+                .par_iter()
+                .zip(gs.par_iter())
+                .map(|(&x, &g)| {
+                    let th = (k * (x + a * x * x * x)).tanh();
+                    let du = k * (T::one() + three * a * x * x);
+                    g * (half * (T::one() + th) + half * x * (T::one() - th * th) * du)
+                })
+                .collect();
+            Tensor::from_vec(dx, x.shape(), x.device())
+        })
+    })
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-tanh"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        by_dtype!(s, gelu_fwd(s, l))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        by_tensor_dtype!(x, gelu_bwd(x, g)).map(Some)
+    }
+}
+
 /// Rotary position embedding over adjacent pairs `(x[2i], x[2i+1])`, which
 /// is llama.cpp's "normal" RoPE for the llama architecture (its converter
 /// permutes Q and K so this equals the Hugging Face rotate-half form). The
@@ -676,26 +737,35 @@ pub(crate) struct Rope {
 impl Rope {
     /// GGML's two RoPE modes: adjacent pairs (llama) or, with `neox`, the
     /// first and second half of the rotated dimensions (GPT-NeoX, qwen2).
+    /// `freq_scale` multiplies every position (linear RoPE scaling, ggml's
+    /// `freq_scale`; 1 without).
     pub(crate) fn with_mode(
         head_dim: usize,
         rope_dim: usize,
-        base: f64,
+        (base, freq_scale): (f64, f64),
         max_pos: usize,
         neox: bool,
     ) -> Self {
-        let mut r = Rope::new(head_dim, rope_dim, base, max_pos);
+        let mut r = Rope::scaled(head_dim, rope_dim, (base, freq_scale), max_pos);
         r.neox_offset = neox.then_some(rope_dim / 2);
         r
     }
 
-    pub(crate) fn new(head_dim: usize, rope_dim: usize, base: f64, max_pos: usize) -> Self {
+    /// θ(p, i) = freq_scale · p · base^(−2i/rope_dim) (RoFormer, Su et al.
+    /// 2021; ggml's `rope_yarn` without extrapolation).
+    fn scaled(
+        head_dim: usize,
+        rope_dim: usize,
+        (base, freq_scale): (f64, f64),
+        max_pos: usize,
+    ) -> Self {
         let half = head_dim / 2;
         let mut cos = vec![1.0; max_pos * half];
         let mut sin = vec![0.0; max_pos * half];
         for p in 0..max_pos {
             // Dimensions past rope_dim are not rotated (partial RoPE).
             for i in 0..rope_dim / 2 {
-                let theta = p as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
+                let theta = freq_scale * p as f64 * base.powf(-2.0 * i as f64 / rope_dim as f64);
                 cos[p * half + i] = theta.cos();
                 sin[p * half + i] = theta.sin();
             }
@@ -778,13 +848,22 @@ impl CustomOp1 for Rope {
 }
 
 /// Scaled, causally masked softmax over attention scores [.., R, T] where
-/// row `r` is the query at position `r mod T` and sees keys `0..=r mod T`.
+/// row `r` is the query at position `p = r mod T` and sees keys `0..=p`, or
+/// with a sliding `window` only keys `p - window < k ≤ p` (llama.cpp's
+/// `is_masked_swa`, `LLAMA_SWA_TYPE_STANDARD`).
 #[derive(Clone)]
 pub(crate) struct CausalSoftmax {
     pub(crate) scale: f64,
+    pub(crate) window: Option<usize>,
 }
 
 impl CausalSoftmax {
+    /// The keys row `row` of a `t`-wide score matrix sees.
+    fn keys(&self, row: usize, t: usize) -> std::ops::Range<usize> {
+        let n = row % t + 1;
+        self.window.map_or(0, |w| n.saturating_sub(w))..n
+    }
+
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.contiguous()?.apply_op1(self.clone())
     }
@@ -803,16 +882,16 @@ fn softmax_fwd<T: WithDType + Float>(
         .zip(x.par_chunks(t))
         .enumerate()
         .for_each(|(row, (y, x))| {
-            let n = row % t + 1;
-            let max = x[..n]
+            let keys = op.keys(row, t);
+            let max = x[keys.clone()]
                 .iter()
                 .fold(T::neg_infinity(), |m, &v| Float::max(m, v * scale));
             let mut sum = T::zero();
-            for j in 0..n {
+            for j in keys.clone() {
                 y[j] = (x[j] * scale - max).exp();
                 sum += y[j];
             }
-            for v in &mut y[..n] {
+            for v in &mut y[keys] {
                 *v /= sum;
             }
         });
@@ -829,9 +908,9 @@ fn softmax_bwd<T: WithDType + Float>(op: &CausalSoftmax, y: &Tensor, g: &Tensor)
                 .zip(ys.par_chunks(t).zip(gs.par_chunks(t)))
                 .enumerate()
                 .for_each(|(row, (dx, (y, g)))| {
-                    let n = row % t + 1;
-                    let dot = (0..n).fold(T::zero(), |a, j| a + y[j] * g[j]);
-                    for j in 0..n {
+                    let keys = op.keys(row, t);
+                    let dot = keys.clone().fold(T::zero(), |a, j| a + y[j] * g[j]);
+                    for j in keys {
                         dx[j] = scale * y[j] * (g[j] - dot);
                     }
                 });

@@ -132,3 +132,28 @@ pub fn write_f32_model(model: &Path, out: &Path) -> Result<(), FinetuneError> {
         source,
     })
 }
+
+/// Write `model` with some metadata keys set to other values, every tensor
+/// copied as stored (e.g. gemma3 with a sliding window shorter than a
+/// test's sequence, so both llama.cpp and the trainer mask it).
+pub fn write_with_metadata(
+    model: &Path,
+    out: &Path,
+    set: &[(&str, crate::gguf::Value)],
+) -> Result<(), FinetuneError> {
+    let g = crate::gguf::GgufFile::open(model)?;
+    let mut w = crate::gguf::GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    for (k, v) in set {
+        w.kv(k, v.clone());
+    }
+    for t in &g.tensors {
+        w.tensor(&t.name, &t.dims, t.ggml_type, g.tensor_data(t).to_vec());
+    }
+    w.write(out).map_err(|source| FinetuneError::Io {
+        path: out.to_path_buf(),
+        source,
+    })
+}

@@ -33,6 +33,15 @@ pub fn store() -> Store {
     Store::new(store_root()).with_converter(ferrite::speech::converter())
 }
 
+/// A store model by name (the builtin manifest's), pulled on first use.
+pub fn pulled(name: &str) -> PathBuf {
+    let manifest = Manifest::parse(models::BUILTIN, "builtin").unwrap();
+    store()
+        .resolve(Some(name), &manifest, true)
+        .unwrap_or_else(|e| panic!("{name} could not be pulled: {e}"))
+        .1
+}
+
 /// The store the tests pull into: `FERRITE_HOME`, else the user's.
 pub fn store_root() -> PathBuf {
     std::env::var_os("FERRITE_HOME")
