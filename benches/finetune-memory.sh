@@ -15,14 +15,7 @@ bin=${4:-target/release/ferrite}
 model=$("$bin" models path "$model_name" 2>/dev/null || "$bin" models pull "$model_name")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-words=(the board reads a line from the serial port and model answers token by
-       while fan spins led blinks green for listening amber thinking small quiet)
-RANDOM=1
-for i in $(seq 16); do
-  line=""
-  for j in $(seq 220); do line+="${words[RANDOM % ${#words[@]}]} "; done
-  printf '{"text": "%s"}\n' "$line"
-done >"$work/text.jsonl"
+bash benches/finetune-text.sh "$work/text.jsonl"
 for plan in off on; do
   home="$work/home-$plan"
   /usr/bin/time -v env FERRITE_HOME="$home" "$bin" finetune -m "$model" --data "$work/text.jsonl" \

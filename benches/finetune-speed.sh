@@ -13,14 +13,7 @@ bin=target/release/ferrite
 model=$("$bin" models path smollm2-135m 2>/dev/null || "$bin" models pull smollm2-135m)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-words=(the board reads a line from the serial port and model answers token by
-       while fan spins led blinks green for listening amber thinking small quiet)
-RANDOM=1
-for i in $(seq 16); do
-  line=""
-  for j in $(seq 220); do line+="${words[RANDOM % ${#words[@]}]} "; done
-  printf '{"text": "%s"}\n' "$line"
-done >"$work/text.jsonl"
+bash benches/finetune-text.sh "$work/text.jsonl"
 FERRITE_HOME="$work" "$bin" finetune -m "$model" --data "$work/text.jsonl" --out speed \
   --rank 8 --seq 128 --batch 4 --steps "$steps" --val 0 --save-every 1000 -t "$threads" >/dev/null
 python3 - "$work/adapters/speed/log.jsonl" "$threads" <<'PY'
