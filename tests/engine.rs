@@ -275,14 +275,15 @@ fn perplexity_of_english_text_is_plausible() {
             in the north of the country. The city is known for its museums, its architecture and \
             its cafes. Millions of visitors come every year to see the Eiffel Tower and the Louvre. "
             .repeat(8);
-    let r = ferrite::llm::perplexity(engine(), &text, 128, &opts2(), &mut |_, _, _| {}).unwrap();
+    let r = ferrite::llm::perplexity(engine(), &text, (128, None), &opts2(), &mut |_, _, _| {})
+        .unwrap();
     assert!(r.chunks.len() >= 2);
     // Repeated text is easy to predict: far below a uniform guess over 49152.
     assert!(r.ppl > 1.0 && r.ppl < 50.0, "ppl {}", r.ppl);
     assert!(r.ppl_err >= 0.0);
     // Too little text is a clear error, as in llama-perplexity.
-    let e =
-        ferrite::llm::perplexity(engine(), "short", 128, &opts2(), &mut |_, _, _| {}).unwrap_err();
+    let e = ferrite::llm::perplexity(engine(), "short", (128, None), &opts2(), &mut |_, _, _| {})
+        .unwrap_err();
     assert!(e.to_string().contains("at least 256 tokens"), "{e}");
 }
 

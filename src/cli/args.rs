@@ -214,6 +214,10 @@ impl VoiceArgs {
 
 #[derive(Args)]
 pub(crate) struct PerplexityArgs {
+    /// LoRA adapter applied to every chunk (llama-perplexity's --lora): a
+    /// name from the store or a .gguf path, optionally :SCALE (default 1).
+    #[arg(long, value_name = "NAME|PATH[:SCALE]")]
+    pub(crate) lora: Option<String>,
     #[command(flatten)]
     pub(crate) model: ModelArgs,
     /// The text file.

@@ -11,17 +11,24 @@ use super::{Ctx, Out};
 pub(crate) fn run(ctx: &Ctx, a: PerplexityArgs, out: &mut Out) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.file)
         .with_context(|| format!("{}: cannot read the text file", a.file.display()))?;
-    let engine = ctx.load(&a.model)?;
+    let mut engine = ctx.load(&a.model)?;
+    let adapter = a.lora.map(|l| ctx.load_lora(&mut engine, &l)).transpose()?;
     let opts = ctx.session_opts(&a.model, 0);
     let n_ctx = a.model.ctx_size.unwrap_or(512);
     let mut write_err = None;
-    let r = llm::perplexity(&engine, &text, n_ctx, &opts, &mut |i, _n, est| {
-        if write_err.is_none() {
-            write_err = write!(out, "[{i}]{est:.4},")
-                .and_then(|()| out.flush())
-                .err();
-        }
-    })?;
+    let r = llm::perplexity(
+        &engine,
+        &text,
+        (n_ctx, adapter),
+        &opts,
+        &mut |i, _n, est| {
+            if write_err.is_none() {
+                write_err = write!(out, "[{i}]{est:.4},")
+                    .and_then(|()| out.flush())
+                    .err();
+            }
+        },
+    )?;
     if let Some(e) = write_err {
         return Err(e.into());
     }

@@ -31,11 +31,16 @@ fn nll_of(logits: &[f32], token: usize) -> f64 {
 }
 
 /// `base` gives the threads and the KV cache types (`-ctk`/`-ctv`: what
-/// a quantized cache costs shows here); the context is `ctx_tokens`.
+/// a quantized cache costs shows here); the context is `ctx_tokens`;
+/// `adapter` a loaded LoRA adapter and its scale (llama-perplexity's
+/// `--lora-scaled`), applied to every chunk.
+///
+/// Errors: `Param` for a context under 16 tokens or a text shorter than
+/// two contexts; llama.cpp's decode and adapter errors.
 pub fn perplexity(
     engine: &Engine,
     text: &str,
-    ctx_tokens: u32,
+    (ctx_tokens, adapter): (u32, Option<(super::AdapterId, f32)>),
     base: &SessionOptions,
     on_chunk: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult, LlmError> {
@@ -64,6 +69,7 @@ pub fn perplexity(
     };
     let params = context_params(&opts).with_n_ubatch(ctx_tokens.min(512));
     let mut ctx = engine.context(params, ctx_tokens)?;
+    engine.apply_adapter(&mut ctx, adapter)?;
     let n_chunk = tokens.len() / n_ctx;
     let mut sum = Nll::default();
     let mut chunks = Vec::with_capacity(n_chunk);
