@@ -260,12 +260,30 @@ fn accuracy_holds_answers_to_the_labels() {
     assert_eq!(v["labels"], serde_json::json!(["negative", "positive"]));
     let mut right = 0;
     for e in v["examples"].as_array().unwrap() {
-        let a = e["answer"].as_str().unwrap();
+        let a = e["label_answer"].as_str().unwrap();
         assert!(a == "negative" || a == "positive", "{e}");
         right += usize::from(a == e["reference"].as_str().unwrap());
     }
     let acc = corpus_score(&v, "accuracy");
     assert!((acc - right as f64 / 6.0).abs() < 1e-9, "{v}");
+    // The text metrics score the free answers, as without `accuracy`.
+    let free = eval_json(
+        home.path(),
+        &["--data", &data("sentiment.jsonl"), "--metrics", "contains"],
+    );
+    let answers = |v: &serde_json::Value| -> Vec<serde_json::Value> {
+        v["examples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["answer"].clone())
+            .collect()
+    };
+    assert_eq!(answers(&v), answers(&free));
+    assert_eq!(
+        corpus_score(&v, "contains"),
+        corpus_score(&free, "contains")
+    );
 }
 
 #[test]
@@ -322,6 +340,25 @@ fn bad_eval_data_and_metrics_are_clear_errors() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent.jsonl: cannot read"), "{err}");
+    // A chart that could not be written is refused before any answering.
+    let o = ferrite(
+        home.path(),
+        &[
+            "eval",
+            "-m",
+            m,
+            "--data",
+            f.to_str().unwrap(),
+            "--chart",
+            "/nonexistent/dir/x.svg",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the folder /nonexistent/dir does not exist"),
+        "{err}"
+    );
 }
 
 /// Render an SVG with rsvg-convert; the PNG's width and height.

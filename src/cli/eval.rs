@@ -11,6 +11,20 @@ use super::{Ctx, Out};
 pub(crate) fn run(ctx: &Ctx, a: EvalArgs, out: &mut Out) -> anyhow::Result<()> {
     let metrics = Metric::parse_list(&a.metrics)?;
     let examples = eval::load_examples(&a.data)?;
+    if let Some(path) = &a.chart {
+        // Checked before minutes of answering, not after.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "--chart {}: the folder {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let mut engine = ctx.load(&a.model)?;
     let adapter = a
         .lora
@@ -41,21 +55,6 @@ pub(crate) fn run(ctx: &Ctx, a: EvalArgs, out: &mut Out) -> anyhow::Result<()> {
         label,
         eval::evaluate(&mut sess, &a.data, &examples, &opts, &bars)?,
     ));
-    if let Some(path) = &a.chart {
-        let panels: Vec<(String, Vec<(String, f64)>)> = runs[0]
-            .1
-            .corpus
-            .iter()
-            .map(|&(m, _)| {
-                let bars = runs
-                    .iter()
-                    .map(|(n, r)| (n.clone(), r.get(m).unwrap_or(f64::NAN)));
-                (m.name().to_string(), bars.collect())
-            })
-            .collect();
-        let title = format!("ferrite eval: {}", a.data.display());
-        ferrite::chart::bar_panels(path, &title, &panels)?;
-    }
     if a.json {
         let v = match runs.as_slice() {
             [(_, r)] => serde_json::to_value(r)?,
@@ -70,6 +69,10 @@ pub(crate) fn run(ctx: &Ctx, a: EvalArgs, out: &mut Out) -> anyhow::Result<()> {
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
     } else {
         print_table(out, &runs, examples.len())?;
+    }
+    // After the scores are out: a chart that cannot be written loses none.
+    if let Some(path) = &a.chart {
+        draw_chart(path, &a.data, &runs)?;
     }
     Ok(())
 }
@@ -101,6 +104,28 @@ pub(crate) fn for_finetune(
     };
     let bars = super::progress::Bars::default();
     Ok(eval::evaluate(&mut sess, data, &examples, &opts, &bars)?)
+}
+
+/// One panel per metric, one bar per run, written to `path`.
+fn draw_chart(
+    path: &std::path::Path,
+    data: &std::path::Path,
+    runs: &[(String, Report)],
+) -> anyhow::Result<()> {
+    let panels: Vec<(String, Vec<(String, f64)>)> = runs[0]
+        .1
+        .corpus
+        .iter()
+        .map(|&(m, _)| {
+            let bars = runs
+                .iter()
+                .map(|(n, r)| (n.clone(), r.get(m).unwrap_or(f64::NAN)));
+            (m.name().to_string(), bars.collect())
+        })
+        .collect();
+    let title = format!("ferrite eval: {}", data.display());
+    ferrite::chart::bar_panels(path, &title, &panels)?;
+    Ok(())
 }
 
 /// Adapter minus base, per metric.

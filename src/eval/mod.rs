@@ -4,9 +4,10 @@
 //! Data flows JSONL (the fine-tune format: `{"messages":[..]}`, the last
 //! message the assistant's reference answer) → greedy answers through the
 //! same `Session` as `ask` → `metrics` (each computed as its reference
-//! package computes it) → a `Report` of per-example and corpus scores. With
-//! `accuracy` the answers are held to the references' label set by a
-//! grammar, so a classifier's answer is always one of its labels.
+//! package computes it) → a `Report` of per-example and corpus scores. For
+//! `accuracy` a second answer is held to the references' label set by a
+//! grammar, so a classifier's answer is always one of its labels; the text
+//! metrics always score the free answer.
 
 pub mod metrics;
 
@@ -206,7 +207,13 @@ pub struct EvalOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct ExampleScore {
     pub line: usize,
+    /// The free greedy answer (the label-held one when `accuracy` is the
+    /// only metric that reads answers).
     pub answer: String,
+    /// With `accuracy`: the answer held to the label set, which `accuracy`
+    /// scores (the text metrics score the free `answer`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label_answer: Option<String>,
     pub reference: String,
     /// The metrics asked for, in `Metric` order (perplexity: this example's).
     pub scores: Vec<(Metric, f64)>,
@@ -279,9 +286,24 @@ pub fn evaluate(
     } else {
         None
     };
-    let mut params = GenParams::greedy();
-    params.n_predict = Some(opts.n_predict);
-    params.grammar = labels.as_deref().map(label_grammar).transpose()?;
+    let mut free = GenParams::greedy();
+    free.n_predict = Some(opts.n_predict);
+    let held = match &labels {
+        Some(l) => Some(GenParams {
+            grammar: Some(label_grammar(l)?),
+            ..free.clone()
+        }),
+        None => None,
+    };
+    // The text metrics score what the model says unprompted: answers held
+    // to the labels would flatter them (a second, free answer per example).
+    let reads_text = opts.metrics.iter().any(|m| {
+        matches!(
+            m,
+            Metric::Exact | Metric::Contains | Metric::Bleu | Metric::Chrf | Metric::RougeL
+        )
+    });
+    let free = (reads_text || held.is_none()).then_some(&free);
     progress.start("eval", examples.len() as u64, Unit::Steps);
     let mut scored = Vec::with_capacity(examples.len());
     for ex in examples {
@@ -290,7 +312,7 @@ pub fn evaluate(
             line: ex.line,
             source,
         };
-        let s = score_example(sess, ex, opts, &params).map_err(at)?;
+        let s = score_example(sess, ex, opts, (free, held.as_ref())).map_err(at)?;
         scored.push(s);
         progress.advance(1);
     }
@@ -303,23 +325,37 @@ pub fn evaluate(
     })
 }
 
-fn score_example(
-    sess: &mut Session<'_>,
-    ex: &Example,
-    opts: &EvalOptions,
-    params: &GenParams,
-) -> Result<ExampleScore, LlmError> {
+/// The greedy answer to `ex` under `params`, from its own conversation.
+fn answer(sess: &mut Session<'_>, ex: &Example, params: &GenParams) -> Result<String, LlmError> {
     let (last, before) = ex.prompt.split_last().expect("a user message");
     sess.set_system(None);
     sess.set_history(before.to_vec());
     let reply = sess.ask(&last.content, params, &mut |_| ControlFlow::Continue(()))?;
-    let answer = reply.text.trim().to_string();
+    Ok(reply.text.trim().to_string())
+}
+
+/// Score one example: its free answer (`free`) for the text metrics, its
+/// label-held answer (`held`) for `accuracy`.
+fn score_example(
+    sess: &mut Session<'_>,
+    ex: &Example,
+    opts: &EvalOptions,
+    (free, held): (Option<&GenParams>, Option<&GenParams>),
+) -> Result<ExampleScore, LlmError> {
+    let label_answer = held.map(|p| answer(sess, ex, p)).transpose()?;
+    let answer = match free {
+        Some(p) => answer(sess, ex, p)?,
+        None => label_answer.clone().unwrap_or_default(),
+    };
     let reference = ex.reference.as_str();
     let mut nll = None;
     let mut scores = Vec::new();
     for &m in &opts.metrics {
         let v = match m {
-            Metric::Exact | Metric::Accuracy => metrics::exact(&answer, reference),
+            Metric::Exact => metrics::exact(&answer, reference),
+            Metric::Accuracy => {
+                metrics::exact(label_answer.as_deref().unwrap_or(&answer), reference)
+            }
             Metric::Contains => metrics::contains(&answer, reference),
             Metric::Bleu => metrics::bleu_score(&metrics::bleu_stats(&answer, reference), true),
             Metric::Chrf => metrics::chrf_score(&metrics::chrf_stats(&answer, reference)),
@@ -339,6 +375,7 @@ fn score_example(
     Ok(ExampleScore {
         line: ex.line,
         answer,
+        label_answer,
         reference: ex.reference.clone(),
         scores,
         nll,
