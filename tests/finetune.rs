@@ -458,6 +458,8 @@ fn replay_keeps_what_the_base_model_knew() {
         .filter(|v| v["event"] == "eval")
         .collect();
     assert_eq!(evals.len(), 2, "{log}");
+    // The first evaluation is the log's first record, before any step.
+    assert_eq!(log.lines().next(), Some(evals[0].to_string().as_str()));
     assert_eq!(
         (evals[0]["at"].as_str(), evals[0]["step"].as_u64()),
         (Some("start"), Some(0))
@@ -659,6 +661,20 @@ fn bad_data_and_bad_adapters_give_clear_errors() {
         "{e}"
     );
     assert!(train_on("not json\n").contains("not valid JSON"));
+    let e = train_on("{\"text\": \"a\"}\n");
+    assert!(e.contains(":1: too short to learn from"), "{e}");
+    // A bad --eval-data file is refused before anything is written.
+    let o = train_cmd(
+        home.path(),
+        &data("facts.jsonl"),
+        "x",
+        &["--eval-data", bad.to_str().unwrap()],
+    )
+    .output()
+    .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("bad.jsonl:1:"), "{e}");
+    assert!(!home.path().join("adapters/x").exists());
     let m = model_path().to_str().unwrap();
 
     // An adapter for another base file.
@@ -825,6 +841,36 @@ fn a_finished_run_is_complete_and_more_steps_extend_it() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("lr (was"), "{err}");
+    // Other targets (another adapter shape) on the finished run: named,
+    // not "complete", and not a tensor-count error.
+    let o = run_train(
+        home.path(),
+        "ext",
+        &[&base[..], &["--steps", "3", "--resume", "--targets", "q,v"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("targets (was \"q,k,v,o,gate,up,down\""),
+        "{err}"
+    );
+    // Nothing to resume: refused before a folder is made.
+    let o = run_train(home.path(), "nothing", &[&base[..], &["--resume"]].concat());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no checkpoint to resume from"),
+        "{err}"
+    );
+    assert!(!home.path().join("adapters/nothing").exists());
+}
+
+/// A `--batch` larger than the data is estimated at the rows a batch can
+/// hold (8 facts), not refused for 4,096 rows no step would use.
+#[test]
+fn a_batch_larger_than_the_data_is_planned_for_the_data() {
+    let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().unwrap();
+    let o = run_train(home.path(), "wide", &["--batch", "4096", "--steps", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Sixteen lines of 220 words: every batch of `--seq 128` is full.
@@ -950,4 +996,79 @@ fn adapter_teaches_facts(model: &Path, name: &str) -> String {
         "without the adapter: {without:?}"
     );
     with
+}
+
+/// `ferrite perplexity --lora` (llama-perplexity's `--lora`) applies the
+/// adapter to every chunk: its figure is the one computed here from
+/// llama.cpp's logits with the adapter, by llama-perplexity's method (chunks
+/// of `-c` tokens, the first replaced by BOS where the model adds one, the
+/// second half of each scored), and differs from the base model's.
+#[test]
+fn perplexity_with_an_adapter_is_llama_cpp_s_likelihood_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("random.gguf");
+    testing::write_random_adapter(model_path(), &a, 8, 16.0, 0.02, 11, None).unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, TEXT).unwrap();
+    let ppl = |lora: Option<&Path>| {
+        let mut args = vec![
+            "perplexity".to_string(),
+            "-m".into(),
+            model_path().to_str().unwrap().into(),
+            "-f".into(),
+            text.to_str().unwrap().into(),
+            "-c".into(),
+            "64".into(),
+            "-t".into(),
+            "2".into(),
+        ];
+        if let Some(l) = lora {
+            args.extend(["--lora".into(), l.to_str().unwrap().into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = ferrite(dir.path(), &args);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v = out
+            .split("PPL = ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no estimate in {out:?}"));
+        v.parse::<f64>().unwrap()
+    };
+    let with = ppl(Some(&a));
+    let without = ppl(None);
+
+    let toks = tokens(TEXT);
+    let bos = (tokens("").len() == 1).then(|| toks[0]);
+    let (mut sum, mut n) = (0.0f64, 0usize);
+    for chunk in toks.chunks_exact(64) {
+        let mut chunk = chunk.to_vec();
+        if let Some(b) = bos {
+            chunk[0] = b;
+        }
+        let logits = llama_logits(Some(&a), 1.0, &chunk);
+        for k in 32..63 {
+            let row = &logits[k];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let lse = f64::from(max)
+                + row
+                    .iter()
+                    .map(|&l| f64::from(l - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            sum += lse - f64::from(row[chunk[k + 1] as usize]);
+            n += 1;
+        }
+    }
+    let expected = (sum / n as f64).exp();
+    eprintln!("perplexity with the adapter {with}, computed {expected:.4}, without {without}");
+    assert!(
+        (with - expected).abs() < 1e-3 * expected,
+        "ferrite perplexity --lora {with}, llama.cpp's logits with the adapter {expected}"
+    );
+    assert!(
+        (with - without).abs() > 0.01 * without,
+        "the adapter changed nothing: {with} vs {without}"
+    );
 }

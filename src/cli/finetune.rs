@@ -34,7 +34,48 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         ..Default::default()
     };
     let engine = Engine::load(&name, &path, &vocab)?;
-    let opts = ferrite::finetune::FinetuneOptions {
+    let opts = options(ctx, &a, targets);
+    // `--eval-data`: scored once the run has passed its checks (data,
+    // memory, resume) and before its first step, with the adapter as it
+    // stands when resuming; again after the last.
+    if let Some(f) = &a.eval_data {
+        // Its format is checked now, before anything is written.
+        ferrite::eval::load_examples(f)?;
+    }
+    let mut before = None;
+    let mut on_start = |step: usize| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+        let Some(f) = &a.eval_data else {
+            return Ok(None);
+        };
+        let resumed = dir.join("adapter.gguf");
+        let adapter = (step > 0 && resumed.is_file()).then_some(resumed.as_path());
+        let r = super::eval::for_finetune(ctx, (&name, &path, &sha), adapter, f)?;
+        let record = eval_record(step, &r, "start");
+        before = Some(r);
+        Ok(Some(record))
+    };
+    let bars = super::progress::Bars::default();
+    let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir, (&bars, &mut on_start))?;
+    report(&a, &name, &s);
+    if let (Some(f), Some(before)) = (&a.eval_data, before) {
+        drop(engine);
+        let after = super::eval::for_finetune(ctx, (&name, &path, &sha), Some(&s.adapter), f)?;
+        append_log(&dir.join("log.jsonl"), &eval_record(s.steps, &after, "end"));
+        let n = after.examples.len();
+        let runs = [("before".to_string(), before), ("after".to_string(), after)];
+        super::eval::print_table(&mut std::io::stderr(), &runs, n)?;
+    }
+    writeln!(out, "{}", s.adapter.display())?;
+    Ok(())
+}
+
+/// The trainer's options from the command line and the board.
+fn options(
+    ctx: &Ctx,
+    a: &FinetuneArgs,
+    targets: Vec<ferrite::finetune::Target>,
+) -> ferrite::finetune::FinetuneOptions {
+    ferrite::finetune::FinetuneOptions {
         data: a.data.clone(),
         val_data: a.val_data.clone(),
         replay: a.replay.clone(),
@@ -57,54 +98,26 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
             _ => None,
         },
         memory_limit: ferrite::board::memory_limit(&ctx.board, std::path::Path::new("/"), 0),
-    };
-    let before = match &a.eval_data {
-        Some(f) => {
-            let resumed = dir.join("adapter.gguf");
-            let adapter = (a.resume && resumed.is_file()).then_some(resumed.as_path());
-            let r = super::eval::for_finetune(ctx, (&name, &path, &sha), adapter, f)?;
-            Some(r)
-        }
-        None => None,
-    };
-    let bars = super::progress::Bars::default();
-    let s = ferrite::finetune::finetune(&engine, &sha, &opts, &dir, &bars)?;
-    report(&a, &name, &s);
-    if let (Some(f), Some(before)) = (&a.eval_data, before) {
-        drop(engine);
-        let after = super::eval::for_finetune(ctx, (&name, &path, &sha), Some(&s.adapter), f)?;
-        log_evals(
-            &dir.join("log.jsonl"),
-            (s.resumed_from, &before),
-            (s.steps, &after),
-        );
-        let n = after.examples.len();
-        let runs = [("before".to_string(), before), ("after".to_string(), after)];
-        super::eval::print_table(&mut std::io::stderr(), &runs, n)?;
     }
-    writeln!(out, "{}", s.adapter.display())?;
-    Ok(())
 }
 
-/// The `--eval-data` scores, as `eval` events in the run's log.
-fn log_evals(
-    log: &std::path::Path,
-    before: (usize, &ferrite::eval::Report),
-    after: (usize, &ferrite::eval::Report),
-) {
-    let line = |(step, r): (usize, &ferrite::eval::Report), at: &str| {
-        let corpus: serde_json::Map<String, serde_json::Value> = r
-            .corpus
-            .iter()
-            .map(|&(m, v)| (m.name().to_string(), v.into()))
-            .collect();
-        serde_json::json!({"event": "eval", "at": at, "step": step, "examples": r.examples.len(), "scores": corpus})
-    };
-    let text = format!("{}\n{}\n", line(before, "start"), line(after, "end"));
+/// An `--eval-data` evaluation at `step`, as an `eval` event of the run's
+/// log (`at`: "start" or "end").
+fn eval_record(step: usize, r: &ferrite::eval::Report, at: &str) -> serde_json::Value {
+    let corpus: serde_json::Map<String, serde_json::Value> = r
+        .corpus
+        .iter()
+        .map(|&(m, v)| (m.name().to_string(), v.into()))
+        .collect();
+    serde_json::json!({"event": "eval", "at": at, "step": step, "examples": r.examples.len(), "scores": corpus})
+}
+
+/// Append one record to the run's log (a warning if it cannot).
+fn append_log(log: &std::path::Path, record: &serde_json::Value) {
     let written = std::fs::OpenOptions::new()
         .append(true)
         .open(log)
-        .and_then(|mut f| f.write_all(text.as_bytes()));
+        .and_then(|mut f| writeln!(f, "{record}"));
     if let Err(e) = written {
         tracing::warn!(log = %log.display(), error = %e, "cannot record the evaluation");
     }

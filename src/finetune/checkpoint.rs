@@ -78,22 +78,38 @@ pub(crate) fn save(path: &Path, ck: &Checkpoint) -> Result<(), FinetuneError> {
     })
 }
 
-pub(crate) fn load(path: &Path, n_vars: usize) -> Result<Checkpoint, FinetuneError> {
-    let g = GgufFile::open(path)?;
-    let bad = |what: &str| FinetuneError::Checkpoint {
+fn bad(path: &Path, what: &str) -> FinetuneError {
+    FinetuneError::Checkpoint {
         path: path.to_path_buf(),
         what: what.to_string(),
-    };
+    }
+}
+
+/// A checkpoint's run configuration and the steps it has done, read from
+/// its metadata alone (the run's settings are compared before its tensors
+/// are read against this adapter's shapes).
+pub(crate) fn header(path: &Path) -> Result<(TrainConfig, usize), FinetuneError> {
+    read_header(&GgufFile::open(path)?, path)
+}
+
+fn read_header(g: &GgufFile, path: &Path) -> Result<(TrainConfig, usize), FinetuneError> {
     if g.architecture() != Some("ferrite-checkpoint") {
-        return Err(bad("not a ferrite training checkpoint"));
+        return Err(bad(path, "not a ferrite training checkpoint"));
     }
     let config: TrainConfig = g
         .get_str("ferrite.ckpt.config")
         .and_then(|s| serde_json::from_str(s).ok())
-        .ok_or_else(|| bad("no readable run configuration"))?;
+        .ok_or_else(|| bad(path, "no readable run configuration"))?;
     let step = g
         .get_u64("ferrite.ckpt.step")
-        .ok_or_else(|| bad("no step"))? as usize;
+        .ok_or_else(|| bad(path, "no step"))? as usize;
+    Ok((config, step))
+}
+
+pub(crate) fn load(path: &Path, n_vars: usize) -> Result<Checkpoint, FinetuneError> {
+    let g = GgufFile::open(path)?;
+    let bad = |what: &str| bad(path, what);
+    let (config, step) = read_header(&g, path)?;
     let adam_t = g
         .get_u64("ferrite.ckpt.adam_t")
         .ok_or_else(|| bad("no optimizer step"))?;

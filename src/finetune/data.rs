@@ -270,6 +270,16 @@ fn read(
                 Example { tokens, loss }
             }
         };
+        if ex.tokens.len() < 2 {
+            return Err(line_err(
+                path,
+                n,
+                format!(
+                    "too short to learn from: {} token(s); a token is learned from the ones before it",
+                    ex.tokens.len()
+                ),
+            ));
+        }
         if ex.tokens.len() > seq {
             ex.tokens.truncate(seq);
             ex.loss.truncate(seq);

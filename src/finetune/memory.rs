@@ -122,7 +122,7 @@ pub(crate) fn estimate(
 }
 
 /// The largest `batch` (at `seq`) and the largest `seq` (at `batch`) whose
-/// estimate is at most `limit`; `None` where even 1 does not fit.
+/// estimate is at most `limit`; `None` where even 1 row (2 tokens) does not fit.
 pub(crate) fn largest_fitting(
     s: &Shape,
     (batch, seq): (u64, u64),
@@ -132,8 +132,9 @@ pub(crate) fn largest_fitting(
 ) -> (Option<u64>, Option<u64>) {
     let fits = |b, t| estimate(s, b, t, checkpoint, head_rows).total() <= limit;
     let b = (1..=batch).rev().find(|&b| fits(b, seq));
-    // Sequence lengths in steps of 16 (and the first 16 one by one).
-    let t = (1..=seq)
+    // Sequence lengths in steps of 16 (and the first 16 one by one), from
+    // the shortest `--seq` accepts (2).
+    let t = (2..=seq)
         .rev()
         .filter(|t| t % 16 == 0 || *t < 16)
         .find(|&t| fits(batch, t));

@@ -29,7 +29,7 @@ pub use checkpoint::TrainConfig;
 pub use config::Target;
 pub use data::{AUTO_VAL, MIN_AUTO_VAL};
 pub use memory::TrainEstimate;
-pub use trainer::{finetune, FinetuneOptions, TrainSummary};
+pub use trainer::{finetune, FinetuneOptions, OnStart, TrainSummary};
 
 #[doc(hidden)]
 pub mod testing;
@@ -70,4 +70,7 @@ pub enum FinetuneError {
     Gguf(#[from] crate::gguf::GgufError),
     #[error(transparent)]
     Adapter(#[from] crate::adapter::AdapterError),
+    /// The caller's `on_start` (e.g. `--eval-data`'s first evaluation).
+    #[error("before training")]
+    Start(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

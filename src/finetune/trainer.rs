@@ -166,9 +166,20 @@ impl Log {
     }
 }
 
+/// Called once every check has passed, just before the first step, with
+/// the step training starts from (0, or where `--resume` continues): a
+/// record it returns goes into `log.jsonl` first (`--eval-data`'s scores
+/// before training). An error stops the run.
+pub type OnStart<'a> = &'a mut dyn FnMut(
+    usize,
+) -> Result<
+    Option<serde_json::Value>,
+    Box<dyn std::error::Error + Send + Sync>,
+>;
+
 /// Train an adapter for `engine`'s model into `dir` (the adapter's folder in
 /// the store). `base_sha256` identifies the base file; steps are reported to
-/// `progress`.
+/// `progress`; `on_start` runs after the checks (data, memory, resume).
 ///
 /// Threads: every matmul and ferrite's own kernels run on rayon's global
 /// pool. candle runs elementwise ops on a spinning pool of its own, which on
@@ -181,7 +192,7 @@ pub fn finetune(
     base_sha256: &str,
     opts: &FinetuneOptions,
     dir: &Path,
-    progress: &dyn Progress,
+    (progress, on_start): (&dyn Progress, OnStart<'_>),
 ) -> Result<TrainSummary, FinetuneError> {
     validate(opts)?;
     let (ds, replay_examples) = load_data(engine, opts)?;
@@ -192,22 +203,7 @@ pub fn finetune(
             "nothing to do: --steps/--epochs is 0".into(),
         ));
     }
-    let cfg = TrainConfig {
-        base_sha256: base_sha256.to_string(),
-        data_sha256: ds.sha256.clone(),
-        rank: opts.rank,
-        alpha: opts.alpha,
-        targets: Target::list_string(&opts.targets),
-        lr: opts.lr,
-        batch: opts.batch,
-        seq: opts.seq,
-        val: ds.val_frac,
-        seed: opts.seed,
-        total_steps: total,
-        warmup_steps: (total / 10).clamp(1, 50),
-        schedule_steps: total,
-    };
-    let mut cfg = cfg;
+    let mut cfg = train_config(opts, base_sha256, &ds, total);
     let base = Base::load(engine.path(), None, DType::F32, opts.seq)?;
     let lora = Lora::new(
         &base.cfg,
@@ -225,7 +221,9 @@ pub fn finetune(
         .max()
         .unwrap_or(1);
     let shape = memory::Shape::new(&base.cfg, base.weight_bytes(), lora.n_params());
-    let checkpoint_layers = plan_memory(&shape, opts, longest.min(opts.seq))?;
+    // A batch never holds more rows than there are examples to fill it.
+    let rows = opts.batch.min(ds.train.len().max(ds.val.len()).max(1));
+    let checkpoint_layers = plan_memory(&shape, opts, (rows, longest.min(opts.seq)))?;
     let (ckpt_path, adapter_path) = prepare_dir(dir, opts)?;
     let mut opt = AdamW::new(&lora.vars(), opts.lr)?;
     let start = if opts.resume {
@@ -233,6 +231,10 @@ pub fn finetune(
     } else {
         0
     };
+    let mut log = Log::open(&dir.join("log.jsonl"));
+    if let Some(record) = on_start(start).map_err(FinetuneError::Start)? {
+        log.write(record);
+    }
     let mut run = Run {
         engine,
         opts,
@@ -241,7 +243,7 @@ pub fn finetune(
         base,
         lora,
         opt,
-        log: Log::open(&dir.join("log.jsonl")),
+        log,
         ckpt_path,
         adapter_path,
         per_epoch,
@@ -250,6 +252,30 @@ pub fn finetune(
         checkpoint_layers,
     };
     run.train(start, progress)
+}
+
+/// What a checkpoint records of the run (and `--resume` compares).
+fn train_config(
+    opts: &FinetuneOptions,
+    base_sha256: &str,
+    ds: &data::Dataset,
+    total: usize,
+) -> TrainConfig {
+    TrainConfig {
+        base_sha256: base_sha256.to_string(),
+        data_sha256: ds.sha256.clone(),
+        rank: opts.rank,
+        alpha: opts.alpha,
+        targets: Target::list_string(&opts.targets),
+        lr: opts.lr,
+        batch: opts.batch,
+        seq: opts.seq,
+        val: ds.val_frac,
+        seed: opts.seed,
+        total_steps: total,
+        warmup_steps: (total / 10).clamp(1, 50),
+        schedule_steps: total,
+    }
 }
 
 /// The training and validation sets, `--replay`'s examples mixed into
@@ -274,14 +300,17 @@ fn load_data(engine: &Engine, opts: &FinetuneOptions) -> Result<(Dataset, usize)
 /// as asked, or, left to ferrite, only when keeping every layer's
 /// activations would not fit), after checking that the run fits at all.
 ///
+/// `rows`: the rows a batch really holds (`--batch`, or fewer examples);
+/// `seq`: the longest sequence (`--seq`, or the longest example).
+///
 /// Errors: `Memory`, naming the estimate, the limit and the largest
 /// `--batch` and `--seq` that would fit.
 fn plan_memory(
     shape: &memory::Shape,
     opts: &FinetuneOptions,
-    seq: usize,
+    (rows, seq): (usize, usize),
 ) -> Result<bool, FinetuneError> {
-    let (b, t) = (opts.batch as u64, seq as u64);
+    let (b, t) = (rows as u64, seq as u64);
     let est = |c| memory::estimate(shape, b, t, c, HEAD_ROWS as u64);
     let Some((limit, why)) = &opts.memory_limit else {
         return Ok(opts.checkpoint_layers.unwrap_or(false));
@@ -335,12 +364,19 @@ fn validate(opts: &FinetuneOptions) -> Result<(), FinetuneError> {
 /// The adapter's folder, and its checkpoint and adapter files; an existing
 /// run is only continued with `--resume`.
 fn prepare_dir(dir: &Path, opts: &FinetuneOptions) -> Result<(PathBuf, PathBuf), FinetuneError> {
+    let ckpt_path = dir.join("checkpoint.gguf");
+    let adapter_path = dir.join("adapter.gguf");
+    if opts.resume && !ckpt_path.exists() {
+        // Refused before the folder is made: a mistyped --out leaves nothing.
+        return Err(FinetuneError::Checkpoint {
+            path: ckpt_path,
+            what: "no checkpoint to resume from (start without --resume)".into(),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|source| FinetuneError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let ckpt_path = dir.join("checkpoint.gguf");
-    let adapter_path = dir.join("adapter.gguf");
     if !opts.resume && (ckpt_path.exists() || adapter_path.exists()) {
         return Err(FinetuneError::Param(format!(
             "adapter `{}` already exists ({}): --resume continues its run; or choose another --out, or `ferrite models rm {}`",
@@ -372,21 +408,28 @@ fn resume(
             "no checkpoint to resume from (start without --resume)".into(),
         ));
     }
-    let ck = checkpoint::load(ckpt_path, lora.vars().len())?;
-    let was = ck.config.total_steps;
-    if ck.step >= cfg.total_steps {
-        return Err(refuse(format!(
-            "the run is complete: {} of its {was} steps are done; `--resume --steps N` with N over {} trains it further",
-            ck.step, ck.step
-        )));
-    }
-    let mut theirs_cfg = ck.config.clone();
+    let (mut theirs_cfg, done) = checkpoint::header(ckpt_path)?;
+    let was = theirs_cfg.total_steps;
     if theirs_cfg.schedule_steps == 0 {
         theirs_cfg.schedule_steps = was;
     }
+    // Settings first (base model, targets, data, ...), the step count after:
+    // a finished run trained on other settings says what changed.
+    let steps = ["total_steps", "warmup_steps", "schedule_steps"];
+    let changed = settings_diff(cfg, &theirs_cfg, &steps);
+    if !changed.is_empty() {
+        return Err(refuse(format!(
+            "the run's settings or data changed: {}",
+            changed.join(", ")
+        )));
+    }
+    if done >= cfg.total_steps {
+        return Err(refuse(format!(
+            "the run is complete: {done} of its {was} steps are done; `--resume --steps N` with N over {done} trains it further"
+        )));
+    }
     if cfg.total_steps > was {
-        // An extension: the schedule stays the run's; the rest of the
-        // settings must be too.
+        // An extension: the schedule stays the run's.
         cfg.warmup_steps = theirs_cfg.warmup_steps;
         cfg.schedule_steps = theirs_cfg.schedule_steps;
         theirs_cfg.total_steps = cfg.total_steps;
@@ -396,26 +439,14 @@ fn resume(
             "run extended: the added steps train at the schedule's floor (lr / 10)"
         );
     }
-    if theirs_cfg != *cfg {
-        let ours = serde_json::to_value(&*cfg).expect("ser");
-        let theirs = serde_json::to_value(&theirs_cfg).expect("ser");
-        let diff: Vec<String> = ours
-            .as_object()
-            .expect("object")
-            .iter()
-            .filter(|(k, v)| theirs.get(k.as_str()) != Some(v))
-            .map(|(k, v)| {
-                format!(
-                    "{k} (was {}, now {v})",
-                    theirs.get(k.as_str()).unwrap_or(&json!(null))
-                )
-            })
-            .collect();
+    let changed = settings_diff(cfg, &theirs_cfg, &[]);
+    if !changed.is_empty() {
         return Err(refuse(format!(
             "the run's settings or data changed: {}",
-            diff.join(", ")
+            changed.join(", ")
         )));
     }
+    let ck = checkpoint::load(ckpt_path, lora.vars().len())?;
     for (var, p) in lora.vars().iter().zip(&ck.params) {
         if var.dims() != p.dims() {
             return Err(refuse("tensor shapes differ from this adapter".into()));
@@ -432,6 +463,24 @@ fn resume(
     opt.t = ck.adam_t;
     tracing::info!(step = ck.step, "resuming");
     Ok(ck.step)
+}
+
+/// The settings of `ours` that differ from `theirs` (but those in `skip`),
+/// as `name (was X, now Y)`.
+fn settings_diff(ours: &TrainConfig, theirs: &TrainConfig, skip: &[&str]) -> Vec<String> {
+    let ours = serde_json::to_value(ours).expect("a config serializes");
+    let theirs = serde_json::to_value(theirs).expect("a config serializes");
+    ours.as_object()
+        .expect("an object")
+        .iter()
+        .filter(|(k, v)| !skip.contains(&k.as_str()) && theirs.get(k.as_str()) != Some(v))
+        .map(|(k, v)| {
+            format!(
+                "{k} (was {}, now {v})",
+                theirs.get(k.as_str()).unwrap_or(&json!(null))
+            )
+        })
+        .collect()
 }
 
 /// A training run under way.
