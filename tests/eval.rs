@@ -340,6 +340,23 @@ fn bad_eval_data_and_metrics_are_clear_errors() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("/nonexistent.jsonl: cannot read"), "{err}");
+    // A byte-order mark before line 1 is not an error.
+    std::fs::write(&f, format!("\u{feff}{good}\n")).unwrap();
+    let o = ferrite(
+        home.path(),
+        &[
+            "eval",
+            "-m",
+            m,
+            "--data",
+            f.to_str().unwrap(),
+            "--metrics",
+            "exact",
+            "-n",
+            "4",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A chart that could not be written is refused before any answering.
     let o = ferrite(
         home.path(),

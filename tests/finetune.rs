@@ -787,6 +787,17 @@ fn a_small_dataset_holds_nothing_out_unless_asked() {
         "{text}"
     );
     assert!(text.contains("training:       1 steps"), "{text}");
+    assert!(!text.contains("null"), "{text}");
+    // By its file's path, the same description.
+    let by_path = m(&[
+        "models",
+        "info",
+        home.path()
+            .join("adapters/all/adapter.gguf")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&by_path.stdout), text);
     let json: serde_json::Value =
         serde_json::from_slice(&m(&["models", "info", "all", "--json"]).stdout).unwrap();
     assert_eq!(json["kind"], "lora-adapter");

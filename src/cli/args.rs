@@ -314,7 +314,7 @@ pub(crate) struct FinetuneArgs {
     #[arg(long)]
     pub(crate) val: Option<f64>,
     /// Validation examples from their own JSONL file (instead of --val).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "val")]
     pub(crate) val_data: Option<PathBuf>,
     /// Held-out chats (as `ferrite eval --data` takes them) answered before
     /// and after training; the scores go to log.jsonl and stderr.
@@ -393,7 +393,8 @@ pub(crate) enum BoardCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum ModelsCmd {
-    /// The manifest's models and imported ones, with what is pulled.
+    /// The manifest's models and imported ones, with what is pulled, and
+    /// the LoRA adapters `ferrite finetune` trained.
     List,
     /// Fetch a model (default: the default model) and verify its sha256.
     Pull { name: Option<String> },
@@ -401,7 +402,8 @@ pub(crate) enum ModelsCmd {
     Verify { name: Option<String> },
     /// Print the path of a pulled model.
     Path { name: String },
-    /// Delete a model from the store.
+    /// Delete a model, or an adapter (its folder), from the store; a model
+    /// of the name goes first.
     Rm { name: String },
     /// Copy a model file into the store: a file whose sha256 the manifest
     /// pins is filed under that model's name (GGUF or whisper.cpp .bin);
@@ -429,10 +431,12 @@ pub(crate) enum ModelsCmd {
         /// Output file (e.g. ggml-silero-vad.bin).
         out: PathBuf,
     },
-    /// Validate a GGUF file (or pulled model) and print what it holds.
+    /// Validate a GGUF file (or pulled model) and print what it holds; for
+    /// an adapter's name, its base model, rank, targets and training.
     Info {
-        /// A file path or a model name.
+        /// A file path, a model name or an adapter name.
         model: String,
+        /// Print it as JSON.
         #[arg(long)]
         json: bool,
     },

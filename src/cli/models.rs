@@ -226,6 +226,9 @@ fn info(ctx: &Ctx, model: &str, json: bool, out: &mut Out) -> anyhow::Result<()>
     let (_, path) = resolved?;
     if ferrite::speech::whisper::is_whisper_file(&path) {
         whisper_info(&path, json, out)
+    } else if GgufFile::open(&path).is_ok_and(|g| g.get_str("general.type") == Some("adapter")) {
+        // An adapter given by its path.
+        adapter_info(&path, json, out)
     } else {
         gguf_info(&path, json, out)
     }
@@ -274,10 +277,16 @@ fn adapter_info(path: &Path, json: bool, out: &mut Out) -> anyhow::Result<()> {
         info.targets, info.n_pairs, info.n_params
     )?;
     if let Some(s) = done {
+        let loss = |k: &str| s[k].as_f64().map(|v| format!("{v:.4}"));
+        let val = match (loss("val_loss_start"), loss("val_loss_end")) {
+            (Some(a), Some(b)) => format!(", validation loss {a} -> {b}"),
+            _ => String::new(),
+        };
         writeln!(
             out,
-            "training:       {} steps, last loss {}, validation loss {} -> {}",
-            s["steps"], s["last_loss"], s["val_loss_start"], s["val_loss_end"]
+            "training:       {} steps, last loss {}{val}",
+            s["steps"],
+            loss("last_loss").unwrap_or_else(|| "?".into())
         )?;
     }
     Ok(())

@@ -37,6 +37,8 @@ pub enum EvalError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path}: no examples in the file")]
+    Empty { path: PathBuf },
     #[error("{0}")]
     Usage(String),
     #[error("{path}:{line}: cannot answer the example")]
@@ -161,6 +163,8 @@ pub fn load_examples(path: &Path) -> Result<Vec<Example>, EvalError> {
         line,
         msg: msg.to_string(),
     };
+    // A byte-order mark (Windows editors write one) is not part of line 1.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, l) in text.lines().enumerate() {
         let line = i + 1;
@@ -190,7 +194,9 @@ pub fn load_examples(path: &Path) -> Result<Vec<Example>, EvalError> {
         });
     }
     if out.is_empty() {
-        return Err(err(0, "no examples in the file"));
+        return Err(EvalError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(out)
 }

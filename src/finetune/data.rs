@@ -255,6 +255,8 @@ fn read(
         let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
         line_err(path, line, "not valid UTF-8")
     })?;
+    // A byte-order mark (Windows editors write one) is not part of line 1.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut examples = Vec::new();
     let mut truncated = 0;
     for (i, line) in text.lines().enumerate() {

@@ -352,8 +352,11 @@ fn validate(opts: &FinetuneOptions) -> Result<(), FinetuneError> {
     if opts.val.is_some_and(|v| !(0.0..1.0).contains(&v)) {
         return bad("--val must be in [0, 1)");
     }
-    if opts.rank == 0 || !(opts.alpha > 0.0 && opts.alpha.is_finite()) {
-        return bad("--rank must be ≥ 1 and --alpha a positive number");
+    if opts.rank == 0 {
+        return bad("--rank must be ≥ 1");
+    }
+    if !(opts.alpha > 0.0 && opts.alpha.is_finite()) {
+        return bad("--alpha must be a positive number");
     }
     if !(opts.lr > 0.0 && opts.lr.is_finite()) {
         return bad("--lr must be a positive number");
