@@ -663,6 +663,15 @@ fn bad_data_and_bad_adapters_give_clear_errors() {
     assert!(train_on("not json\n").contains("not valid JSON"));
     let e = train_on("{\"text\": \"a\"}\n");
     assert!(e.contains(":1: too short to learn from"), "{e}");
+    // An adapter named after a model would be shadowed by it.
+    let o = train_cmd(home.path(), &data("facts.jsonl"), "smollm2-135m", &[])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("is a model's name"),
+        "{e}"
+    );
     // A bad --eval-data file is refused before anything is written.
     let o = train_cmd(
         home.path(),

@@ -25,6 +25,19 @@ pub(crate) fn run(ctx: &Ctx, a: FinetuneArgs, out: &mut Out) -> anyhow::Result<(
         .build_global()
         .ok();
     let targets = ferrite::finetune::Target::parse_list(&a.targets).map_err(anyhow::Error::msg)?;
+    // Names are shared with models (`--lora`, `models rm`, `models info`
+    // look for a model first): an adapter named after one would be shadowed.
+    let is_model = ctx.manifest.get(&a.out).is_some()
+        || ctx
+            .store
+            .resolve(Some(&a.out), &ctx.manifest, false)
+            .is_ok();
+    if is_model && !a.resume {
+        anyhow::bail!(
+            "--out `{}` is a model's name; choose another name for the adapter",
+            a.out
+        );
+    }
     let dir = ctx.store.adapter_dir(&a.out)?;
     let (name, path) = ctx.resolve(a.model.as_deref())?;
     let sha = ctx.store.model_sha256(&name, &path)?;
