@@ -1,6 +1,8 @@
 //! The shapes training needs: a llama-family model's hyperparameters, read
-//! from its GGUF, and the projections an adapter can target. Both the
-//! adapter (`lora`) and the forward pass (`model`) are built from them.
+//! from its GGUF the way llama.cpp's loader reads them (llama, qwen2, and
+//! gemma3 with its norms, GeGLU and sliding window), and the projections an
+//! adapter can target. Both the adapter (`lora`) and the forward pass
+//! (`model`) are built from them.
 
 use super::FinetuneError;
 use crate::gguf::GgufFile;

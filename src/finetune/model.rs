@@ -1,4 +1,5 @@
-//! A differentiable llama-family forward pass in candle, for training LoRA
+//! A differentiable forward pass in candle for the llama family (llama,
+//! qwen2, gemma3: their differences are `Config` flags), for training LoRA
 //! adapters on top of frozen base weights.
 //!
 //! The base weights come from the same GGUF the runtime uses and stay in
