@@ -291,6 +291,13 @@ fn bad_eval_data_and_metrics_are_clear_errors() {
     let home = tempfile::tempdir().unwrap();
     let m = model_path().to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.jsonl");
+    // `ferrite eval -m M --data t.jsonl EXTRA...`
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "-m", m, "--data", f.to_str().unwrap()];
+        args.extend(extra);
+        ferrite(home.path(), &args)
+    };
     let good =
         r#"{"messages":[{"role":"user","content":"Hi?"},{"role":"assistant","content":"Hello."}]}"#;
     for (body, want) in [
@@ -306,31 +313,15 @@ fn bad_eval_data_and_metrics_are_clear_errors() {
         ),
         ("\n\n".to_string(), "no examples"),
     ] {
-        let f = dir.path().join("t.jsonl");
         std::fs::write(&f, &body).unwrap();
-        let o = ferrite(
-            home.path(),
-            &["eval", "-m", m, "--data", f.to_str().unwrap()],
-        );
+        let o = eval(&[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{body}: {err}");
         assert!(err.contains(want), "{body}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    let f = dir.path().join("t.jsonl");
     std::fs::write(&f, good).unwrap();
-    let o = ferrite(
-        home.path(),
-        &[
-            "eval",
-            "-m",
-            m,
-            "--data",
-            f.to_str().unwrap(),
-            "--metrics",
-            "bleu,meteor",
-        ],
-    );
+    let o = eval(&["--metrics", "bleu,meteor"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("unknown metric `meteor`"), "{err}");
@@ -342,34 +333,10 @@ fn bad_eval_data_and_metrics_are_clear_errors() {
     assert!(err.contains("/nonexistent.jsonl: cannot read"), "{err}");
     // A byte-order mark before line 1 is not an error.
     std::fs::write(&f, format!("\u{feff}{good}\n")).unwrap();
-    let o = ferrite(
-        home.path(),
-        &[
-            "eval",
-            "-m",
-            m,
-            "--data",
-            f.to_str().unwrap(),
-            "--metrics",
-            "exact",
-            "-n",
-            "4",
-        ],
-    );
+    let o = eval(&["--metrics", "exact", "-n", "4"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // A chart that could not be written is refused before any answering.
-    let o = ferrite(
-        home.path(),
-        &[
-            "eval",
-            "-m",
-            m,
-            "--data",
-            f.to_str().unwrap(),
-            "--chart",
-            "/nonexistent/dir/x.svg",
-        ],
-    );
+    let o = eval(&["--chart", "/nonexistent/dir/x.svg"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(

@@ -663,26 +663,20 @@ fn bad_data_and_bad_adapters_give_clear_errors() {
     assert!(train_on("not json\n").contains("not valid JSON"));
     let e = train_on("{\"text\": \"a\"}\n");
     assert!(e.contains(":1: too short to learn from"), "{e}");
+    // Good data, bad settings: it must fail; its stderr.
+    let refused = |out: &str, extra: &[&str]| {
+        let o = train_cmd(home.path(), &data("facts.jsonl"), out, extra)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
     // An adapter named after a model would be shadowed by it.
-    let o = train_cmd(home.path(), &data("facts.jsonl"), "smollm2-135m", &[])
-        .output()
-        .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && e.contains("is a model's name"),
-        "{e}"
-    );
+    let e = refused("smollm2-135m", &[]);
+    assert!(e.contains("is a model's name"), "{e}");
     // A bad --eval-data file is refused before anything is written.
-    let o = train_cmd(
-        home.path(),
-        &data("facts.jsonl"),
-        "x",
-        &["--eval-data", bad.to_str().unwrap()],
-    )
-    .output()
-    .unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && e.contains("bad.jsonl:1:"), "{e}");
+    let e = refused("x", &["--eval-data", bad.to_str().unwrap()]);
+    assert!(e.contains("bad.jsonl:1:"), "{e}");
     assert!(!home.path().join("adapters/x").exists());
     let m = model_path().to_str().unwrap();
 

@@ -114,22 +114,14 @@ pub fn gradient_check(
 /// rounding activations to 8 bits, so an adapter's effect can be compared
 /// with the trainer's far below Q4 rounding.
 pub fn write_f32_model(model: &Path, out: &Path) -> Result<(), FinetuneError> {
-    let g = crate::gguf::GgufFile::open(model)?;
-    let mut w = crate::gguf::GgufWriter::new();
-    for (k, v) in &g.metadata {
-        w.kv(k, v.clone());
-    }
-    w.kv("general.file_type", crate::gguf::Value::U32(0));
     let (mut file, content) = super::model::open_weights(model)?;
     let dev = candle_core::Device::Cpu;
-    for t in &g.tensors {
+    let f32_type = [("general.file_type", crate::gguf::Value::U32(0))];
+    rewrite(model, out, &f32_type, |w, _, t| {
         let q = content.tensor(&mut file, &t.name, &dev)?;
         let vals = q.dequantize(&dev)?.flatten_all()?.to_vec1::<f32>()?;
         w.tensor_f32(&t.name, &t.dims, &vals);
-    }
-    w.write(out).map_err(|source| FinetuneError::Io {
-        path: out.to_path_buf(),
-        source,
+        Ok(())
     })
 }
 
@@ -141,6 +133,24 @@ pub fn write_with_metadata(
     out: &Path,
     set: &[(&str, crate::gguf::Value)],
 ) -> Result<(), FinetuneError> {
+    rewrite(model, out, set, |w, g, t| {
+        w.tensor(&t.name, &t.dims, t.ggml_type, g.tensor_data(t).to_vec());
+        Ok(())
+    })
+}
+
+/// Write `model`'s metadata, with the keys in `set` replaced, and each of
+/// its tensors as `tensor` writes it (given the source file), to `out`.
+fn rewrite(
+    model: &Path,
+    out: &Path,
+    set: &[(&str, crate::gguf::Value)],
+    mut tensor: impl FnMut(
+        &mut crate::gguf::GgufWriter,
+        &crate::gguf::GgufFile,
+        &crate::gguf::TensorInfo,
+    ) -> Result<(), FinetuneError>,
+) -> Result<(), FinetuneError> {
     let g = crate::gguf::GgufFile::open(model)?;
     let mut w = crate::gguf::GgufWriter::new();
     for (k, v) in &g.metadata {
@@ -150,7 +160,7 @@ pub fn write_with_metadata(
         w.kv(k, v.clone());
     }
     for t in &g.tensors {
-        w.tensor(&t.name, &t.dims, t.ggml_type, g.tensor_data(t).to_vec());
+        tensor(&mut w, &g, t)?;
     }
     w.write(out).map_err(|source| FinetuneError::Io {
         path: out.to_path_buf(),

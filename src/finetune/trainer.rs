@@ -419,13 +419,7 @@ fn resume(
     // Settings first (base model, targets, data, ...), the step count after:
     // a finished run trained on other settings says what changed.
     let steps = ["total_steps", "warmup_steps", "schedule_steps"];
-    let changed = settings_diff(cfg, &theirs_cfg, &steps);
-    if !changed.is_empty() {
-        return Err(refuse(format!(
-            "the run's settings or data changed: {}",
-            changed.join(", ")
-        )));
-    }
+    same_settings(cfg, &theirs_cfg, &steps).map_err(refuse)?;
     if done >= cfg.total_steps {
         return Err(refuse(format!(
             "the run is complete: {done} of its {was} steps are done; `--resume --steps N` with N over {done} trains it further"
@@ -442,13 +436,7 @@ fn resume(
             "run extended: the added steps train at the schedule's floor (lr / 10)"
         );
     }
-    let changed = settings_diff(cfg, &theirs_cfg, &[]);
-    if !changed.is_empty() {
-        return Err(refuse(format!(
-            "the run's settings or data changed: {}",
-            changed.join(", ")
-        )));
-    }
+    same_settings(cfg, &theirs_cfg, &[]).map_err(refuse)?;
     let ck = checkpoint::load(ckpt_path, lora.vars().len())?;
     for (var, p) in lora.vars().iter().zip(&ck.params) {
         if var.dims() != p.dims() {
@@ -468,12 +456,13 @@ fn resume(
     Ok(ck.step)
 }
 
-/// The settings of `ours` that differ from `theirs` (but those in `skip`),
-/// as `name (was X, now Y)`.
-fn settings_diff(ours: &TrainConfig, theirs: &TrainConfig, skip: &[&str]) -> Vec<String> {
+/// `Err` naming each setting of `ours` that differs from `theirs` (but
+/// those in `skip`) as `name (was X, now Y)`.
+fn same_settings(ours: &TrainConfig, theirs: &TrainConfig, skip: &[&str]) -> Result<(), String> {
     let ours = serde_json::to_value(ours).expect("a config serializes");
     let theirs = serde_json::to_value(theirs).expect("a config serializes");
-    ours.as_object()
+    let changed: Vec<String> = ours
+        .as_object()
         .expect("an object")
         .iter()
         .filter(|(k, v)| !skip.contains(&k.as_str()) && theirs.get(k.as_str()) != Some(v))
@@ -483,7 +472,15 @@ fn settings_diff(ours: &TrainConfig, theirs: &TrainConfig, skip: &[&str]) -> Vec
                 theirs.get(k.as_str()).unwrap_or(&json!(null))
             )
         })
-        .collect()
+        .collect();
+    if changed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the run's settings or data changed: {}",
+            changed.join(", ")
+        ))
+    }
 }
 
 /// A training run under way.
