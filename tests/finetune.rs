@@ -878,13 +878,27 @@ fn a_finished_run_is_complete_and_more_steps_extend_it() {
 }
 
 /// A `--batch` larger than the data is estimated at the rows a batch can
-/// hold (8 facts), not refused for 4,096 rows no step would use.
+/// hold (8 facts), not refused for 4,096 rows no step would use; a
+/// byte-order mark before line 1 is not part of the data.
 #[test]
 fn a_batch_larger_than_the_data_is_planned_for_the_data() {
     let _g = TRAIN.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().unwrap();
     let o = run_train(home.path(), "wide", &["--batch", "4096", "--steps", "1"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The same facts behind a byte-order mark (as Windows editors save
+    // them) train as they are.
+    let bom = home.path().join("bom.jsonl");
+    let facts = std::fs::read_to_string(data("facts.jsonl")).unwrap();
+    std::fs::write(&bom, format!("\u{feff}{facts}")).unwrap();
+    let o = train_cmd(home.path(), bom.to_str().unwrap(), "bom", &["--steps", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("trained on all 8 examples"),
+        "{err}"
+    );
 }
 
 /// Sixteen lines of 220 words: every batch of `--seq 128` is full.
