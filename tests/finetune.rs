@@ -671,6 +671,24 @@ fn bad_data_and_bad_adapters_give_clear_errors() {
         assert!(!o.status.success());
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
+    // A scale that is not a number is named as such (not as a missing
+    // adapter called `facts:abc`).
+    let o = crate::common::ferrite(
+        home.path(),
+        &[
+            "ask",
+            "-m",
+            model_path().to_str().unwrap(),
+            "--lora",
+            "facts:abc",
+            "Hi",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("adapter scale `abc` is not a number"),
+        "{e}"
+    );
     // An adapter named after a model would be shadowed by it.
     let e = refused("smollm2-135m", &[]);
     assert!(e.contains("is a model's name"), "{e}");

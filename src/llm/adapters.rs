@@ -45,6 +45,13 @@ pub fn parse_adapter_spec(spec: &str) -> Result<(String, f32), LlmError> {
             }
             return Ok((head.to_string(), s));
         }
+        // Store names hold no `:`: unless a file has this very name, the
+        // part after it was meant as a scale.
+        if !std::path::Path::new(spec).exists() {
+            return Err(LlmError::Param(format!(
+                "adapter scale `{tail}` is not a number (NAME:SCALE, e.g. {head}:0.5)"
+            )));
+        }
     }
     Ok((spec.to_string(), 1.0))
 }

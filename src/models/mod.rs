@@ -75,7 +75,9 @@ pub enum ModelsError {
         expected: String,
         actual: String,
     },
-    #[error("`{0}` is not a valid model name (letters, digits, `.`, `-`, `_`)")]
+    #[error(
+        "`{0}` is not a valid name for a model or an adapter (letters, digits, `.`, `-`, `_`)"
+    )]
     BadName(String),
     #[error("{}: not a file the manifest pins (its sha256 matches no model)", path.display())]
     NotPinned { path: PathBuf },
